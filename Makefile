@@ -1,0 +1,58 @@
+# consolegw: the two commands a newcomer needs.
+#   make demo   run the daemon on the simulator with a private MQTT broker
+#   make test   lint, type-check and run every test
+# Both install what is missing (Debian packages via apt-get, a .venv) and are safe to re-run.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# mosquitto: the broker of the demo and the tests; libportaudio2: sounddevice's library;
+# minimodem: the reference TTY modem the tests and benchmark compare against;
+# openssl: certificates for the TLS test.
+DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl
+
+.PHONY: demo test lint typecheck pytest system-deps venv bench clean
+
+demo: system-deps venv
+	$(BIN)/python -m hw_sim.demo
+
+test: system-deps venv lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check gateway drivers hw_sim tests bench
+	$(BIN)/ruff format --check gateway drivers hw_sim tests bench
+	$(BIN)/consolegw asyncapi --check -o docs/asyncapi.yaml
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest -q
+
+system-deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+bench: system-deps venv
+	$(BIN)/python bench/event_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,573 @@
+"""Radio interface on serial modem-control lines: PTT on RTS/DTR, COS on CTS/DSR/CD/RI.
+
+Works with anything pyserial's `serial_for_url` opens: a local UART (`/dev/ttyUSB0`,
+`/dev/serial/by-id/...`) or a remote port served over RFC 2217 (`rfc2217://host:port`).
+
+Safety, and what the transport allows:
+
+- pyserial asserts RTS and DTR when it opens a port unless they are set before `open()`.
+  We preset both output lines (PTT lines to the unkeyed level, an unused output line
+  deasserted), so the first line commands pyserial sends carry unkeyed levels. Over RFC 2217
+  they are sent right after Telnet negotiation, before baud rate and flow control.
+- A local UART on Linux: the kernel itself asserts RTS and DTR inside `open()`, for the few
+  microseconds until pyserial clears them. No user-space code can avoid that glitch; a PTT
+  circuit that keys on microsecond pulses needs an RC delay.
+- When a port closes (or the process dies, or an RFC 2217 server closes its port because the
+  connection dropped), the OS drops RTS and DTR (termios HUPCL). With normal polarity that
+  unkeys: the safe direction. With inverted PTT a dropped line means KEYED. For local ports we
+  set HUPCL for normal polarity and clear it for inverted polarity, so a clean close leaves an
+  inverted line at the unkeyed level; a never-opened port, an unplugged adapter or a remote
+  server that closes its port still key an inverted radio. Prefer normal polarity wiring.
+- PTT read-back: a local UART cannot read back its own outputs (`ptt` is None). RFC 2217 lets
+  the client request the DTR/RTS signal state (SET-CONTROL values 7 and 10); servers that
+  answer (ser2net reads the line with TIOCMGET) give a real read-back. pyserial's client has no
+  call for it and its own answer check discards the value, so the RFC 2217 port below tracks
+  SET-CONTROL answers itself. Whether the server answers is probed at `open()`.
+- COS freshness: pyserial's client only caches the NOTIFY-MODEMSTATE the server pushes, and
+  its `poll_modem` option sleeps 50 ms per read. Here each `read_lines()` sends a modem-state
+  poll plus the read-back (or a harmless flow-control query) in one write and waits for the
+  answers: the server handles requests in order, so everything it knew before answering has
+  reached us. One round trip per read, no sleeping, and a dead server is noticed within
+  `io_timeout_s` even when TCP has not noticed yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+import serial
+from serial import rfc2217
+
+from drivers.errors import DeviceLost, DeviceUnavailable
+from drivers.radio import RadioLines
+
+try:
+    import termios
+except ImportError:  # pragma: no cover - not on Windows
+    termios = None  # type: ignore[assignment]
+
+__all__ = ["CosLine", "PttLine", "SerialRadio"]
+
+log = logging.getLogger(__name__)
+
+PttLine = Literal["rts", "dtr"]
+CosLine = Literal["cts", "dsr", "cd", "ri"]
+
+_PTT_LINES: frozenset[str] = frozenset({"rts", "dtr"})
+_COS_LINES: frozenset[str] = frozenset({"cts", "dsr", "cd", "ri"})
+
+# RFC 2217 SET-CONTROL values.
+_REQ_FLOW = 0
+_REQ = {"dtr": 7, "rts": 10}
+_ON = {"dtr": 8, "rts": 11}
+_OFF = {"dtr": 9, "rts": 12}
+# What a SERVER-SET-CONTROL answer says: (kind, asserted). Flow answers only prove liveness.
+_ANSWERS: dict[int, tuple[str, bool]] = {
+    8: ("dtr", True),
+    9: ("dtr", False),
+    11: ("rts", True),
+    12: ("rts", False),
+    1: ("flow", True),
+    2: ("flow", True),
+    3: ("flow", True),
+}
+_MODEM_BITS = {
+    "cts": rfc2217.MODEMSTATE_MASK_CTS,
+    "dsr": rfc2217.MODEMSTATE_MASK_DSR,
+    "ri": rfc2217.MODEMSTATE_MASK_RI,
+    "cd": rfc2217.MODEMSTATE_MASK_CD,
+}
+_PROBE_TIMEOUT_S = 0.5
+"""How long open() waits for a server that may not answer read-back requests at all."""
+_CLOSE_TIMEOUT_S = 5.0
+
+_T = TypeVar("_T")
+
+
+def _subnegotiation(option: bytes, value: int | None = None) -> bytes:
+    payload = b"" if value is None else bytes([value])  # our values never need IAC escaping
+    iac, sb, se = rfc2217.IAC, rfc2217.SB, rfc2217.SE
+    return iac + sb + rfc2217.COM_PORT_OPTION + option + payload + iac + se
+
+
+class _Rfc2217Port(rfc2217.Serial):
+    """pyserial's RFC 2217 client, with SET-CONTROL answers tracked and waits that do not sleep.
+
+    pyserial 3.5 waits for every acknowledgement with `time.sleep(0.05)` polls and keeps only
+    pass/fail of the last SET-CONTROL. We keep a count of answers and the last state each one
+    reported, and wake waiters from the reader thread. Private pyserial attributes are reached
+    through `_raw` (they are not in the type stubs); pyserial is pinned below 4.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._answer_count = 0
+        self._answers: dict[str, tuple[int, bool]] = {}
+        self._link_lost = False
+        super().__init__()
+
+    @property
+    def _raw(self) -> Any:
+        return self
+
+    # -- hooks into pyserial ------------------------------------------------------------
+
+    def _telnet_read_loop(self) -> None:
+        try:
+            super()._telnet_read_loop()  # type: ignore[misc]
+        finally:
+            with self._cond:
+                self._link_lost = True
+                self._cond.notify_all()
+
+    def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
+        if suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SERVER_SET_CONTROL:
+            # Not passed on: pyserial would compare it with a request it never sent.
+            with self._cond:
+                self._answer_count += 1
+                meaning = _ANSWERS.get(suboption[2]) if len(suboption) >= 3 else None
+                if meaning is not None:
+                    self._answers[meaning[0]] = (self._answer_count, meaning[1])
+                self._cond.notify_all()
+            return
+        super()._telnet_process_subnegotiation(suboption)  # type: ignore[misc]
+        with self._cond:
+            self._cond.notify_all()  # a purge or port-setting acknowledgement may be awaited
+
+    def _reconfigure_port(self) -> None:
+        # Line levels first: pyserial would send them only after baud rate and flow control.
+        self._set_lines_now()
+        super()._reconfigure_port()  # type: ignore[misc]
+
+    def rfc2217_set_control(self, value: bytes) -> None:
+        start = self.send_control([value[0]])
+        if self.waits_for_answers and not self.wait_answers(start, 1, self._raw._network_timeout):
+            raise serial.SerialException(f"no answer to SET-CONTROL {value[0]}")
+
+    def rfc2217_send_purge(self, value: bytes) -> None:
+        item = self._raw._rfc2217_options["purge"]
+        item.set(value)
+        if not self.wait_until(lambda: item.state != rfc2217.REQUESTED, self._raw._network_timeout):
+            raise serial.SerialException("no answer to PURGE-DATA")
+
+    def close(self) -> None:
+        """Close without pyserial's 0.3 s sleep "for quick reconnects"."""
+        self.is_open = False
+        sock = self._raw._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        thread = self._raw._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        self._raw._thread = None
+        self._raw._socket = None
+
+    # -- what SerialRadio uses ----------------------------------------------------------
+
+    @property
+    def waits_for_answers(self) -> bool:
+        """False with the `ign_set_control` URL option (servers that answer nonsense)."""
+        return not self._raw._ignore_set_control_answer
+
+    @property
+    def modem_state(self) -> int | None:
+        state: int | None = self._raw._modemstate
+        return state
+
+    def send_control(self, values: Sequence[int], *, poll_modem: bool = False) -> int:
+        """Send SET-CONTROL values (and a modem-state poll) in one write; return the answer
+        count before sending, for `wait_answers` and `answers_since`."""
+        with self._cond:
+            if self._link_lost:
+                raise serial.SerialException("connection lost")
+            start = self._answer_count
+        data = b"".join(_subnegotiation(rfc2217.SET_CONTROL, v) for v in values)
+        if poll_modem:
+            data = _subnegotiation(rfc2217.NOTIFY_MODEMSTATE) + data
+        self._raw._internal_raw_write(data)
+        return start
+
+    def wait_answers(self, start: int, count: int, timeout: float) -> bool:
+        """Wait until `count` answers arrived after `start`. False on timeout."""
+        return self.wait_until(lambda: self._answer_count >= start + count, timeout)
+
+    def answers_since(self, start: int) -> dict[str, bool]:
+        """What the answers received after `start` said, by kind ("rts", "dtr", "flow")."""
+        with self._cond:
+            return {kind: level for kind, (seq, level) in self._answers.items() if seq > start}
+
+    def _set_lines_now(self) -> None:
+        values = [_ON["dtr"] if self.dtr else _OFF["dtr"], _ON["rts"] if self.rts else _OFF["rts"]]
+        start = self.send_control(values)
+        if self.waits_for_answers and not self.wait_answers(start, 2, self._raw._network_timeout):
+            raise serial.SerialException("no answer to SET-CONTROL DTR/RTS")
+
+    @property
+    def answer_count(self) -> int:
+        """SET-CONTROL answers received so far."""
+        return self._answer_count
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait for predicate() (run under the answer lock). False on timeout; raises
+        SerialException when the connection is lost first."""
+        with self._cond:
+            met = self._cond.wait_for(lambda: predicate() or self._link_lost, timeout)
+            if self._link_lost and not predicate():
+                raise serial.SerialException("connection lost")
+            return met
+
+
+def _is_rfc2217(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme.lower() == "rfc2217"
+
+
+def _check_timeout(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+class SerialRadio:
+    """A radio interface on the modem-control lines of a serial port (implements RadioInterface).
+
+    All blocking pyserial calls run in a single-thread executor per device, so they are
+    serialized and never block the event loop. `can_read_back_ptt` is known after `open()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        ptt_lines: tuple[PttLine, ...],
+        ptt_invert: bool = False,
+        cos_line: CosLine | None = None,
+        cos_invert: bool = False,
+        open_timeout_s: float = 5.0,
+        io_timeout_s: float = 1.0,
+    ) -> None:
+        if not isinstance(url, str) or not url.strip() or url != url.strip():
+            raise ValueError(f"url must be a non-empty string without surrounding spaces: {url!r}")
+        if not isinstance(ptt_lines, tuple) or not ptt_lines:
+            raise ValueError(f"ptt_lines must be a non-empty tuple of rts/dtr, got {ptt_lines!r}")
+        if not set(ptt_lines) <= _PTT_LINES or len(set(ptt_lines)) != len(ptt_lines):
+            raise ValueError(f"ptt_lines must hold 'rts' and/or 'dtr' once each, got {ptt_lines!r}")
+        if cos_line is not None and cos_line not in _COS_LINES:
+            raise ValueError(f"cos_line must be one of cts, dsr, cd, ri or None, got {cos_line!r}")
+        for name, flag in (("ptt_invert", ptt_invert), ("cos_invert", cos_invert)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        self._open_timeout_s = _check_timeout("open_timeout_s", open_timeout_s)
+        self._io_timeout_s = _check_timeout("io_timeout_s", io_timeout_s)
+        if _is_rfc2217(url):
+            parts = urllib.parse.urlsplit(url)
+            try:
+                port_number = parts.port
+            except ValueError:
+                port_number = None
+            if not parts.hostname or port_number is None:
+                raise ValueError(f"an RFC 2217 url needs a host and a port: {url!r}")
+        else:
+            try:
+                serial.serial_for_url(url, do_not_open=True)
+            except (ValueError, serial.SerialException) as exc:
+                raise ValueError(f"pyserial cannot handle url {url!r}: {exc}") from None
+        self._url = url
+        self._ptt_lines = ptt_lines
+        self._ptt_invert = ptt_invert
+        self._cos_line = cos_line
+        self._cos_invert = cos_invert
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing: asyncio.Future[None] | None = None
+        # Touched only from the executor thread (the flags are read elsewhere as plain bools).
+        self._port: serial.SerialBase | None = None
+        self._rfc: _Rfc2217Port | None = None
+        self._read_back = False
+        self._ping = False
+        self._lost_logged = False
+
+    @property
+    def description(self) -> str:
+        return self._url
+
+    @property
+    def can_read_back_ptt(self) -> bool:
+        return self._read_back
+
+    # -- RadioInterface -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            raise RuntimeError(f"{self._url} is already open")
+        # A timed-out open may still hold the connection; a port takes one client at a time.
+        if not await self._finish_closing(self._open_timeout_s):
+            raise DeviceUnavailable(f"{self._url}: the previous connection is still closing")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serial-radio")
+        self._executor = executor
+        future = asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
+        future.add_done_callback(_consume_exception)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._open_timeout_s)
+        except BaseException as exc:
+            # The blocking open may still be running: the close queued behind it undoes it.
+            self._executor = None
+            self._closing = self._start_close(executor)
+            if isinstance(exc, TimeoutError):
+                raise DeviceUnavailable(
+                    f"{self._url}: open timed out after {self._open_timeout_s:g} s"
+                ) from None
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            self._closing = self._start_close(executor)
+        if not await self._finish_closing(_CLOSE_TIMEOUT_S):
+            log.warning("%s: close still pending after %g s", self._url, _CLOSE_TIMEOUT_S)
+
+    async def set_ptt(self, keyed: bool) -> None:
+        await self._run(self._set_ptt_sync, keyed)
+
+    async def read_lines(self) -> RadioLines:
+        return await self._run(self._read_lines_sync)
+
+    # -- executor side ------------------------------------------------------------------
+
+    def _start_close(self, executor: ThreadPoolExecutor) -> asyncio.Future[None]:
+        """Queue the blocking close behind whatever the executor runs, then retire it."""
+        future = asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        future.add_done_callback(_consume_exception)
+        executor.shutdown(wait=False)
+        return future
+
+    async def _finish_closing(self, timeout_s: float) -> bool:
+        """Wait for a queued close; False if it is still running after `timeout_s`."""
+        closing = self._closing
+        if closing is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), timeout_s)
+        except TimeoutError:
+            return False
+        except Exception:  # _close_sync swallows errors; this is belt and braces
+            log.exception("%s: close failed", self._url)
+        self._closing = None
+        return True
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        executor = self._executor
+        if executor is None:
+            raise DeviceLost(f"{self._url} is not open")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, func, *args)
+        except RuntimeError:  # executor shut down by a concurrent close()
+            raise DeviceLost(f"{self._url} is closed") from None
+        return await future
+
+    def _levels(self, keyed: bool) -> dict[str, bool]:
+        """Output line levels (True = asserted) for a PTT state; an unused line stays low."""
+        return {
+            line: (keyed != self._ptt_invert) if line in self._ptt_lines else False
+            for line in ("rts", "dtr")
+        }
+
+    def _open_sync(self) -> None:
+        unkeyed = self._levels(False)
+        port: serial.SerialBase
+        try:
+            if _is_rfc2217(self._url):
+                self._rfc = _Rfc2217Port()
+                port = self._rfc
+                port.port = self._url
+            else:
+                self._rfc = None
+                port = serial.serial_for_url(self._url, do_not_open=True)
+                if isinstance(port, serial.Serial):
+                    port.exclusive = True  # two daemons must not drive one transmitter
+            port.rts = unkeyed["rts"]  # before open(): pyserial otherwise asserts both
+            port.dtr = unkeyed["dtr"]
+            port.rtscts = False
+            port.dsrdtr = False
+            port.xonxoff = False
+            port.open()
+        except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+            self._rfc = None
+            raise DeviceUnavailable(f"{self._url}: {exc}") from exc
+        try:
+            if self._rfc is not None:
+                self._probe(self._rfc)
+            else:
+                self._read_back = False
+                self._set_hupcl(port)
+        except (OSError, ValueError) as exc:
+            self._rfc = None
+            _close_quietly(port)
+            raise DeviceUnavailable(f"{self._url}: {exc}") from exc
+        self._port = port
+        self._lost_logged = False
+        log.info(
+            "%s open: PTT on %s%s, COS on %s%s, PTT read-back %s",
+            self._url,
+            "+".join(self._ptt_lines),
+            " (inverted)" if self._ptt_invert else "",
+            self._cos_line or "nothing",
+            " (inverted)" if self._cos_invert else "",
+            "yes" if self._read_back else "no",
+        )
+
+    def _probe(self, port: _Rfc2217Port) -> None:
+        """Find out whether the server answers read-back requests, and check we are unkeyed."""
+        self._read_back = self._ping = False
+        if not port.waits_for_answers:
+            return
+        # The flow-control query goes last: once it is answered, so is all the server answers.
+        requests = [*(_REQ[line] for line in self._ptt_lines), _REQ_FLOW]
+        start = port.send_control(requests, poll_modem=True)
+        all_answered = port.wait_until(
+            lambda: (
+                port.answer_count - start >= len(requests) or "flow" in port.answers_since(start)
+            ),
+            min(self._io_timeout_s, _PROBE_TIMEOUT_S),
+        ) and port.answer_count - start >= len(requests)
+        answers = port.answers_since(start)
+        self._read_back = all(line in answers for line in self._ptt_lines)
+        # A server that answers every request (whatever it says) can be pinged with the query.
+        self._ping = all_answered or "flow" in answers
+        if self._read_back and self._keyed_from(answers):
+            log.warning("%s: PTT reads back KEYED right after open", self._url)
+        if self._cos_line is not None and port.modem_state is None:
+            log.warning(
+                "%s: server sent no modem state yet; COS reads inactive until it does", self._url
+            )
+
+    def _set_hupcl(self, port: serial.SerialBase) -> None:
+        # HUPCL drops RTS/DTR on close, process death included: unkeyed with normal polarity,
+        # keyed with inverted polarity, so it is set for the first and cleared for the second.
+        if termios is None or not isinstance(port, serial.Serial):
+            return
+        fd = port.fileno()
+        attrs = termios.tcgetattr(fd)
+        if self._ptt_invert:
+            attrs[2] &= ~termios.HUPCL
+        else:
+            attrs[2] |= termios.HUPCL
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+    def _keyed_from(self, answers: dict[str, bool]) -> bool:
+        """Keyed if ANY PTT line reads back at its keyed level (the conservative answer)."""
+        return any(answers[line] != self._ptt_invert for line in self._ptt_lines)
+
+    def _lost(self, exc: BaseException) -> DeviceLost:
+        if not self._lost_logged:
+            self._lost_logged = True
+            log.warning("%s lost: %s", self._url, exc)
+        return DeviceLost(f"{self._url}: {exc}")
+
+    def _set_ptt_sync(self, keyed: bool) -> None:
+        port = self._port
+        if port is None:
+            raise DeviceLost(f"{self._url} is not open")
+        try:
+            self._drive(port, keyed, self._io_timeout_s)
+        except (OSError, ValueError) as exc:
+            raise self._lost(exc) from exc
+
+    def _drive(self, port: serial.SerialBase, keyed: bool, timeout: float) -> None:
+        levels = self._levels(keyed)
+        if self._rfc is not None:
+            values = [_ON[line] if levels[line] else _OFF[line] for line in self._ptt_lines]
+            rfc = self._rfc
+            start = rfc.send_control(values)
+            if rfc.waits_for_answers and not rfc.wait_answers(start, len(values), timeout):
+                raise serial.SerialException("no answer to SET-CONTROL")
+            return
+        for line in self._ptt_lines:
+            if line == "rts":
+                port.rts = levels[line]
+            else:
+                port.dtr = levels[line]
+
+    def _read_lines_sync(self) -> RadioLines:
+        port = self._port
+        if port is None:
+            raise DeviceLost(f"{self._url} is not open")
+        try:
+            if self._rfc is not None:
+                return self._read_rfc2217(self._rfc)
+            if self._cos_line is None:
+                _read_input(port, "cts")  # nothing to report, but notices an unplugged adapter
+                return RadioLines(cos=False, ptt=None)
+            return RadioLines(cos=_read_input(port, self._cos_line) != self._cos_invert, ptt=None)
+        except (OSError, ValueError) as exc:
+            raise self._lost(exc) from exc
+
+    def _read_rfc2217(self, port: _Rfc2217Port) -> RadioLines:
+        if self._read_back:
+            requests = [_REQ[line] for line in self._ptt_lines]
+        elif self._ping:
+            requests = [_REQ_FLOW]
+        else:
+            requests = []
+        start = port.send_control(requests, poll_modem=True)
+        if requests and not port.wait_answers(start, len(requests), self._io_timeout_s):
+            raise serial.SerialException(f"no answer within {self._io_timeout_s:g} s")
+        ptt: bool | None = None
+        if self._read_back:
+            answers = port.answers_since(start)
+            if not all(line in answers for line in self._ptt_lines):
+                raise serial.SerialException(f"bad PTT read-back answer {answers!r}")
+            ptt = self._keyed_from(answers)
+        cos = False
+        state = port.modem_state
+        if self._cos_line is not None and state is not None:
+            cos = bool(state & _MODEM_BITS[self._cos_line]) != self._cos_invert
+        return RadioLines(cos=cos, ptt=ptt)
+
+    def _close_sync(self) -> None:
+        port, self._port = self._port, None
+        if port is None:
+            return
+        try:
+            if port.is_open:
+                self._drive(port, False, min(self._io_timeout_s, 1.0))
+        except Exception as exc:  # already reported if the device was lost
+            level = logging.DEBUG if self._lost_logged else logging.WARNING
+            log.log(level, "%s: could not unkey before closing: %s", self._url, exc)
+        _close_quietly(port)
+        self._rfc = None
+        log.info("%s closed", self._url)
+
+
+def _read_input(port: Any, line: str) -> bool:
+    if line == "cts":
+        return bool(port.cts)
+    if line == "dsr":
+        return bool(port.dsr)
+    if line == "cd":
+        return bool(port.cd)
+    return bool(port.ri)
+
+
+def _close_quietly(port: serial.SerialBase) -> None:
+    try:
+        port.close()
+    except Exception as exc:
+        log.debug("closing %s: %s", port.port, exc)
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned executor future's exception as retrieved (no asyncio warning)."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,194 @@
+"""The daemon: wires config, outbox, MQTT link, command router and device monitors together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from gateway.channel import ChannelMonitor, register_channel_commands
+from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.config import Config
+from gateway.events import GatewayStartedData, GatewayState, OutboxData, utc_timestamp
+from gateway.mqtt import MqttLink
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
+from gateway.radios import make_radio
+from gateway.sdnotify import SystemdNotifier
+from gateway.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    try:
+        return version("consolegw")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class RebirthRequest(Request):
+    pass
+
+
+class StatusRequest(Request):
+    pass
+
+
+class Gateway:
+    """One daemon instance. `await run()` until `request_stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.version = package_version()
+        self._stop = asyncio.Event()
+        self.outbox = Outbox(
+            path=config.gateway.state_dir / "outbox.sqlite3",
+            max_events=config.outbox.max_events,
+            fsync=config.outbox.fsync,
+        )
+        self.publisher = Publisher(
+            prefix=config.prefix, gateway_id=config.gateway.id, outbox=self.outbox
+        )
+        self.router = CommandRouter(prefix=config.prefix, gateway_id=config.gateway.id)
+        self.link = MqttLink(
+            mqtt=config.mqtt,
+            publisher=self.publisher,
+            router=self.router,
+            version=self.version,
+            in_flight=config.outbox.in_flight,
+            client_id=config.mqtt.client_id or f"consolegw-{config.gateway.id}",
+        )
+        self.supervisor = Supervisor()
+        self.notifier = SystemdNotifier()
+        self.channels: dict[str, ChannelMonitor] = {
+            channel_id: ChannelMonitor(
+                channel_id=channel_id,
+                config=section,
+                radio=make_radio(section.radio) if section.radio is not None else None,
+                publisher=self.publisher,
+            )
+            for channel_id, section in config.channels.items()
+        }
+        self._register_commands()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _register_commands(self) -> None:
+        self.router.register(
+            "gateway",
+            "rebirth",
+            RebirthRequest,
+            self._rebirth,
+            description="Republish every retained state topic.",
+        )
+        self.router.register(
+            "gateway",
+            "status",
+            StatusRequest,
+            self._status,
+            description="The gateway's health: version, session, outbox, channels.",
+        )
+        register_channel_commands(self.router, self.channels)
+
+    async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> dict[str, Any]:
+        self._publish_gateway_state()
+        self.publisher.mark_all_dirty()
+        return {"topics": len(self.publisher.retained_snapshot())}
+
+    async def _status(self, params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+        return self._gateway_state().model_dump(mode="json")
+
+    def _gateway_state(self) -> GatewayState:
+        return GatewayState(
+            gateway=self.config.gateway.id,
+            version=self.version,
+            session=self.link.session,
+            outbox_depth=self.outbox.depth,
+            outbox_full=self.outbox.full,
+            outbox_dropped=self.outbox.dropped,
+            channels=sorted(self.channels),
+            ts=utc_timestamp(),
+        )
+
+    def _publish_gateway_state(self) -> None:
+        self.publisher.set_state(f"{self.config.prefix}/state", self._gateway_state())
+
+    def _on_outbox_full(self, full: bool) -> None:
+        data = OutboxData(
+            depth=self.outbox.depth,
+            max_events=self.outbox.max_events,
+            dropped=self.outbox.dropped,
+        )
+        self.publisher.emit(
+            "gateway",
+            self.config.gateway.id,
+            "outbox.full" if full else "outbox.ok",
+            data,
+            keep=True,
+        )
+        self._publish_gateway_state()
+
+    async def _watch_health(self) -> None:
+        # The watchdog ping proves the event loop runs; the gateway state follows the outbox.
+        interval = self.notifier.watchdog_interval()
+        last_depth = -1
+        while True:
+            if interval is not None:
+                self.notifier.watchdog()
+            depth = self.outbox.depth
+            if (depth == 0) != (last_depth == 0) or abs(depth - last_depth) >= 100:
+                last_depth = depth
+                self._publish_gateway_state()
+            await asyncio.sleep(min(interval or 1.0, 1.0))
+
+    async def run(self) -> None:
+        self.outbox.open()
+        self.outbox.on_full_change = self._on_outbox_full
+        try:
+            self.publisher.emit(
+                "gateway",
+                self.config.gateway.id,
+                "gateway.started",
+                GatewayStartedData(version=self.version, outbox_depth=self.outbox.depth),
+            )
+            self._publish_gateway_state()
+            link_task = asyncio.create_task(self.link.run(), name="mqtt")
+            self.supervisor.start("health", self._watch_health)
+            for channel_id, monitor in self.channels.items():
+                self.supervisor.start(f"channel {channel_id}", monitor.run)
+            self.notifier.ready(f"{len(self.channels)} channels")
+            log.info(
+                "consolegw %s running: gateway %s, %d channels, MQTT prefix %s",
+                self.version,
+                self.config.gateway.id,
+                len(self.channels),
+                self.config.prefix,
+            )
+            stop_task = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                {link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if link_task in done:
+                # The link only ends on a bug; keep the hardware safe and let systemd restart us.
+                log.error("MQTT link ended unexpectedly: %r", link_task.exception())
+            await self._shutdown(link_task)
+        finally:
+            self.outbox.close()
+
+    async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
+        log.info("stopping: releasing every PTT first")
+        self.notifier.stopping()
+        # Channels unkey in their own cleanup; do it here too in case a task is wedged.
+        await asyncio.gather(
+            *(monitor.release_all("stop") for monitor in self.channels.values()),
+            return_exceptions=True,
+        )
+        await self.supervisor.stop()
+        self.link.stop()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(link_task, timeout=5.0)
+        log.info("stopped")

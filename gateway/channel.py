@@ -1,0 +1,468 @@
+"""Per-channel monitor: keys the radio safely and watches it for faults.
+
+Safety rules enforced here, whatever the requester does:
+- every transmission ends at the time-out timer (tx_timeout_s); after a time-out the channel
+  stays unkeyed until the requester releases (ptt off) or its lease lapses;
+- PTT is a lease: a requester that vanishes cannot hold a transmitter;
+- PTT is released on every stop path, error path and device loss; a reopened device starts
+  unkeyed and is never re-keyed on its own;
+- the PTT reported is what the hardware reads back where it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any, Literal
+
+from pydantic import Field
+
+from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
+from drivers.radio import RadioInterface, RadioLines
+from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.config import ChannelSection
+from gateway.errors import CommandError
+from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timestamp
+from gateway.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+_IO_TIMEOUT_S = 2.0
+"""A device call taking longer than this counts as a lost device."""
+_READBACK_GRACE_S = 0.25
+"""How long the read-back may lag a command before it counts as a mismatch."""
+
+
+class PttRequest(Request):
+    state: Literal["on", "off"]
+    duration_s: float | None = Field(
+        default=None, gt=0, description="Lease length; capped at the channel's max_lease_s"
+    )
+
+
+class StatusRequest(Request):
+    pass
+
+
+class ChannelMonitor:
+    """State machine for one radio channel: idle, receiving, transmitting, both, fault."""
+
+    def __init__(
+        self,
+        *,
+        channel_id: str,
+        config: ChannelSection,
+        radio: RadioInterface | None,
+        publisher: Publisher,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.channel_id = channel_id
+        self._cfg = config
+        self._radio = radio
+        self._pub = publisher
+        self._clock = clock
+        self._io_lock = asyncio.Lock()
+        self._online = False
+        self._ptt_commanded = False
+        self._ptt_hw = False  # reported PTT: read back, or commanded where no read-back
+        self._ptt_changed_at = 0.0
+        self._tx_started: float | None = None
+        self._lease_until: float | None = None
+        self._lease_holder: str | None = None
+        self._timed_out = False  # refuse re-keying until the requester releases
+        self._cos_raw = False
+        self._cos_raw_since = 0.0
+        self._cos = False
+        self._cos_since = 0.0
+        self._cos_edges: deque[float] = deque()
+        self.faults: dict[str, str] = {}
+        self._ever_opened = False
+        self._last_tx_state = 0.0
+        self._last_reassert = 0.0
+        self._keyed_at: float | None = None
+        self._state_topic = publisher.topic_for("channel", channel_id, "state")
+
+    # -- public state --------------------------------------------------------------------
+
+    @property
+    def ptt(self) -> bool:
+        return self._ptt_hw
+
+    @property
+    def cos(self) -> bool:
+        return self._cos
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    def snapshot(self) -> ChannelState:
+        if self.faults:
+            state: Literal["idle", "receiving", "transmitting", "both", "fault"] = "fault"
+        elif self._ptt_hw and self._cos:
+            state = "both"
+        elif self._ptt_hw:
+            state = "transmitting"
+        elif self._cos:
+            state = "receiving"
+        else:
+            state = "idle"
+        remaining = None
+        if self._ptt_hw and self._tx_started is not None:
+            remaining = round(
+                max(0.0, self._tx_started + self._cfg.tx_timeout_s - self._clock()), 3
+            )
+        return ChannelState(
+            channel=self.channel_id,
+            name=self._cfg.name or self.channel_id,
+            state=state,
+            ptt=self._ptt_hw,
+            ptt_readback=bool(self._radio and self._radio.can_read_back_ptt),
+            cos=self._cos,
+            device="none" if self._radio is None else ("online" if self._online else "offline"),
+            faults=sorted(self.faults),
+            tx_remaining_s=remaining,
+            ts=utc_timestamp(),
+        )
+
+    def _publish_state(self) -> None:
+        self._pub.set_state(self._state_topic, self.snapshot())
+
+    # -- events and faults ---------------------------------------------------------------
+
+    def _raise_fault(self, code: str, message: str) -> None:
+        if code not in self.faults:
+            self.faults[code] = message
+            self._fault_changed("fault.raised", code, message)
+
+    def _clear_fault(self, code: str, message: str) -> None:
+        if self.faults.pop(code, None) is not None:
+            self._fault_changed("fault.cleared", code, message)
+
+    def _fault_changed(self, event_type: str, code: str, message: str) -> None:
+        verb = "FAULT" if event_type == "fault.raised" else "fault cleared:"
+        log.warning("channel %s: %s %s: %s", self.channel_id, verb, code, message)
+        data = FaultData(fault=code, message=message)
+        self._pub.emit("channel", self.channel_id, event_type, data, keep=True)
+        self._publish_state()
+
+    def _set_reported_ptt(self, keyed: bool, reason: str) -> None:
+        if keyed == self._ptt_hw:
+            return
+        self._ptt_hw = keyed
+        self._ptt_changed_at = self._clock()
+        if keyed:
+            self._tx_started = self._clock()
+        else:
+            self._tx_started = None
+        log.info("channel %s: PTT %s (%s)", self.channel_id, "ON" if keyed else "off", reason)
+        self._pub.emit(
+            "channel",
+            self.channel_id,
+            "ptt.on" if keyed else "ptt.off",
+            PttData(requested_by=self._lease_holder, reason=reason),
+            keep=True,
+        )
+        self._publish_state()
+
+    # -- device I/O ----------------------------------------------------------------------
+
+    async def _io_set_ptt(self, keyed: bool) -> None:
+        assert self._radio is not None
+        async with asyncio.timeout(_IO_TIMEOUT_S):
+            await self._radio.set_ptt(keyed)
+
+    async def _io_read(self) -> RadioLines:
+        assert self._radio is not None
+        async with asyncio.timeout(_IO_TIMEOUT_S):
+            return await self._radio.read_lines()
+
+    async def _key(self, keyed: bool, reason: str) -> None:
+        """Drive PTT and report what the hardware says. Raises DeviceLost."""
+        async with self._io_lock:
+            if keyed and not self._ptt_commanded:
+                self._keyed_at = self._clock()
+            elif not keyed:
+                self._keyed_at = None
+            self._ptt_commanded = keyed
+            try:
+                await self._io_set_ptt(keyed)
+            except TimeoutError:
+                raise DeviceLost("PTT command timed out") from None
+            if self._radio is not None and self._radio.can_read_back_ptt:
+                lines = await self._read_locked()
+                self._apply_readback(lines, reason)
+            else:
+                self._set_reported_ptt(keyed, reason)
+
+    async def _read_locked(self) -> RadioLines:
+        try:
+            return await self._io_read()
+        except TimeoutError:
+            raise DeviceLost("read timed out") from None
+
+    def _apply_readback(self, lines: RadioLines, reason: str) -> None:
+        if lines.ptt is None:
+            self._set_reported_ptt(self._ptt_commanded, reason)
+            return
+        self._set_reported_ptt(lines.ptt, reason)
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def request_ptt(self, params: PttRequest, ctx: RequestContext) -> dict[str, Any]:
+        if self._radio is None:
+            raise CommandError(f"channel {self.channel_id} has no radio interface")
+        if params.state == "off":
+            self._timed_out = False
+            self._clear_fault("stuck_ptt", "PTT released by the requester")
+            if self._online:
+                try:
+                    await self._key(False, "request")
+                except DeviceError as exc:
+                    self._device_lost(exc)
+                    raise CommandError(f"radio interface lost: {exc}") from None
+            self._lease_until = None
+            self._lease_holder = None
+            return self._ptt_reply()
+        if not self._online:
+            raise CommandError(f"channel {self.channel_id}: radio interface offline")
+        if self._timed_out:
+            raise CommandError(
+                "transmit time-out: the channel stays unkeyed until PTT is released "
+                "(send state=off) or the lease lapses"
+            )
+        if self._cfg.busy_lockout and self._cos:
+            raise CommandError("channel busy: carrier present and busy_lockout is on")
+        lease = min(params.duration_s or self._cfg.max_lease_s, self._cfg.max_lease_s)
+        self._lease_until = self._clock() + lease
+        self._lease_holder = ctx.client
+        if not self._ptt_hw or not self._ptt_commanded:
+            try:
+                await self._key(True, "request")
+            except DeviceError as exc:
+                self._device_lost(exc)
+                raise CommandError(f"radio interface lost: {exc}") from None
+        reply = self._ptt_reply()
+        reply["lease_s"] = round(lease, 3)
+        return reply
+
+    def _ptt_reply(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        return {
+            "ptt": snap.ptt,
+            "ptt_readback": snap.ptt_readback,
+            "tx_remaining_s": snap.tx_remaining_s,
+            "faults": snap.faults,
+        }
+
+    async def request_status(self, params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+        return self.snapshot().model_dump(mode="json")
+
+    async def release_all(self, reason: str) -> None:
+        """Unkey now if possible (used on stop; never raises)."""
+        if self._radio is None or not (self._ptt_commanded or self._ptt_hw):
+            return
+        with contextlib.suppress(Exception):
+            await self._key(False, reason)
+
+    # -- the monitor loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._publish_state()
+        if self._radio is None:
+            await asyncio.Event().wait()  # nothing to poll; commands still answer
+            return
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    await self._open()
+                except DeviceUnavailable as exc:
+                    self._device_absent(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._cfg.reopen_backoff_max_s)
+                    continue
+                backoff = 0.2
+                try:
+                    await self._poll_forever()
+                except DeviceError as exc:
+                    self._device_lost(exc)
+                    await self._close_radio()
+        finally:
+            # Every stop path: release PTT (the driver also unkeys in close()).
+            await self.release_all("stop")
+            await self._close_radio()
+            self._online = False
+
+    async def _open(self) -> None:
+        assert self._radio is not None
+        try:
+            async with asyncio.timeout(_IO_TIMEOUT_S * 3):
+                await self._radio.open()  # drives PTT unkeyed before anything else
+        except TimeoutError:
+            await self._close_radio()
+            raise DeviceUnavailable("open timed out") from None
+        self._ptt_commanded = False
+        self._lease_until = None
+        lines = await self._read_locked()
+        self._online = True
+        now = self._clock()
+        self._cos_raw = self._cos = lines.cos
+        self._cos_raw_since = self._cos_since = now
+        self._apply_readback(lines, "device_opened")
+        if self._ever_opened:
+            self._clear_fault("device_lost", f"radio interface back: {self._radio.description}")
+        else:
+            log.info("channel %s: radio open: %s", self.channel_id, self._radio.description)
+        self._ever_opened = True
+        self._publish_state()
+
+    def _device_absent(self, exc: Exception) -> None:
+        self._online = False
+        self._raise_fault("device_lost", f"radio interface unavailable: {exc}")
+
+    def _device_lost(self, exc: Exception) -> None:
+        if not self._online:
+            return
+        self._online = False
+        self._ptt_commanded = False
+        self._lease_until = None
+        self._raise_fault("device_lost", f"radio interface lost: {exc}")
+        self._set_reported_ptt(False, "device_lost")
+        if self._cos:
+            self._cos = False
+            self._pub.emit("channel", self.channel_id, "cos.off", CosData())
+        self._publish_state()
+
+    async def _close_radio(self) -> None:
+        if self._radio is not None:
+            with contextlib.suppress(Exception):
+                await self._radio.close()
+
+    async def _poll_forever(self) -> None:
+        interval = self._cfg.poll_ms / 1000
+        next_tick = self._clock()
+        while True:
+            async with self._io_lock:
+                lines = await self._read_locked()
+                now = self._clock()
+                self._track_cos(lines.cos, now)
+                self._check_readback(lines, now)
+            await self._enforce_timers(now)
+            self._check_cos_faults(now)
+            if self._ptt_hw:
+                self._publish_state_throttled(now)
+            next_tick += interval
+            delay = next_tick - self._clock()
+            if delay < -interval:
+                next_tick = self._clock()  # fell behind (loaded box): do not burst
+                delay = 0
+            await asyncio.sleep(max(delay, 0))
+
+    def _publish_state_throttled(self, now: float) -> None:
+        # While keyed, tx_remaining_s counts down; once a second is plenty for CAD.
+        if now - self._last_tx_state >= 1.0:
+            self._last_tx_state = now
+            self._publish_state()
+
+    def _track_cos(self, raw: bool, now: float) -> None:
+        if raw != self._cos_raw:
+            self._cos_raw = raw
+            self._cos_raw_since = now
+            self._cos_edges.append(now)
+        if raw != self._cos and now - self._cos_raw_since >= self._cfg.cos_debounce_ms / 1000:
+            self._cos = raw
+            self._cos_since = now
+            log.debug("channel %s: COS %s", self.channel_id, "on" if raw else "off")
+            self._pub.emit("channel", self.channel_id, "cos.on" if raw else "cos.off", CosData())
+            self._publish_state()
+
+    def _check_readback(self, lines: RadioLines, now: float) -> None:
+        if lines.ptt is None:
+            return
+        if lines.ptt != self._ptt_hw:
+            self._set_reported_ptt(lines.ptt, "readback")
+        if lines.ptt != self._ptt_commanded:
+            if now - self._ptt_changed_at >= _READBACK_GRACE_S:
+                want = "keyed" if self._ptt_commanded else "unkeyed"
+                seen = "keyed" if lines.ptt else "unkeyed"
+                self._raise_fault(
+                    "ptt_mismatch",
+                    f"PTT commanded {want} but the interface reads back {seen}: "
+                    "check the PTT wiring and the radio's PTT input",
+                )
+        else:
+            self._clear_fault("ptt_mismatch", "PTT read-back agrees with the command again")
+
+    async def _enforce_timers(self, now: float) -> None:
+        # Timed from the command, not the read-back: a broken read-back must not disable it.
+        started = self._keyed_at
+        if self._ptt_commanded and started is not None and now - started >= self._cfg.tx_timeout_s:
+            self._timed_out = True
+            self._raise_fault(
+                "stuck_ptt",
+                f"transmit time-out after {self._cfg.tx_timeout_s:g} s: PTT released; "
+                "the requester must release PTT before keying again",
+            )
+            await self._key(False, "timeout")
+            return
+        if self._lease_until is not None and now >= self._lease_until:
+            self._lease_until = None
+            if self._ptt_commanded:
+                log.info("channel %s: PTT lease lapsed; unkeying", self.channel_id)
+                await self._key(False, "lease_expired")
+            if self._timed_out:
+                # The hold that ran into the time-out is over: the channel may key again.
+                self._timed_out = False
+                self._clear_fault("stuck_ptt", "the PTT hold ended after the time-out")
+        if not self._ptt_commanded and self._ptt_hw and now - self._last_reassert >= 1.0:
+            # Read-back says keyed although we unkeyed: command it again, the line may recover.
+            self._last_reassert = now
+            with contextlib.suppress(DeviceError, TimeoutError):
+                async with self._io_lock:
+                    await self._io_set_ptt(False)
+
+    def _check_cos_faults(self, now: float) -> None:
+        window = self._cfg.cos_flap_window_s
+        while self._cos_edges and now - self._cos_edges[0] > window:
+            self._cos_edges.popleft()
+        edges = len(self._cos_edges)
+        if edges >= self._cfg.cos_flap_max:
+            self._raise_fault(
+                "cos_flapping",
+                f"carrier changed {edges} times in {window:g} s: check squelch setting and COS "
+                "wiring",
+            )
+        elif "cos_flapping" in self.faults and edges <= self._cfg.cos_flap_max // 2:
+            self._clear_fault("cos_flapping", "carrier steady again")
+        if self._cos and now - self._cos_since >= self._cfg.cos_stuck_s:
+            self._raise_fault(
+                "cos_stuck",
+                f"carrier present for more than {self._cfg.cos_stuck_s:g} s: squelch open or "
+                "COS line stuck",
+            )
+        elif not self._cos and "cos_stuck" in self.faults:
+            self._clear_fault("cos_stuck", "carrier dropped")
+
+
+def register_channel_commands(router: CommandRouter, channels: dict[str, ChannelMonitor]) -> None:
+    """The `ptt` and `status` requests on `<prefix>/channels/<id>/request/<cmd>`."""
+
+    async def ptt(params: PttRequest, ctx: RequestContext) -> dict[str, Any]:
+        return await channels[ctx.target].request_ptt(params, ctx)
+
+    async def status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+        return await channels[ctx.target].request_status(params, ctx)
+
+    router.set_targets("channels", channels.keys)
+    router.register(
+        "channels",
+        "ptt",
+        PttRequest,
+        ptt,
+        description="Key (state=on, optional duration_s lease) or unkey (state=off) the radio.",
+    )
+    router.register("channels", "status", StatusRequest, status, description="Channel snapshot.")

@@ -1,0 +1,132 @@
+"""The `consolegw` command: run the daemon, check a config, and the technician's tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway.config import Config, MqttSection, load_config
+from gateway.errors import ConfigError, ConsoleGwError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("consolegw")
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line; elsewhere a technician wants the time.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"consolegw: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str, broker: str | None = None) -> Config:
+    config = load_config(path)
+    if broker is not None:
+        try:
+            mqtt = MqttSection.model_validate({**config.mqtt.model_dump(), "url": broker})
+        except ValueError as exc:
+            raise ConfigError(f"--broker {broker}: {exc}") from None
+        config = config.model_copy(update={"mqtt": mqtt})
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(
+        f"{args.file}: OK: gateway {config.gateway.id}, {len(config.channels)} channels, "
+        f"MQTT {config.mqtt.url} prefix {config.prefix}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config, args.broker)
+    _setup_logging(args.log_level or config.gateway.log_level)
+    from gateway.app import Gateway
+
+    async def main() -> None:
+        gateway = Gateway(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gateway.request_stop)
+        await gateway.run()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from gateway.asyncapi import render_asyncapi
+
+    text = render_asyncapi()
+    if args.check:
+        current = (
+            Path(args.output).read_text(encoding="utf-8") if Path(args.output).exists() else ""
+        )
+        if current != text:
+            return _fail(f"{args.output} is out of date: run `consolegw asyncapi -o {args.output}`")
+        print(f"{args.output}: up to date")
+        return EXIT_OK
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consolegw",
+        description="Radio and hardware gateway for 911 dispatch consoles.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", required=True, help="config file (TOML)")
+    run.add_argument("--broker", help="override mqtt.url, e.g. mqtt://127.0.0.1:1883")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file without touching hardware")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    api = sub.add_parser("asyncapi", help="write the AsyncAPI document of the MQTT contract")
+    api.add_argument("-o", "--output", default="docs/asyncapi.yaml", help="file, or - for stdout")
+    api.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    api.set_defaults(func=cmd_asyncapi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        return _fail(f"bad config:\n{exc}", EXIT_USAGE)
+    except ConsoleGwError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Request/response routing for MQTT commands.
+
+Topics: `<prefix>/request/<cmd>` for the gateway, `<prefix>/<scope>/<id>/request/<cmd>` for a
+channel or alarm. Every request gets exactly one response, on the matching `.../response/<cmd>`
+topic (and on the MQTT v5 response topic, with its correlation data, when the request has
+one). Nothing a requester sends can crash the daemon: bad input becomes an error response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.errors import CommandError
+from gateway.events import ResponsePayload
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["gateway", "channels", "alarms"]
+
+
+class Request(BaseModel):
+    """Base of every command's parameters. Unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    transaction: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    target: str
+    """Channel or alarm id; the gateway id for gateway commands."""
+    command: str
+    client: str | None
+    """Who asked: the transaction, for logs and events."""
+
+
+Handler = Callable[[Any, RequestContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    params: type[Request]
+    handler: Handler
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    topic: str
+    payload: bytes
+    correlation_data: bytes | None = None
+
+
+class CommandRouter:
+    """Routes request topics to registered handlers and builds their responses."""
+
+    def __init__(self, *, prefix: str, gateway_id: str) -> None:
+        self._prefix = prefix
+        self._gateway_id = gateway_id
+        self._commands: dict[Scope, dict[str, _Command]] = {
+            "gateway": {},
+            "channels": {},
+            "alarms": {},
+        }
+        self._targets: dict[Scope, Callable[[], Collection[str]]] = {
+            "gateway": lambda: (gateway_id,),
+            "channels": lambda: (),
+            "alarms": lambda: (),
+        }
+        # One lock per target keeps commands for one channel in arrival order.
+        self._locks: dict[tuple[Scope, str], asyncio.Lock] = {}
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [
+            f"{self._prefix}/request/+",
+            f"{self._prefix}/channels/+/request/+",
+            f"{self._prefix}/alarms/+/request/+",
+        ]
+
+    def set_targets(self, scope: Scope, targets: Callable[[], Collection[str]]) -> None:
+        self._targets[scope] = targets
+
+    def register(
+        self,
+        scope: Scope,
+        name: str,
+        params: type[Request],
+        handler: Handler,
+        *,
+        description: str = "",
+    ) -> None:
+        if name in self._commands[scope]:
+            raise ValueError(f"command {scope}/{name} registered twice")
+        self._commands[scope][name] = _Command(params, handler, description)
+
+    def commands(self) -> dict[Scope, dict[str, tuple[type[Request], str]]]:
+        """What is registered, for documentation."""
+        return {
+            scope: {name: (c.params, c.description) for name, c in cmds.items()}
+            for scope, cmds in self._commands.items()
+        }
+
+    async def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retained: bool,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> list[Reply]:
+        """Handle one request message; returns the replies to publish (never raises)."""
+        parsed = self._parse_topic(topic)
+        if parsed is None:
+            return []  # not a request topic of ours; nothing sensible to answer on
+        scope, target, name, reply_topic = parsed
+        transaction: Any = None
+        try:
+            body = _decode_json(payload)
+            transaction = body.get("transaction")
+            if retained:
+                raise CommandError(
+                    "retained requests are refused: a stale command must never act; "
+                    "publish requests with retain=false"
+                )
+            response = await self._run(scope, target, name, body)
+            response.transaction = transaction
+        except CommandError as exc:
+            log.info("request %s refused: %s", topic, exc)
+            response = ResponsePayload(status="error", transaction=transaction, error=str(exc))
+        except Exception:
+            log.exception("request %s failed", topic)
+            response = ResponsePayload(
+                status="error", transaction=transaction, error="internal error (see gateway log)"
+            )
+        data = response.model_dump_json(exclude_none=False).encode()
+        replies = [Reply(reply_topic, data, correlation_data)]
+        if response_topic and response_topic != reply_topic and _valid_topic(response_topic):
+            replies.append(Reply(response_topic, data, correlation_data))
+        return replies
+
+    async def _run(
+        self, scope: Scope, target: str, name: str, body: dict[str, Any]
+    ) -> ResponsePayload:
+        command = self._commands[scope].get(name)
+        if command is None:
+            known = ", ".join(sorted(self._commands[scope])) or "none"
+            raise CommandError(f"unknown command {name!r} (known: {known})")
+        if target not in self._targets[scope]():
+            noun = {"gateway": "gateway", "channels": "channel", "alarms": "alarm"}[scope]
+            raise CommandError(f"unknown {noun} {target!r}")
+        try:
+            params = command.params.model_validate(body)
+        except ValidationError as exc:
+            raise CommandError(_describe_validation(exc)) from None
+        context = RequestContext(
+            target=target,
+            command=name,
+            client=None if params.transaction is None else str(params.transaction),
+        )
+        lock = self._locks.setdefault((scope, target), asyncio.Lock())
+        async with lock:
+            data = await command.handler(params, context)
+        return ResponsePayload(status="ok", data=data)
+
+    def _parse_topic(self, topic: str) -> tuple[Scope, str, str, str] | None:
+        if not topic.startswith(self._prefix + "/"):
+            return None
+        parts = topic[len(self._prefix) + 1 :].split("/")
+        if len(parts) == 2 and parts[0] == "request":
+            reply = f"{self._prefix}/response/{parts[1]}"
+            return "gateway", self._gateway_id, parts[1], reply
+        if len(parts) == 4 and parts[0] in ("channels", "alarms") and parts[2] == "request":
+            scope: Scope = "channels" if parts[0] == "channels" else "alarms"
+            reply = f"{self._prefix}/{parts[0]}/{parts[1]}/response/{parts[3]}"
+            return scope, parts[1], parts[3], reply
+        return None
+
+
+def _decode_json(payload: bytes) -> dict[str, Any]:
+    if not payload.strip():
+        return {}
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("payload must be a JSON object")
+    return body
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "payload"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{field}: {msg}")
+    return "invalid parameters: " + "; ".join(problems)
+
+
+def _valid_topic(topic: str) -> bool:
+    return bool(topic) and "+" not in topic and "#" not in topic and len(topic) < 65536

@@ -1,0 +1,289 @@
+"""The config file: one TOML document validated into typed, frozen models.
+
+Every problem is reported as ``FILE: KEY.PATH: problem`` so a technician can fix it without
+reading code; the CLI turns ConfigError into exit status 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+"""Ids end up in MQTT topics: no '/', '+', '#' or spaces."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos until proven otherwise: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Model):
+    id: Identifier = "console-01"
+    state_dir: Path = Path("/var/lib/consolegw")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TlsSection(_Model):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+    """Skip broker host name verification. For lab use only."""
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsSection:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not")
+        return self
+
+
+class MqttSection(_Model):
+    url: str = "mqtt://127.0.0.1:1883"
+    prefix: str = ""
+    """Topic prefix; empty means consolegw/<gateway.id>."""
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    tls: TlsSection | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("has no host name")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not contain '+' or '#' nor start or end with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttSection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts" or self.tls is not None
+
+
+class OutboxSection(_Model):
+    max_events: int = Field(default=100_000, ge=100)
+    """Events kept while the broker is unreachable. Alarm events are kept past this bound."""
+    fsync: bool = True
+    """fsync every commit (survives power loss); false survives a process crash only."""
+    in_flight: int = Field(default=256, ge=1, le=10_000)
+    """QoS 1 publishes awaiting PUBACK at once."""
+
+
+class SerialRadioSection(_Model):
+    kind: Literal["serial"]
+    url: str
+    """Device path, /dev/serial/by-id/... name, or rfc2217://host:port."""
+    ptt: tuple[Literal["rts", "dtr"], ...] = ("rts",)
+    ptt_invert: bool = False
+    cos: Literal["cts", "dsr", "cd", "ri"] | None = "cts"
+    cos_invert: bool = False
+
+    @field_validator("ptt")
+    @classmethod
+    def _ptt_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError('must name "rts", "dtr" or both, once each')
+        return value
+
+
+class Cm108RadioSection(_Model):
+    kind: Literal["cm108"]
+    vendor_id: int = 0x0D8C
+    product_id: int | None = None
+    serial: str | None = None
+    port_path: str | None = Field(default=None, pattern=r"^\d+-\d+(\.\d+)*$")
+    """USB port path as in /sys/bus/usb/devices, e.g. 1-1.4: stable across reboots."""
+    ptt_gpio: int = Field(default=3, ge=1, le=8)
+    ptt_invert: bool = False
+    cos_bit: int = 1
+    """HID input bit carrying COS: 0 VOLUP, 1 VOLDN (most boards), 4 HOOK, 8-15 GPIO1-8."""
+    cos_invert: bool = False
+    ptt_sense_gpio: int | None = Field(default=None, ge=1, le=8)
+    """A GPIO wired (as input) to the keyed line: gives a true PTT read-back."""
+    ptt_sense_invert: bool = False
+    usb_backend: str | None = Field(default=None, pattern=r"^sim://[^:/]+:\d+$")
+    """Simulator only: sim://host:port forwards USB transfers to hw_sim."""
+
+    @field_validator("cos_bit")
+    @classmethod
+    def _cos_bit(cls, value: int) -> int:
+        if value not in (0, 1, 4, *range(8, 16)):
+            raise ValueError("must be 0 (VOLUP), 1 (VOLDN), 4 (HOOK) or 8-15 (GPIO1-8)")
+        return value
+
+    @model_validator(mode="after")
+    def _sense_differs(self) -> Cm108RadioSection:
+        if self.ptt_sense_gpio == self.ptt_gpio:
+            raise ValueError("ptt_sense_gpio must differ from ptt_gpio")
+        return self
+
+
+RadioSection = Annotated[SerialRadioSection | Cm108RadioSection, Field(discriminator="kind")]
+
+
+class ChannelSection(_Model):
+    name: str = ""
+    radio: RadioSection | None = None
+    tx_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Every transmission ends after this, whatever the requester does."""
+    max_lease_s: float = Field(default=30.0, gt=0, le=3600)
+    """Longest PTT a single request may hold without renewing it."""
+    busy_lockout: bool = False
+    """Refuse PTT while carrier (COS) is present."""
+    cos_debounce_ms: float = Field(default=30.0, ge=0, le=2000)
+    cos_stuck_s: float = Field(default=300.0, gt=0)
+    cos_flap_max: int = Field(default=10, ge=2)
+    """COS transitions within cos_flap_window_s that count as flapping."""
+    cos_flap_window_s: float = Field(default=2.0, gt=0)
+    poll_ms: float = Field(default=20.0, ge=2, le=1000)
+    reopen_backoff_max_s: float = Field(default=5.0, ge=0.1)
+
+    @model_validator(mode="after")
+    def _lease_within_timeout(self) -> ChannelSection:
+        if self.max_lease_s > self.tx_timeout_s:
+            raise ValueError("max_lease_s must not exceed tx_timeout_s")
+        return self
+
+
+class Config(_Model):
+    gateway: GatewaySection = GatewaySection()
+    mqtt: MqttSection = MqttSection()
+    outbox: OutboxSection = OutboxSection()
+    channels: dict[Identifier, ChannelSection] = Field(default_factory=dict)
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def prefix(self) -> str:
+        return self.mqtt.prefix or f"consolegw/{self.gateway.id}"
+
+
+def _format_location(loc: tuple[int | str, ...], model_path: tuple[str, ...] = ()) -> str:
+    # pydantic puts the union member's tag ("serial") into the location; a user never wrote it.
+    parts = [str(p) for p in loc if p not in ("serial", "cm108")]
+    return ".".join([*model_path, *parts]) or "(top level)"
+
+
+def _validation_message(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _format_location(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+_PATH_KEYS = (
+    ("gateway", "state_dir"),
+    ("mqtt", "password_file"),
+    ("mqtt", "tls", "ca_file"),
+    ("mqtt", "tls", "cert_file"),
+    ("mqtt", "tls", "key_file"),
+)
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in a config file mean: next to that file, wherever we run from."""
+    for keys in _PATH_KEYS:
+        node: Any = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            value = Path(node[keys[-1]]).expanduser()
+            if not value.is_absolute():
+                node[keys[-1]] = str(base / value)
+    return data
+
+
+def parse_config(data: dict[str, Any], *, source: Path, check_files: bool = True) -> Config:
+    """Validate an already parsed TOML document (and that the files it names exist)."""
+    data = _resolve_relative_paths(data, source.resolve().parent)
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(source, exc)) from None
+    if check_files:
+        _check_files(config, source)
+    return config
+
+
+def _check_files(config: Config, source: Path) -> None:
+    tls = config.mqtt.tls
+    files: list[tuple[str, Path | None]] = [("mqtt.password_file", config.mqtt.password_file)]
+    if tls is not None:
+        files += [
+            ("mqtt.tls.ca_file", tls.ca_file),
+            ("mqtt.tls.cert_file", tls.cert_file),
+            ("mqtt.tls.key_file", tls.key_file),
+        ]
+    for key, file in files:
+        if file is not None and not file.is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {file}")
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read and validate a config file. Raises ConfigError naming file, key and problem."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=path, check_files=check_files)
+
+
+def read_password(mqtt: MqttSection) -> str | None:
+    if mqtt.password_file is not None:
+        return mqtt.password_file.read_text(encoding="utf-8").strip()
+    return mqtt.password

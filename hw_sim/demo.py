@@ -1,0 +1,253 @@
+"""`make demo`: a private broker, the simulator, the daemon, and the MQTT traffic on screen.
+
+    python -m hw_sim.demo [--config config/sim.toml] [--duration SECONDS] [--raw]
+
+Ctrl-C stops all of it. Lines start with who speaks: [sim] the simulated hardware, [gateway]
+the daemon's log, [mqtt] what a CAD subscriber receives, [cad] requests this demo sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+_LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+_print_lock = threading.Lock()
+
+
+def say(who: str, text: str) -> None:
+    with _print_lock:
+        print(f"{time.strftime('%H:%M:%S')} [{who}] {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    conf = workdir / "mosquitto.conf"
+    # As root, mosquitto would switch to its own user and lose access to our temp folder.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}")
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start (is it installed? `make demo` installs it)")
+
+
+def relay(stream: IO[bytes], who: str) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        if line.startswith("[sim] "):
+            line = line[6:]
+        line = _LOG_STAMP.sub("", line)  # the demo stamps every line itself
+        say(who, line)
+
+
+class TrafficPrinter:
+    """Subscribes like a CAD system would and prints each message in one readable line."""
+
+    def __init__(self, port: int, prefix: str, raw: bool) -> None:
+        self.prefix = prefix
+        self.raw = raw
+        self._last_state: dict[str, Any] = {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        topic: str = msg.topic
+        if "/request/" in topic:
+            return
+        try:
+            body = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            body = None
+        if self.raw or not isinstance(body, dict):
+            say("mqtt", f"{topic} {msg.payload.decode(errors='replace')}")
+            return
+        line = self._describe(topic[len(self.prefix) + 1 :], body)
+        if line:
+            say("mqtt", line)
+
+    def _describe(self, topic: str, body: dict[str, Any]) -> str | None:
+        if topic == "status":
+            return f"gateway {body['state'].upper()} (session {body['session']})"
+        if topic.endswith("/state") and topic.startswith("channels/"):
+            key = (body["state"], body["ptt"], body["cos"], body["device"], tuple(body["faults"]))
+            if self._last_state.get(topic) == key:
+                return None
+            self._last_state[topic] = key
+            faults = ",".join(body["faults"]) or "none"
+            ptt = "ON" if body["ptt"] else "off"
+            cos = "ON" if body["cos"] else "off"
+            return (
+                f"{body['channel']:<12} state {body['state']:<12} ptt={ptt} cos={cos}"
+                f" device={body['device']} faults={faults}"
+            )
+        if topic == "state":
+            return None  # gateway health: shown by `status` requests, not worth a line each
+        if topic.endswith("/event"):
+            data = body.get("data", {})
+            what = body["type"]
+            if what.startswith("fault."):
+                verb = "RAISED" if what == "fault.raised" else "cleared"
+                what = f"FAULT {verb} {data['fault']}: {data['message']}"
+            elif what.startswith("ptt."):
+                what = f"{what} ({data.get('reason')})"
+            return f"{body['source_id']:<12} event #{body['seq']} {what}"
+        if "/response/" in topic:
+            detail = body.get("error") or json.dumps(body.get("data"))
+            return (
+                f"{topic.split('/')[-3] if topic.startswith('channels') else 'gateway':<12} "
+                f"response {topic.rsplit('/', 1)[1]}: {body['status']} {detail}"
+            )
+        return f"{topic} {body}"
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def cad_requests(port: int, prefix: str, channels: list[str], stop: threading.Event) -> None:
+    """Acts as CAD: keys a radio for a few seconds now and then, and asks for status."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    count = 0
+    try:
+        while not stop.wait(6 if count else 4):
+            channel = channels[count % len(channels)]
+            count += 1
+            transaction = f"cad-{count}"
+            say("cad", f"{channel:<12} request ptt on for 3 s (transaction {transaction})")
+            client.publish(
+                f"{prefix}/channels/{channel}/request/ptt",
+                json.dumps({"state": "on", "duration_s": 3, "transaction": transaction}),
+                qos=1,
+            )
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hw_sim.demo", description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
+    parser.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+    parser.add_argument("--raw", action="store_true", help="print raw topics and JSON payloads")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    prefix = config.prefix
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    procs: list[subprocess.Popen[bytes]] = []
+    printer: TrafficPrinter | None = None
+    with tempfile.TemporaryDirectory(prefix="consolegw-demo-") as tmp:
+        try:
+            port = free_port()
+            procs.append(start_broker(Path(tmp), port))
+            say("demo", f"private MQTT broker on 127.0.0.1:{port}; watch it yourself with:")
+            say("demo", f"  mosquitto_sub -p {port} -t '{prefix}/#' -v")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            sim = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hw_sim",
+                    "-c",
+                    args.config,
+                    "--scenario",
+                    "demo",
+                    "--control-port",
+                    str(free_port()),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+            procs.append(sim)
+            printer = TrafficPrinter(port, prefix, args.raw)
+            time.sleep(0.5)
+            daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "run",
+                    "-c",
+                    args.config,
+                    "--broker",
+                    f"mqtt://127.0.0.1:{port}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+            procs.append(daemon)
+            for proc, who in ((sim, "sim"), (daemon, "gateway")):
+                assert proc.stdout is not None
+                threading.Thread(target=relay, args=(proc.stdout, who), daemon=True).start()
+            threading.Thread(
+                target=cad_requests, args=(port, prefix, list(config.channels), stop), daemon=True
+            ).start()
+            deadline = None if args.duration is None else time.monotonic() + args.duration
+            while not stop.wait(0.2):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if daemon.poll() is not None or sim.poll() is not None:
+                    say("demo", "a process ended unexpectedly; stopping")
+                    break
+            stop.set()
+        finally:
+            say("demo", "stopping: daemon first (it releases every PTT), then simulator, broker")
+            for proc in reversed(procs):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                time.sleep(0.3)  # let the last lines (offline status) arrive
+            if printer is not None:
+                printer.close()
+    say("demo", "stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

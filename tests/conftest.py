@@ -1,0 +1,52 @@
+"""Shared fixtures. Every broker here is a real mosquitto of the test session's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.contract import check_messages
+from tests.mqtt_tools import Broker, Daemon, Subscriber
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    instance = Broker(tmp_path_factory.mktemp("mosquitto"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def subscriber_factory(broker: Broker) -> Iterator[Callable[..., Subscriber]]:
+    made: list[Subscriber] = []
+
+    def make(topics: list[str] | None = None, **kwargs: Any) -> Subscriber:
+        sub = Subscriber(broker.host, broker.port, topics or ["consolegw/#"], **kwargs)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        # Every message the daemon published in the test must match the AsyncAPI document.
+        check_messages(sub.snapshot())
+        sub.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(config_text: str, name: str = "gateway", env: dict[str, str] | None = None) -> Daemon:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config_text)
+        daemon = Daemon(path, env=env)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()

@@ -1,0 +1,286 @@
+"""Real parts for tests: a private mosquitto, a paho subscriber, the daemon as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("mosquitto is not installed: run `make test`, which installs it")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Broker:
+    """A mosquitto of our own on a free loopback port, with persistence so it can restart."""
+
+    def __init__(self, workdir: Path, *, extra_conf: str = "", port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def write_conf(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        listener = (
+            ""
+            if "listener" in self.extra_conf
+            else (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        )
+        self.conf.write_text(
+            f"{listener}"
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            f"max_queued_messages 0\n"
+            # As root, mosquitto would switch to its own user and lose access to the
+            # test's private temp folders.
+            f"{'user root' if os.geteuid() == 0 else ''}\n"
+            f"{self.extra_conf}\n"
+        )
+
+    def start(self) -> None:
+        self.write_conf()
+        self._stderr = (self.workdir / "mosquitto.stderr").open("ab")
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                said = [
+                    p.read_text(errors="replace")
+                    for p in (self.log, self.workdir / "mosquitto.stderr")
+                    if p.exists()
+                ]
+                raise RuntimeError(f"mosquitto exited: {' '.join(said)}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # clean stop: mosquitto saves its persistent state
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    properties: Any = None
+    at: float = field(default_factory=time.monotonic)
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """A paho MQTT v5 client that records what it receives, with condition waits."""
+
+    def __init__(
+        self,
+        broker_host: str,
+        broker_port: int,
+        topics: list[str],
+        *,
+        client_id: str = "",
+        persistent: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        tls: dict[str, Any] | None = None,
+    ) -> None:
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._topics = topics
+        self._connected = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set(**tls)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        props = None
+        if persistent:
+            # A session that outlives disconnections: what a CAD subscriber should use.
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect(broker_host, broker_port, clean_start=not persistent, properties=props)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise RuntimeError("subscriber could not connect")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        for topic in self._topics:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(
+                Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, msg.properties)
+            )
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.messages)
+
+    def on(self, suffix: str) -> list[Received]:
+        return [m for m in self.snapshot() if m.topic.endswith(suffix)]
+
+    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        found = [m.json() for m in self.snapshot() if m.topic.endswith("/event")]
+        return [e for e in found if event_type is None or e["type"] == event_type]
+
+    def wait(
+        self,
+        predicate: Callable[[list[Received]], Any],
+        timeout: float = 10.0,
+        what: str = "messages",
+    ) -> Any:
+        return wait_for(lambda: predicate(self.snapshot()), timeout, what)
+
+    def wait_event(self, event_type: str, timeout: float = 10.0, **data: Any) -> dict[str, Any]:
+        def match() -> dict[str, Any] | None:
+            for event in self.events(event_type):
+                if all(event.get(k) == v or event["data"].get(k) == v for k, v in data.items()):
+                    return event
+            return None
+
+        result: dict[str, Any] = wait_for(match, timeout, f"event {event_type} {data}")
+        return result
+
+    def request(
+        self,
+        topic: str,
+        body: dict[str, Any] | bytes,
+        *,
+        retain: bool = False,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Publish a request and wait for the response on the matching response topic."""
+        response_topic = topic.replace("/request/", "/response/")
+        before = len(self.on(response_topic))
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.client.publish(topic, payload, qos=1, retain=retain)
+        found = self.wait(
+            lambda msgs: [m for m in msgs if m.topic == response_topic][before:],
+            timeout,
+            f"response on {response_topic}",
+        )
+        result: dict[str, Any] = found[0].json()
+        return result
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Daemon:
+    """`consolegw run` in a subprocess, as systemd would run it."""
+
+    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.log_path = config_path.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    yield from path.read_text(errors="replace").splitlines()

@@ -1,0 +1,131 @@
+"""Config validation and `consolegw check-config`: errors name file, key and problem; exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.mqtt_tools import ROOT
+
+
+def check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_sim_config_is_valid() -> None:
+    result = check(ROOT / "config" / "sim.toml")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_example_config_is_valid_but_for_its_site_files() -> None:
+    # It names /etc/consolegw files a real console has; here only those may be missing.
+    config = load_config(ROOT / "config" / "example.toml", check_files=False)
+    assert len(config.channels) == 3
+    result = check(ROOT / "config" / "example.toml")
+    assert result.returncode == 2 and "file not found: /etc/consolegw/" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[mqtt]\nurl = "http://x"\n', "mqtt.url", "mqtt://"),
+        ('[gateway]\nid = "bad id/1"\n', "gateway.id", "pattern"),
+        ('[outbox]\nmax_events = "many"\n', "outbox.max_events", "integer"),
+        ('[mqtt]\nhostname = "x"\n', "mqtt.hostname", "unknown key"),
+        ("[channels.north]\ntx_timeout_s = -1\n", "channels.north.tx_timeout_s", "greater"),
+        ('[channels.north.radio]\nkind = "serial"\n', "channels.north.radio.url", "required"),
+        (
+            '[channels.north.radio]\nkind = "serial"\nurl = "/dev/ttyUSB0"\nptt = []\n',
+            "channels.north.radio.ptt",
+            "rts",
+        ),
+        ('[channels.north.radio]\nkind = "carrier-pigeon"\n', "channels.north.radio", "kind"),
+        (
+            '[channels.north.radio]\nkind = "cm108"\nptt_gpio = 9\n',
+            "channels.north.radio.ptt_gpio",
+            "less than or equal to 8",
+        ),
+        (
+            '[channels.north.radio]\nkind = "cm108"\ncos_bit = 3\n',
+            "channels.north.radio.cos_bit",
+            "VOLDN",
+        ),
+        (
+            "[channels.north]\nmax_lease_s = 90\ntx_timeout_s = 60\n",
+            "channels.north",
+            "max_lease_s",
+        ),
+        ('[mqtt]\npassword_file = "nope.txt"\n', "mqtt.password_file", "file not found"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 2, result
+    assert f"{path}: {key}" in result.stderr, result.stderr
+    assert problem in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_toml_syntax_error_has_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[gateway]\nid = "x\n')
+    result = check(path)
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "line 2" in result.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = check(tmp_path / "absent.toml")
+    assert result.returncode == 2 and "file not found" in result.stderr
+
+
+def test_run_with_bad_config_exits_2_before_touching_anything(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[gateway]\nstate_dir = 5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "gateway.state_dir" in result.stderr
+
+
+def test_relative_paths_resolve_next_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "gw.toml"
+    path.write_text('[gateway]\nstate_dir = "state"\n')
+    assert load_config(path).gateway.state_dir == tmp_path / "sub" / "state"
+
+
+def test_defaults_make_a_valid_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nid = "pos-7"\n')
+    config = load_config(path)
+    assert config.prefix == "consolegw/pos-7"
+    assert config.mqtt.port == 1883
+
+
+def test_config_error_type(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[mqtt]\nkeepalive_s = 1\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.keepalive_s"):
+        load_config(path)

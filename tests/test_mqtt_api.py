@@ -1,0 +1,362 @@
+"""The MQTT contract against a real mosquitto and the daemon running as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.contract import validate_as
+from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
+
+
+def gateway_config(broker: Broker, tmp_path: Path, gateway_id: str, extra: str = "") -> str:
+    return f"""
+[gateway]
+id = "{gateway_id}"
+state_dir = "{tmp_path}/state-{gateway_id}"
+log_level = "debug"
+
+[mqtt]
+url = "{broker.url}"
+
+{extra}
+"""
+
+
+def unique_id() -> str:
+    return "gw" + uuid.uuid4().hex[:8]
+
+
+def start(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> tuple[Daemon, Subscriber, str]:
+    gid = unique_id()
+    sub = subscriber_factory([f"consolegw/{gid}/#"])
+    daemon = daemon_factory(gateway_config(broker, tmp_path, gid))
+    daemon.start()
+    sub.wait(
+        lambda m: [x for x in m if x.topic.endswith("/status") and x.json()["state"] == "online"],
+        what="online status",
+    )
+    return daemon, sub, gid
+
+
+def statuses(sub: Subscriber) -> list[dict[str, object]]:
+    return [m.json() for m in sub.on("/status")]
+
+
+def test_birth_and_clean_stop(daemon_factory, subscriber_factory, broker, tmp_path):
+    daemon, sub, _ = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    online = statuses(sub)[-1]
+    assert online["state"] == "online"
+    assert isinstance(online["session"], int) and online["session"] >= 1
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    sub.wait(
+        lambda m: [x for x in m if x.topic.endswith("/status") and x.json()["state"] == "offline"],
+        what="offline status",
+    )
+    offline = statuses(sub)[-1]
+    assert offline == {**offline, "state": "offline", "session": online["session"]}
+    assert "published offline" in daemon.log()
+
+
+def test_last_will_on_sigkill_and_session_increments(
+    daemon_factory, subscriber_factory, broker, tmp_path
+):
+    daemon, sub, _ = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    first = statuses(sub)[-1]
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    sub.wait(
+        lambda m: [x for x in m if x.topic.endswith("/status") and x.json()["state"] == "offline"],
+        what="Last Will",
+    )
+    will = statuses(sub)[-1]
+    assert will["state"] == "offline" and will["session"] == first["session"]
+    daemon.start()
+    sub.wait(
+        lambda m: [
+            x
+            for x in m
+            if x.topic.endswith("/status")
+            and x.json()["state"] == "online"
+            and x.json()["session"] > first["session"]
+        ],
+        what="online with a new session",
+    )
+
+
+def test_retained_state_seen_by_late_subscriber(
+    daemon_factory, subscriber_factory, broker, tmp_path
+):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    sub.wait(lambda m: [x for x in m if x.topic == f"consolegw/{gid}/state"], what="state")
+    late = subscriber_factory([f"consolegw/{gid}/#"])
+    late.wait(
+        lambda m: (
+            {x.topic for x in m if x.retain}
+            >= {f"consolegw/{gid}/status", f"consolegw/{gid}/state"}
+        ),
+        what="retained status and state",
+    )
+    assert not [m for m in late.snapshot() if m.topic.endswith("/event") and m.retain]
+
+
+def test_event_fields(daemon_factory, subscriber_factory, broker, tmp_path):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    event = sub.wait_event("gateway.started")
+    assert set(event) >= {"event_id", "seq", "ts", "type", "gateway", "source", "source_id"}
+    assert event["gateway"] == gid and event["source"] == "gateway"
+    assert len(event["event_id"]) == 32 and event["seq"] >= 1
+    assert event["ts"].endswith("Z")
+    messages = [m for m in sub.snapshot() if m.topic.endswith("/event")]
+    assert all(m.qos == 1 and not m.retain for m in messages)
+
+
+def test_requests_good_and_bad(daemon_factory, subscriber_factory, broker, tmp_path):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    base = f"consolegw/{gid}"
+    ok = sub.request(f"{base}/request/status", {"transaction": "t-1"})
+    assert ok["status"] == "ok" and ok["transaction"] == "t-1"
+    assert ok["data"]["gateway"] == gid
+
+    bad_json = sub.request(f"{base}/request/status", b"{not json")
+    assert bad_json["status"] == "error" and "JSON" in bad_json["error"]
+
+    not_object = sub.request(f"{base}/request/status", b"[1, 2]")
+    assert not_object["status"] == "error" and "object" in not_object["error"]
+
+    unknown = sub.request(f"{base}/request/launch", {"transaction": 2})
+    assert unknown["status"] == "error" and unknown["transaction"] == 2
+    assert "unknown command 'launch'" in unknown["error"]
+
+    extra = sub.request(f"{base}/request/rebirth", {"transaction": 3, "force": True})
+    assert extra["status"] == "error" and "force: unknown field" in extra["error"]
+
+    channel = sub.request(f"{base}/channels/nope/request/ptt", {"state": "on"})
+    assert channel["status"] == "error" and "unknown channel 'nope'" in channel["error"]
+
+    # Still alive and answering after all that.
+    assert sub.request(f"{base}/request/status", {})["status"] == "ok"
+
+
+def test_retained_request_refused_and_cleared(daemon_factory, subscriber_factory, broker, tmp_path):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    topic = f"consolegw/{gid}/request/rebirth"
+    refused = sub.request(topic, {"transaction": "r"}, retain=True)
+    assert refused["status"] == "error" and "retained" in refused["error"]
+    assert refused["transaction"] == "r"
+    # The gateway removed the stale retained request from the broker.
+    probe = subscriber_factory([topic])
+    time.sleep(0.5)
+    assert not [m for m in probe.snapshot() if m.payload]
+
+
+def test_v5_response_topic_and_correlation_data(
+    daemon_factory, subscriber_factory, broker, tmp_path
+):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    reply_to = f"client/{gid}/replies"
+    listener = subscriber_factory([reply_to])
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = reply_to
+    props.CorrelationData = b"corr-42"
+    sub.client.publish(
+        f"consolegw/{gid}/request/status",
+        json.dumps({"transaction": 5}),
+        qos=1,
+        properties=props,
+    )
+    got = listener.wait(lambda m: m, what="v5 response")
+    assert got[0].json()["transaction"] == 5
+    validate_as("gatewayResponse", got[0].json())
+    assert got[0].properties.CorrelationData == b"corr-42"
+    # ...and the documented response topic still gets it too.
+    sub.wait(lambda m: [x for x in m if x.topic.endswith("/response/status")])
+
+
+def test_rebirth_republishes_retained_state(daemon_factory, subscriber_factory, broker, tmp_path):
+    _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    sub.wait(lambda m: [x for x in m if x.topic == f"consolegw/{gid}/state"])
+    before = len(sub.on("/state"))
+    assert sub.request(f"consolegw/{gid}/request/rebirth", {})["status"] == "ok"
+    sub.wait(
+        lambda m: len([x for x in m if x.topic.endswith("/state")]) > before,
+        what="state republished",
+    )
+
+
+def test_daemon_keeps_retrying_an_absent_broker(daemon_factory, tmp_path):
+    gid = unique_id()
+    port = free_port()
+    daemon = daemon_factory(gateway_config(Broker(tmp_path / "b", port=port), tmp_path, gid))
+    daemon.start()
+    wait_for(lambda: "unreachable" in daemon.log(), what="outage logged")
+    time.sleep(2.5)  # several reconnect attempts
+    assert daemon.log().count("unreachable") == 1, "an outage is logged once, not per retry"
+    late = Broker(tmp_path / "late", port=port)
+    late.start()
+    # Subscribe at once: the daemon's next retry is at least half a second away.
+    sub = Subscriber(late.host, late.port, [f"consolegw/{gid}/#"])
+    try:
+        wait_for(lambda: "MQTT connected" in daemon.log(), timeout=15, what="reconnect")
+        # The event committed while the broker was away arrives once it is back.
+        sub.wait_event("gateway.started")
+        sub.close()
+    finally:
+        daemon.stop()
+        late.stop()
+
+
+def test_tls_and_password(daemon_factory, tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=consolegw test CA",
+    )
+    for name in ("server", "client"):
+        ssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'gw'}",
+        )
+        ext = pki / f"{name}.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        ssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        )
+    passwords = pki / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwords), "gw", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    (pki / "gw.pass").write_text("s3cret\n")
+    port = free_port()
+    broker = Broker(
+        tmp_path / "tls",
+        port=port,
+        extra_conf=(
+            f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+            f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
+            "require_certificate true\n"
+        ),
+    )
+    broker.start()
+    try:
+        gid = unique_id()
+        tls = f"""
+[mqtt.tls]
+ca_file = "{pki}/ca.crt"
+cert_file = "{pki}/client.crt"
+key_file = "{pki}/client.key"
+"""
+        config = (
+            gateway_config(broker, tmp_path, gid).replace(
+                f'url = "{broker.url}"',
+                f'url = "mqtts://localhost:{port}"\nusername = "gw"\n'
+                f'password_file = "{pki}/gw.pass"',
+            )
+            + tls
+        )
+        daemon = daemon_factory(config)
+        daemon.start()
+        sub = Subscriber(
+            "localhost",
+            port,
+            [f"consolegw/{gid}/#"],
+            username="gw",
+            password="s3cret",
+            tls={
+                "ca_certs": str(pki / "ca.crt"),
+                "certfile": str(pki / "client.crt"),
+                "keyfile": str(pki / "client.key"),
+            },
+        )
+        try:
+            sub.wait(
+                lambda m: [
+                    x for x in m if x.topic.endswith("/status") and x.json()["state"] == "online"
+                ],
+                what="online over TLS",
+            )
+        finally:
+            sub.close()
+        daemon.stop()
+
+        # A wrong password is refused by the broker: the daemon says so and keeps trying.
+        (pki / "gw.pass").write_text("wrong\n")
+        denied = daemon_factory(config, name="denied")
+        denied.start()
+        wait_for(lambda: "unreachable" in denied.log(), what="refusal logged")
+        assert "MQTT connected" not in denied.log()
+    finally:
+        broker.stop()
+
+
+def test_paho_v311_client_can_read_events(daemon_factory, subscriber_factory, broker, tmp_path):
+    """CAD clients on MQTT 3.1.1 must work too (no v5-only features needed to subscribe)."""
+    _, _, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
+    got: list[bytes] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.on_message = lambda c, u, m: got.append(m.payload)
+    client.connect(broker.host, broker.port)
+    client.subscribe(f"consolegw/{gid}/status", qos=1)
+    client.loop_start()
+    try:
+        wait_for(lambda: got, what="retained status over MQTT 3.1.1")
+        assert json.loads(got[0])["state"] == "online"
+    finally:
+        client.loop_stop()
+        client.disconnect()

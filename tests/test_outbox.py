@@ -1,0 +1,126 @@
+"""The durable outbox on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.outbox import Outbox
+
+
+def make(path: Path, max_events: int = 1000) -> Outbox:
+    box = Outbox(path=path, max_events=max_events, fsync=False)
+    box.open()
+    return box
+
+
+async def tick() -> None:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def test_append_commits_on_next_tick_and_fetches_in_order(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    seqs = [box.append("t/a", lambda s: f"e{s}".encode()) for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert box.fetch_after(0, 100) == []  # nothing visible before the commit
+    await tick()
+    rows = box.fetch_after(0, 100)
+    assert [r.seq for r in rows] == seqs
+    assert rows[2].payload == b"e3"
+    assert [r.seq for r in box.fetch_after(3, 100)] == [4, 5]
+    assert box.depth == 5
+    box.close()
+
+
+async def test_ack_deletes_and_duplicates_are_harmless(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    for _ in range(4):
+        box.append("t", lambda s: b"x")
+    await tick()
+    box.ack(2)
+    box.ack(2)  # a resend after reconnect can be acknowledged twice
+    box.ack(3)
+    await tick()
+    assert [r.seq for r in box.fetch_after(0, 10)] == [1, 4]
+    assert box.depth == 2
+    box.close()
+
+
+async def test_seq_and_rows_survive_reopen(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    for _ in range(3):
+        box.append("t", lambda s: str(s).encode())
+    await tick()
+    box.ack(1)
+    await tick()
+    # Simulate a crash: no close(), just a new process opening the same file.
+    again = make(tmp_path / "o.db")
+    assert [r.seq for r in again.fetch_after(0, 10)] == [2, 3]
+    assert again.append("t", lambda s: b"y") == 4
+    assert again.depth == 2
+    again.close()
+
+
+async def test_uncommitted_appends_are_not_published_nor_numbered_twice(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    box.append("t", lambda s: b"a")
+    await tick()
+    box.append("t", lambda s: b"lost")  # crash before the next tick: never seen by anyone
+    again = make(tmp_path / "o.db")
+    assert [r.payload for r in again.fetch_after(0, 10)] == [b"a"]
+    assert again.last_seq == 1
+
+
+async def test_session_counter_persists(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    assert box.next_session() == 1
+    assert box.next_session() == 2
+    box.close()
+    assert make(tmp_path / "o.db").next_session() == 3
+
+
+async def test_bound_drops_oldest_plain_events_but_keeps_alarms(tmp_path: Path) -> None:
+    changes: list[bool] = []
+    box = make(tmp_path / "o.db", max_events=100)
+    box.on_full_change = changes.append
+    for i in range(150):
+        box.append("t", lambda s: b"x", keep=(i % 10 == 0))
+    await tick()
+    rows = box.fetch_after(0, 1000)
+    kept = {r.seq for r in rows}
+    assert len(rows) == 100
+    assert all(seq in kept for seq in range(1, 151, 10)), "alarm events are never dropped"
+    assert box.dropped == 50 and box.full and changes == [True]
+    # Alarms arriving at a full outbox push out plain events, then go in beyond the bound.
+    for _ in range(120):
+        box.append("t", lambda s: b"alarm", keep=True)
+    await tick()
+    assert box.depth == 15 + 120
+    assert box.dropped == 50 + 85
+    for row in box.fetch_after(0, 1000):
+        box.ack(row.seq)
+    await tick()
+    assert box.depth == 0 and not box.full and changes == [True, False]
+    box.close()
+    assert make(tmp_path / "o.db", max_events=100).dropped == 135
+
+
+async def test_wal_mode_and_wait_for_rows(tmp_path: Path) -> None:
+    box = make(tmp_path / "o.db")
+    waiter = asyncio.create_task(box.wait_for_rows())
+    await tick()
+    assert not waiter.done()
+    box.append("t", lambda s: b"x")
+    await asyncio.wait_for(waiter, 1)
+    mode = sqlite3.connect(tmp_path / "o.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    box.close()
+
+
+def test_rejects_nonsense_bound(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        Outbox(path=tmp_path / "o.db", max_events=0)
