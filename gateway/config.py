@@ -108,7 +108,7 @@ class OutboxSection(_Model):
     """Events kept while the broker is unreachable. Alarm events are kept past this bound."""
     fsync: bool = True
     """fsync every commit (survives power loss); false survives a process crash only."""
-    in_flight: int = Field(default=256, ge=1, le=10_000)
+    in_flight: int = Field(default=64, ge=1, le=10_000)
     """QoS 1 publishes awaiting PUBACK at once."""
 
 

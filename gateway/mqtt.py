@@ -131,6 +131,8 @@ class MqttLink:
             max_inflight_messages=self._in_flight,
             timeout=10,
         )
+        # Our window of QoS 1 publishes in flight is deliberate, not a backlog to warn about.
+        client.pending_calls_threshold = self._in_flight + 64
         async with client:
             await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
             # Retain-As-Published keeps the retain flag on live delivery, so a request
@@ -171,7 +173,6 @@ class MqttLink:
             log.info("MQTT: published offline, disconnecting")
 
     async def _drain(self, seconds: float) -> None:
-        self._outbox.flush()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._outbox.wait_empty()

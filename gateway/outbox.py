@@ -1,17 +1,21 @@
 """Durable outbox: every event is committed to SQLite before it is published, and deleted
 only once the broker has acknowledged it (PUBACK).
 
-Events appended during one event-loop tick are committed together (group commit), so an
-fsync per commit stays affordable at thousands of events per second. Nothing is handed to
-the publisher before its commit, so a crash can lose only events no one has seen, and the
-sequence number (kept in the same transaction) continues where the last commit left it.
+A writer thread owns all writes. The event loop only appends to a list, so an fsync (or a
+slow disk) never delays a PTT command or a time-out timer. Everything appended while the
+writer was busy goes into its next transaction (group commit), so an fsync per commit stays
+affordable at thousands of events per second. Rows become visible to the publisher only
+after their commit, so a crash can lose only events nobody has seen, and the sequence number
+(kept in the same transaction) continues where the last commit left off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('session', 0), ('dropped', 0);
 """
+_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,7 @@ class OutboxRow:
     payload: bytes
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     seq: int
     topic: str
@@ -45,8 +50,18 @@ class _Pending:
     keep: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    last_seq: int
+    inserted: int
+    deleted: int
+    dropped: int
+    dropped_total: int
+    depth: int
+
+
 class Outbox:
-    """SQLite-backed queue of events awaiting PUBACK. Use from one event loop only."""
+    """SQLite-backed queue of events awaiting PUBACK. Call from one event loop only."""
 
     def __init__(self, *, path: Path, max_events: int, fsync: bool = True) -> None:
         if max_events < 1:
@@ -54,41 +69,66 @@ class Outbox:
         self._path = path
         self._max_events = max_events
         self._fsync = fsync
-        self._db: sqlite3.Connection | None = None
-        self._seq = 0
-        self._depth = 0
-        self._dropped = 0
+        self._reader: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        # Shared with the writer thread, under _cond:
         self._pending: list[_Pending] = []
         self._acked: list[int] = []
-        self._flush_scheduled = False
-        self._new_rows = asyncio.Event()
-        self._empty = asyncio.Event()
+        self._stopping = False
+        self._busy = False  # the writer holds a batch it has not committed yet
+        # Event-loop side:
+        self._seq = 0
+        self._committed_seq = 0
+        self._depth = 0
+        self._dropped = 0
         self._full = False
+        self._new_rows = asyncio.Event()
+        self._progress = asyncio.Event()
         self.on_full_change: Callable[[bool], None] | None = None
         """Called (after the commit that changed it) when the outbox fills or drains."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open (creating if needed) and start the writer. Call from the event loop."""
+        self._loop = asyncio.get_running_loop()
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
-        db.executescript(_SCHEMA)
-        self._db = db
-        self._seq = self._meta("seq")
-        self._dropped = self._meta("dropped")
-        (self._depth,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        writer = self._connect()
+        writer.executescript(_SCHEMA)
+        self._seq = self._committed_seq = _meta(writer, "seq")
+        self._dropped = _meta(writer, "dropped")
+        (self._depth,) = writer.execute("SELECT COUNT(*) FROM outbox").fetchone()
         self._full = self._depth >= self._max_events
+        self._reader = self._connect()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._writer_main, args=(writer, self._depth), name="outbox-writer", daemon=True
+        )
+        self._thread.start()
         if self._depth:
             log.info("outbox holds %d unpublished events; sending them first", self._depth)
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
     def close(self) -> None:
-        if self._db is None:
+        """Commit what is pending, stop the writer and close. Blocks (a shutdown step)."""
+        if self._thread is None:
             return
-        self.flush()
-        self._db.close()
-        self._db = None
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # -- properties ------------------------------------------------------------------------
 
@@ -117,47 +157,89 @@ class Outbox:
 
     def next_session(self) -> int:
         """Increment and return the persistent connection counter (committed at once)."""
-        db = self._require_db()
-        (session,) = db.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'session' RETURNING value"
-        ).fetchone()
+        (session,) = (
+            self._require_reader()
+            .execute("UPDATE meta SET value = value + 1 WHERE key = 'session' RETURNING value")
+            .fetchone()
+        )
         return int(session)
 
     def append(self, topic: str, build: Callable[[int], bytes], *, keep: bool = False) -> int:
         """Queue an event; `build(seq)` makes its payload. Returns the sequence number.
 
-        The commit happens on the next loop iteration together with everything else
-        appended meanwhile. `keep` marks events never dropped when the outbox is full
-        (alarms, faults).
+        `keep` marks events never dropped when the outbox is full (alarms, faults).
         """
         self._seq += 1
-        self._pending.append(_Pending(self._seq, topic, build(self._seq), keep))
-        self._schedule_flush()
+        item = _Pending(self._seq, topic, build(self._seq), keep)
+        with self._cond:
+            self._pending.append(item)
+            self._cond.notify()
         return self._seq
 
     def ack(self, seq: int) -> None:
-        """The broker acknowledged `seq`; delete it at the next commit."""
-        self._acked.append(seq)
-        self._schedule_flush()
+        """The broker acknowledged `seq`; delete it in the next commit."""
+        with self._cond:
+            self._acked.append(seq)
+            self._cond.notify()
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+    async def flushed(self) -> None:
+        """Wait until everything appended or acknowledged so far is committed."""
+        target = self._seq
+        while True:
+            self._progress.clear()  # before the check: a commit landing after it wakes us
+            with self._cond:
+                idle = not self._pending and not self._acked and not self._busy
+            if self._committed_seq >= target and idle:
+                return
+            await self._progress.wait()
 
-    def flush(self) -> None:
-        """Commit pending appends and acks in one transaction."""
-        self._flush_scheduled = False
-        if self._db is None or (not self._pending and not self._acked):
-            return
-        pending, self._pending = self._pending, []
-        acked, self._acked = self._acked, []
-        db = self._db
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _writer_main(self, db: sqlite3.Connection, depth: int) -> None:
+        failing = False
+        while True:
+            with self._cond:
+                while not self._pending and not self._acked and not self._stopping:
+                    self._cond.wait()
+                pending, self._pending = self._pending, []
+                acked, self._acked = self._acked, []
+                stopping = self._stopping
+                self._busy = bool(pending or acked)
+            if pending or acked:
+                try:
+                    commit = self._write(db, pending, acked, depth)
+                except sqlite3.Error as exc:
+                    # Disk full or I/O error: keep everything in memory and try again.
+                    if not failing:
+                        log.error("OUTBOX CANNOT WRITE %s: %s; retrying", self._path, exc)
+                        failing = True
+                    with self._cond:
+                        self._pending[:0] = pending
+                        self._acked[:0] = acked
+                        self._busy = False
+                        self._cond.wait(_RETRY_S)
+                    continue
+                if failing:
+                    log.warning("outbox writes again")
+                    failing = False
+                depth = commit.depth
+                with self._cond:
+                    self._busy = False
+                self._notify(commit)
+            if stopping:
+                with self._cond:
+                    if not self._pending and not self._acked:
+                        break
+        db.close()
+
+    def _write(
+        self, db: sqlite3.Connection, pending: list[_Pending], acked: list[int], depth: int
+    ) -> _Commit:
         db.execute("BEGIN IMMEDIATE")
         try:
-            deleted = inserted = 0
+            deleted = inserted = dropped = 0
             if acked:
-                # rowcount sums over executemany; a seq acked twice deletes once.
+                # rowcount sums over executemany; a seq acknowledged twice deletes once.
                 deleted = db.executemany(
                     "DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked]
                 ).rowcount
@@ -166,63 +248,69 @@ class Outbox:
                     "INSERT INTO outbox (seq, topic, payload, keep) VALUES (?, ?, ?, ?)",
                     [(p.seq, p.topic, p.payload, int(p.keep)) for p in pending],
                 ).rowcount
-                db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (self._seq,))
-            depth = self._depth + inserted - deleted
-            dropped = self._enforce_bound(db, depth)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (pending[-1].seq,))
+            depth += inserted - deleted
+            excess = depth - self._max_events
+            dropped_total = _meta(db, "dropped")
+            if excess > 0:
+                # Drop the oldest droppable events beyond the bound; alarms and faults stay.
+                dropped = max(
+                    db.execute(
+                        "DELETE FROM outbox WHERE seq IN "
+                        "(SELECT seq FROM outbox WHERE keep = 0 ORDER BY seq LIMIT ?)",
+                        (excess,),
+                    ).rowcount,
+                    0,
+                )
+                if dropped:
+                    dropped_total += dropped
+                    db.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (dropped_total,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._depth = depth - dropped
-        if self._depth == 0:
-            self._empty.set()
-        else:
-            self._empty.clear()
-        if pending:
-            self._new_rows.set()
-        self._update_full()
+        last = pending[-1].seq if pending else 0
+        return _Commit(last, inserted, deleted, dropped, dropped_total, depth - dropped)
 
-    def _enforce_bound(self, db: sqlite3.Connection, depth: int) -> int:
-        # Drop the oldest droppable events beyond the bound; alarm/fault events stay.
-        excess = depth - self._max_events
-        if excess <= 0:
-            return 0
-        cursor = db.execute(
-            "DELETE FROM outbox WHERE seq IN "
-            "(SELECT seq FROM outbox WHERE keep = 0 ORDER BY seq LIMIT ?)",
-            (excess,),
-        )
-        dropped = max(cursor.rowcount, 0)
-        if dropped:
-            self._dropped += dropped
-            db.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (self._dropped,))
-        return dropped
-
-    def _update_full(self) -> None:
-        full = self._depth >= self._max_events
-        if full == self._full:
+    def _notify(self, commit: _Commit) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             return
-        self._full = full
-        if full:
-            log.error(
-                "OUTBOX FULL: %d events wait for the broker; oldest non-alarm events are now "
-                "dropped (alarm and fault events are kept)",
-                self._depth,
-            )
-        else:
-            log.warning(
-                "outbox below its bound again (%d events); %d non-alarm events were dropped",
-                self._depth,
-                self._dropped,
-            )
-        if self.on_full_change is not None:
-            self.on_full_change(full)
+        with contextlib.suppress(RuntimeError):  # the loop stopped: nothing waits any more
+            loop.call_soon_threadsafe(self._on_commit, commit)
+
+    # -- back on the event loop ------------------------------------------------------------
+
+    def _on_commit(self, commit: _Commit) -> None:
+        self._depth = commit.depth
+        self._dropped = commit.dropped_total
+        if commit.last_seq:
+            self._committed_seq = max(self._committed_seq, commit.last_seq)
+            self._new_rows.set()
+        self._progress.set()
+        full = self._depth >= self._max_events
+        if full != self._full:
+            self._full = full
+            if full:
+                log.error(
+                    "OUTBOX FULL: %d events wait for the broker; oldest non-alarm events are "
+                    "now dropped (alarm and fault events are kept)",
+                    self._depth,
+                )
+            else:
+                log.warning(
+                    "outbox below its bound again (%d events); %d non-alarm events were dropped",
+                    self._depth,
+                    self._dropped,
+                )
+            if self.on_full_change is not None:
+                self.on_full_change(full)
 
     # -- reading ---------------------------------------------------------------------------
 
     def fetch_after(self, seq: int, limit: int) -> list[OutboxRow]:
         """Committed events with a sequence number above `seq`, oldest first."""
-        rows = self._require_db().execute(
+        rows = self._require_reader().execute(
             "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         )
@@ -234,20 +322,20 @@ class Outbox:
         self._new_rows.clear()
 
     async def wait_empty(self) -> None:
-        """Wait until every committed event has been acknowledged."""
-        if self._depth == 0 and not self._pending:
-            return
-        await self._empty.wait()
+        """Wait until every committed event has been acknowledged and nothing is pending."""
+        while True:
+            await self.flushed()
+            self._progress.clear()
+            if self._depth == 0:
+                return
+            await self._progress.wait()
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _meta(self, key: str) -> int:
-        (value,) = (
-            self._require_db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        )
-        return int(value)
-
-    def _require_db(self) -> sqlite3.Connection:
-        if self._db is None:
+    def _require_reader(self) -> sqlite3.Connection:
+        if self._reader is None:
             raise RuntimeError("outbox is not open")
-        return self._db
+        return self._reader
+
+
+def _meta(db: sqlite3.Connection, key: str) -> int:
+    (value,) = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(value)

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.outbox import Outbox
+from tests.mqtt_tools import ROOT
 
 
-def make(path: Path, max_events: int = 1000) -> Outbox:
-    box = Outbox(path=path, max_events=max_events, fsync=False)
+def make(path: Path, max_events: int = 1000, fsync: bool = False) -> Outbox:
+    box = Outbox(path=path, max_events=max_events, fsync=fsync)
     box.open()
     return box
 
 
-async def tick() -> None:
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-
-
-async def test_append_commits_on_next_tick_and_fetches_in_order(tmp_path: Path) -> None:
+async def test_append_commits_and_fetches_in_order(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db")
     seqs = [box.append("t/a", lambda s: f"e{s}".encode()) for _ in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
-    assert box.fetch_after(0, 100) == []  # nothing visible before the commit
-    await tick()
+    await box.flushed()
     rows = box.fetch_after(0, 100)
     assert [r.seq for r in rows] == seqs
     assert rows[2].payload == b"e3"
@@ -40,11 +39,11 @@ async def test_ack_deletes_and_duplicates_are_harmless(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db")
     for _ in range(4):
         box.append("t", lambda s: b"x")
-    await tick()
+    await box.flushed()
     box.ack(2)
     box.ack(2)  # a resend after reconnect can be acknowledged twice
     box.ack(3)
-    await tick()
+    await box.flushed()
     assert [r.seq for r in box.fetch_after(0, 10)] == [1, 4]
     assert box.depth == 2
     box.close()
@@ -54,9 +53,9 @@ async def test_seq_and_rows_survive_reopen(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db")
     for _ in range(3):
         box.append("t", lambda s: str(s).encode())
-    await tick()
+    await box.flushed()
     box.ack(1)
-    await tick()
+    await box.flushed()
     # Simulate a crash: no close(), just a new process opening the same file.
     again = make(tmp_path / "o.db")
     assert [r.seq for r in again.fetch_after(0, 10)] == [2, 3]
@@ -65,14 +64,45 @@ async def test_seq_and_rows_survive_reopen(tmp_path: Path) -> None:
     again.close()
 
 
-async def test_uncommitted_appends_are_not_published_nor_numbered_twice(tmp_path: Path) -> None:
-    box = make(tmp_path / "o.db")
-    box.append("t", lambda s: b"a")
-    await tick()
-    box.append("t", lambda s: b"lost")  # crash before the next tick: never seen by anyone
-    again = make(tmp_path / "o.db")
-    assert [r.payload for r in again.fetch_after(0, 10)] == [b"a"]
-    assert again.last_seq == 1
+CRASHER = """
+import asyncio, sys
+from pathlib import Path
+from gateway.outbox import Outbox
+
+async def main():
+    box = Outbox(path=Path(sys.argv[1]), max_events=10**6, fsync=True)
+    box.open()
+    print("open", flush=True)
+    while True:
+        for _ in range(50):
+            box.append("t", lambda s: str(s).encode())
+        await asyncio.sleep(0)
+
+asyncio.run(main())
+"""
+
+
+def test_sigkill_mid_stream_leaves_contiguous_seqs(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHER, str(path)], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"open"
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    async def reopen() -> None:
+        again = make(path)
+        rows = again.fetch_after(0, 10**7)
+        assert len(rows) > 100, "the crasher committed something before it died"
+        assert [r.seq for r in rows] == list(range(1, len(rows) + 1)), "no gap, no duplicate"
+        assert all(r.payload == str(r.seq).encode() for r in rows)
+        assert again.last_seq == len(rows), "seq continues after the last committed event"
+        assert again.append("t", lambda s: b"next") == len(rows) + 1
+        again.close()
+
+    asyncio.run(reopen())
 
 
 async def test_session_counter_persists(tmp_path: Path) -> None:
@@ -89,7 +119,7 @@ async def test_bound_drops_oldest_plain_events_but_keeps_alarms(tmp_path: Path) 
     box.on_full_change = changes.append
     for i in range(150):
         box.append("t", lambda s: b"x", keep=(i % 10 == 0))
-    await tick()
+    await box.flushed()
     rows = box.fetch_after(0, 1000)
     kept = {r.seq for r in rows}
     assert len(rows) == 100
@@ -98,12 +128,12 @@ async def test_bound_drops_oldest_plain_events_but_keeps_alarms(tmp_path: Path) 
     # Alarms arriving at a full outbox push out plain events, then go in beyond the bound.
     for _ in range(120):
         box.append("t", lambda s: b"alarm", keep=True)
-    await tick()
+    await box.flushed()
     assert box.depth == 15 + 120
     assert box.dropped == 50 + 85
     for row in box.fetch_after(0, 1000):
         box.ack(row.seq)
-    await tick()
+    await box.flushed()
     assert box.depth == 0 and not box.full and changes == [True, False]
     box.close()
     assert make(tmp_path / "o.db", max_events=100).dropped == 135
@@ -112,7 +142,7 @@ async def test_bound_drops_oldest_plain_events_but_keeps_alarms(tmp_path: Path) 
 async def test_wal_mode_and_wait_for_rows(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db")
     waiter = asyncio.create_task(box.wait_for_rows())
-    await tick()
+    await box.flushed()
     assert not waiter.done()
     box.append("t", lambda s: b"x")
     await asyncio.wait_for(waiter, 1)
