@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from typing import Any
@@ -130,6 +131,8 @@ class MqttLink:
             tls_insecure=True if self._mqtt.tls and self._mqtt.tls.insecure else None,
             max_inflight_messages=self._in_flight,
             timeout=10,
+            # No Nagle: a PTT response or an event must not wait for the broker's delayed ACK.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         # Our window of QoS 1 publishes in flight is deliberate, not a backlog to warn about.
         client.pending_calls_threshold = self._in_flight + 64

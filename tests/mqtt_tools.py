@@ -37,6 +37,14 @@ def mosquitto_binary() -> str:
     raise RuntimeError("mosquitto is not installed: run `make test`, which installs it")
 
 
+def nodelay(client: paho.Client) -> None:
+    """Disable Nagle on a paho client's socket, as an interactive MQTT client should: paho
+    leaves it on, and a request then waits up to 40 ms for the broker's delayed ACK."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -166,6 +174,7 @@ class Subscriber:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
         self.client.connect(broker_host, broker_port, clean_start=not persistent, properties=props)
+        nodelay(self.client)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise RuntimeError("subscriber could not connect")

@@ -1,0 +1,162 @@
+"""PTT latency: MQTT request published -> the simulated radio sees its PTT line change.
+
+    python bench/ptt_latency.py [--requests 1000]
+
+The daemon runs as a subprocess (as in production) against a private mosquitto and a
+simulated serial radio behind RFC 2217 on loopback. Each request alternates on/off and the
+next starts once its response has arrived. The baseline, measured in the same run against the
+same broker, is the broker's own publish-to-deliver time between two paho clients: the part
+of the latency no gateway can remove. time.monotonic is one clock for every process here.
+The last line is one JSON object with p50_ms, p99_ms, baseline_p99_ms and ratio_p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as paho  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from hw_sim.serial_radio import SimulatedSerialRadio  # noqa: E402
+from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, nodelay  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def broker_round_trip(port: int, count: int) -> list[float]:
+    """publish -> on_message between two paho clients, one message at a time."""
+    got = threading.Event()
+    arrived: list[float] = []
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        arrived.append(time.monotonic())
+        got.set()
+
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    nodelay(sub)
+    sub.subscribe("bench/rtt", qos=1)
+    sub.loop_start()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    pub.connect("127.0.0.1", port)
+    nodelay(pub)
+    pub.loop_start()
+    time.sleep(0.3)
+    out = []
+    for i in range(count):
+        got.clear()
+        start = time.monotonic()
+        pub.publish("bench/rtt", json.dumps({"state": "on", "i": i}), qos=1)
+        if not got.wait(5):
+            raise RuntimeError("baseline message lost")
+        out.append((arrived[-1] - start) * 1000)
+    for client in (pub, sub):
+        client.loop_stop()
+        client.disconnect()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--keep-log", help="copy the daemon log here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = Broker(tmp / "broker")
+        broker.start()
+        radio = SimulatedSerialRadio(port=free_port(), ptt_line="rts", cos_line="cts")
+        radio.start()
+        config = tmp / "gw.toml"
+        config.write_text(
+            f"""
+[gateway]
+id = "bench"
+state_dir = "{tmp}/state"
+log_level = "warning"
+[mqtt]
+url = "{broker.url}"
+[channels.ch1]
+tx_timeout_s = 3600
+max_lease_s = 3600
+[channels.ch1.radio]
+kind = "serial"
+url = "{radio.url}"
+ptt = ["rts"]
+cos = "cts"
+"""
+        )
+        daemon = Daemon(config)
+        daemon.start()
+        sub = Subscriber(broker.host, broker.port, ["consolegw/bench/#"])
+        try:
+            sub.wait(
+                lambda m: [
+                    x for x in m if x.topic.endswith("ch1/state") and x.json()["device"] == "online"
+                ],
+                timeout=20,
+            )
+            topic = "consolegw/bench/channels/ch1/request/ptt"
+            latencies: list[float] = []
+            for i in range(args.requests):
+                keyed = i % 2 == 0
+                before = len(sub.on("ch1/response/ptt"))
+                radio.clear_events()
+                start = time.monotonic()
+                sub.client.publish(topic, json.dumps({"state": "on" if keyed else "off"}), qos=1)
+                radio.wait_blocking(lambda s, k=keyed: s.keyed == k, timeout_s=5)
+                change = [e for e in radio.events(name="keyed") if e.value == keyed]
+                latencies.append((change[0].t - start) * 1000)
+                sub.wait(
+                    lambda m, b=before: (
+                        len([x for x in m if x.topic.endswith("ch1/response/ptt")]) > b
+                    ),
+                    timeout=5,
+                )
+            baseline = broker_round_trip(broker.port, args.requests)
+        finally:
+            sub.close()
+            daemon.stop()
+            if args.keep_log:
+                Path(args.keep_log).write_text(daemon.log())
+            radio.stop()
+            broker.stop()
+    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    b50, b99 = statistics.median(baseline), percentile(baseline, 0.99)
+    print(f"{'':<28} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'request -> PTT line change':<28} {p50:>8.3f} {p99:>8.3f} {max(latencies):>8.3f}")
+    print(f"{'broker publish -> deliver':<28} {b50:>8.3f} {b99:>8.3f} {max(baseline):>8.3f}")
+    print(f"ratio p99: {p99 / b99:.2f} (target <= 3)")
+    print(
+        json.dumps(
+            {
+                "bench": "ptt_latency",
+                "requests": len(latencies),
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(p99, 3),
+                "max_ms": round(max(latencies), 3),
+                "baseline_p50_ms": round(b50, 3),
+                "baseline_p99_ms": round(b99, 3),
+                "ratio_p99": round(p99 / b99, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
