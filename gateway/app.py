@@ -8,6 +8,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.alarms import build_alarm_system, register_alarm_commands
 from gateway.channel import ChannelMonitor, register_channel_commands
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import Config
@@ -72,6 +73,12 @@ class Gateway:
             )
             for channel_id, section in config.channels.items()
         }
+        self.links, self.modules, self.alarms = build_alarm_system(
+            links=config.modbus.links,
+            modules=config.modbus.modules,
+            alarms=config.alarms,
+            publisher=self.publisher,
+        )
         self._register_commands()
 
     def request_stop(self) -> None:
@@ -93,6 +100,7 @@ class Gateway:
             description="The gateway's health: version, session, outbox, channels.",
         )
         register_channel_commands(self.router, self.channels)
+        register_alarm_commands(self.router, self.alarms, self.modules)
 
     async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> dict[str, Any]:
         self._publish_gateway_state()
@@ -160,12 +168,18 @@ class Gateway:
             self.supervisor.start("health", self._watch_health)
             for channel_id, monitor in self.channels.items():
                 self.supervisor.start(f"channel {channel_id}", monitor.run)
-            self.notifier.ready(f"{len(self.channels)} channels")
+            for module_id, module in self.modules.items():
+                self.supervisor.start(f"module {module_id}", module.run)
+            summary = (
+                f"{len(self.channels)} channels, {len(self.modules)} IO modules, "
+                f"{len(self.alarms)} alarm inputs"
+            )
+            self.notifier.ready(summary)
             log.info(
-                "consolegw %s running: gateway %s, %d channels, MQTT prefix %s",
+                "consolegw %s running: gateway %s, %s, MQTT prefix %s",
                 self.version,
                 self.config.gateway.id,
-                len(self.channels),
+                summary,
                 self.config.prefix,
             )
             stop_task = asyncio.create_task(self._stop.wait())
@@ -188,6 +202,7 @@ class Gateway:
             return_exceptions=True,
         )
         await self.supervisor.stop()
+        await asyncio.gather(*(link.close() for link in self.links.values()))
         self.link.stop()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(link_task, timeout=5.0)

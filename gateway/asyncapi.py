@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from gateway.alarms import AlarmState, ModuleState
 from gateway.commands import Scope
 from gateway.config import Config
 from gateway.events import (
@@ -24,6 +25,7 @@ _SCOPE_PATH: dict[Scope, str] = {
     "gateway": _BASE,
     "channels": _BASE + "/channels/{channel_id}",
     "alarms": _BASE + "/alarms/{alarm_id}",
+    "modules": _BASE + "/modules/{module_id}",
 }
 
 
@@ -123,6 +125,36 @@ def build_document() -> dict[str, Any]:
         event,
         action="send",
         summary="Channel events: PTT, COS, faults",
+    )
+    add(
+        "alarmState",
+        f"{_BASE}/alarms/{{alarm_id}}/state",
+        _schema(AlarmState, schemas),
+        action="send",
+        retain=True,
+        summary="Full alarm input snapshot, retained",
+    )
+    add(
+        "alarmEvent",
+        f"{_BASE}/alarms/{{alarm_id}}/event",
+        event,
+        action="send",
+        summary="Alarm events: raised, restored, acknowledged, cleared, trouble",
+    )
+    add(
+        "moduleState",
+        f"{_BASE}/modules/{{module_id}}/state",
+        _schema(ModuleState, schemas),
+        action="send",
+        retain=True,
+        summary="IO module snapshot (online, offline), retained",
+    )
+    add(
+        "moduleEvent",
+        f"{_BASE}/modules/{{module_id}}/event",
+        event,
+        action="send",
+        summary="IO module events: module.offline, module.online",
     )
     response = _schema(ResponsePayload, schemas)
     gateway = Gateway(Config())

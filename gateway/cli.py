@@ -49,6 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     print(
         f"{args.file}: OK: gateway {config.gateway.id}, {len(config.channels)} channels, "
+        f"{len(config.modbus.modules)} IO modules, {len(config.alarms)} alarm inputs, "
         f"MQTT {config.mqtt.url} prefix {config.prefix}"
     )
     return EXIT_OK

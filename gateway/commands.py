@@ -22,7 +22,10 @@ from gateway.events import ResponsePayload
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["gateway", "channels", "alarms"]
+Scope = Literal["gateway", "channels", "alarms", "modules"]
+
+
+_SCOPES: dict[str, Scope] = {"channels": "channels", "alarms": "alarms", "modules": "modules"}
 
 
 class Request(BaseModel):
@@ -68,11 +71,13 @@ class CommandRouter:
             "gateway": {},
             "channels": {},
             "alarms": {},
+            "modules": {},
         }
         self._targets: dict[Scope, Callable[[], Collection[str]]] = {
             "gateway": lambda: (gateway_id,),
             "channels": lambda: (),
             "alarms": lambda: (),
+            "modules": lambda: (),
         }
         # One lock per target keeps commands for one channel in arrival order.
         self._locks: dict[tuple[Scope, str], asyncio.Lock] = {}
@@ -83,6 +88,7 @@ class CommandRouter:
             f"{self._prefix}/request/+",
             f"{self._prefix}/channels/+/request/+",
             f"{self._prefix}/alarms/+/request/+",
+            f"{self._prefix}/modules/+/request/+",
         ]
 
     def set_targets(self, scope: Scope, targets: Callable[[], Collection[str]]) -> None:
@@ -155,7 +161,7 @@ class CommandRouter:
             known = ", ".join(sorted(self._commands[scope])) or "none"
             raise CommandError(f"unknown command {name!r} (known: {known})")
         if target not in self._targets[scope]():
-            noun = {"gateway": "gateway", "channels": "channel", "alarms": "alarm"}[scope]
+            noun = scope if scope == "gateway" else scope[:-1]
             raise CommandError(f"unknown {noun} {target!r}")
         try:
             params = command.params.model_validate(body)
@@ -178,8 +184,8 @@ class CommandRouter:
         if len(parts) == 2 and parts[0] == "request":
             reply = f"{self._prefix}/response/{parts[1]}"
             return "gateway", self._gateway_id, parts[1], reply
-        if len(parts) == 4 and parts[0] in ("channels", "alarms") and parts[2] == "request":
-            scope: Scope = "channels" if parts[0] == "channels" else "alarms"
+        if len(parts) == 4 and parts[0] in _SCOPES and parts[2] == "request":
+            scope = _SCOPES[parts[0]]
             reply = f"{self._prefix}/{parts[0]}/{parts[1]}/response/{parts[3]}"
             return scope, parts[1], parts[3], reply
         return None

@@ -188,11 +188,80 @@ class ChannelSection(_Model):
         return self
 
 
+class ModbusLinkSection(_Model):
+    """One physical connection: a Modbus TCP endpoint or an RS-485 line (RTU)."""
+
+    host: str | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    serial_port: str | None = None
+    """RTU: the serial device of the RS-485 line, e.g. /dev/serial/by-id/..."""
+    baudrate: int = Field(default=9600, ge=300, le=921_600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(default=0.3, gt=0, le=10)
+    """Reply timeout: a dead module is noticed within a few of these."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ModbusLinkSection:
+        if (self.host is None) == (self.serial_port is None):
+            raise ValueError("set host (Modbus TCP) or serial_port (RTU), exactly one")
+        return self
+
+
+class ModbusModuleSection(_Model):
+    link: Identifier
+    device_id: int = Field(default=1, ge=0, le=247)
+    preset: Literal["generic", "adam6050", "adam6060", "e1210", "e1212", "ed538"] = "generic"
+    poll_ms: float = Field(default=100.0, ge=10, le=60_000)
+    offline_after_misses: int = Field(default=3, ge=1, le=100)
+    """Consecutive failed polls before module.offline is raised."""
+    use_di_word: bool = False
+    """Read all inputs with the module's bitmask register (one request) where it has one."""
+    outputs: dict[Identifier, int] = Field(default_factory=dict)
+    """Relay outputs by name -> output channel, for the set_output request."""
+
+
+LineStateName = Literal["normal", "alarm", "trouble_open", "trouble_short"]
+
+
+class AlarmSection(_Model):
+    module: Identifier
+    channel: int = Field(ge=0, le=255)
+    """Digital input channel (kind digital) or analog input channel (kind supervised)."""
+    name: str = ""
+    priority: Literal["critical", "high", "medium", "low"] = "high"
+    kind: Literal["digital", "supervised"] = "digital"
+    contact: Literal["normally_open", "normally_closed"] = "normally_open"
+    """Digital: normally_open alarms when the input closes, normally_closed when it opens."""
+    debounce_ms: float = Field(default=200.0, ge=0, le=60_000)
+    latched: bool = False
+    """A latched alarm stays active after the input restores, until acknowledged."""
+    nominal: dict[LineStateName, float] | None = None
+    """Supervised: what the analog input reads in each state, e.g. {normal = 2500, ...}."""
+    hysteresis_fraction: float = Field(default=0.1, ge=0, lt=0.25)
+
+    @model_validator(mode="after")
+    def _supervised_needs_nominals(self) -> AlarmSection:
+        if self.kind == "supervised":
+            if not self.nominal or "normal" not in self.nominal or "alarm" not in self.nominal:
+                raise ValueError("kind supervised needs nominal values for normal and alarm")
+        elif self.nominal is not None:
+            raise ValueError("nominal is for kind = supervised only")
+        return self
+
+
+class ModbusSection(_Model):
+    links: dict[Identifier, ModbusLinkSection] = Field(default_factory=dict)
+    modules: dict[Identifier, ModbusModuleSection] = Field(default_factory=dict)
+
+
 class Config(_Model):
     gateway: GatewaySection = GatewaySection()
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     channels: dict[Identifier, ChannelSection] = Field(default_factory=dict)
+    modbus: ModbusSection = ModbusSection()
+    alarms: dict[Identifier, AlarmSection] = Field(default_factory=dict)
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -249,9 +318,43 @@ def parse_config(data: dict[str, Any], *, source: Path, check_files: bool = True
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(_validation_message(source, exc)) from None
+    _check_references(config, source)
     if check_files:
         _check_files(config, source)
     return config
+
+
+def _check_references(config: Config, source: Path) -> None:
+    """What one section names in another must exist (pydantic checks each on its own)."""
+    from drivers.modbus_presets import preset
+
+    modules = config.modbus.modules
+    for module_id, module in modules.items():
+        where = f"{source}: modbus.modules.{module_id}"
+        if module.link not in config.modbus.links:
+            raise ConfigError(f"{where}.link: no link {module.link!r} in [modbus.links]")
+        model = preset(module.preset)
+        for name, channel in module.outputs.items():
+            if not 0 <= channel < len(model.outputs):
+                raise ConfigError(
+                    f"{where}.outputs.{name}: {model.model} has no output channel {channel} "
+                    f"(it has {len(model.outputs)})"
+                )
+        if module.use_di_word and model.di_word is None:
+            raise ConfigError(f"{where}.use_di_word: {model.model} has no input bitmask register")
+    for alarm_id, alarm in config.alarms.items():
+        where = f"{source}: alarms.{alarm_id}"
+        owner = modules.get(alarm.module)
+        if owner is None:
+            raise ConfigError(f"{where}.module: no module {alarm.module!r} in [modbus.modules]")
+        model = preset(owner.preset)
+        count = len(model.digital_inputs if alarm.kind == "digital" else model.analog_inputs)
+        if alarm.channel >= count:
+            kind = "digital input" if alarm.kind == "digital" else "analog input"
+            raise ConfigError(
+                f"{where}.channel: {model.model} has no {kind} channel {alarm.channel} "
+                f"(it has {count})"
+            )
 
 
 def _check_files(config: Config, source: Path) -> None:

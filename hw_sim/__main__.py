@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from hw_sim.console import ControlServer, SimConsole
+from hw_sim.console import Cm108SimRadio, ControlServer, SimConsole
 
 
 def say(message: str) -> None:
@@ -34,40 +34,79 @@ def watch_keying(console: SimConsole, stop: threading.Event) -> None:
 
 
 def demo_scenario(console: SimConsole, stop: threading.Event) -> None:
+    """One loop of everything the simulator can show, about 30 s long, again and again."""
+    steps = _radio_steps(console) + _alarm_steps(console)
+    while steps:
+        for delay, text, action in steps:
+            if stop.wait(delay):
+                return
+            say(text)
+            action()
+        if stop.wait(3):
+            return
+
+
+Step = tuple[float, str, Callable[[], None]]
+
+
+def _radio_steps(console: SimConsole) -> list[Step]:
     """Carrier comes and goes, a COS line flaps, a USB interface is unplugged and returns."""
     names = list(console.radios)
-    first = names[0] if names else None
-    second = names[1] if len(names) > 1 else first
-    usb = next((n for n in names if type(console.radios[n]).__name__ == "Cm108SimRadio"), None)
-
-    def step(delay: float, text: str, action: Callable[[], None]) -> bool:
-        if stop.wait(delay):
-            return False
-        say(text)
-        action()
-        return True
-
-    if first is None or second is None:
-        return
+    if not names:
+        return []
+    first, second = names[0], names[1] if len(names) > 1 else names[0]
     a, b = console.radios[first], console.radios[second]
-    steps: list[tuple[float, str, Callable[[], None]]] = [
+    steps: list[Step] = [
         (2, f"{first}: carrier ON (a unit is talking)", lambda: a.carrier(True)),
-        (3, f"{first}: carrier off", lambda: a.carrier(False)),
-        (2, f"{second}: COS line starts flapping (bad squelch)", lambda: b.cos_flap(6)),
-        (5, f"{second}: COS line steady again", lambda: b.cos_flap(None)),
+        (2, f"{first}: carrier off", lambda: a.carrier(False)),
+        (1, f"{second}: COS line starts flapping (bad squelch)", lambda: b.cos_flap(6)),
+        (4, f"{second}: COS line steady again", lambda: b.cos_flap(None)),
     ]
+    usb = next((n for n, r in console.radios.items() if isinstance(r, Cm108SimRadio)), None)
     if usb is not None:
         u = console.radios[usb]
         steps += [
-            (4, f"{usb}: USB interface UNPLUGGED", u.unplug),
-            (5, f"{usb}: USB interface plugged back in", u.replug),
+            (2, f"{usb}: USB interface UNPLUGGED", u.unplug),
+            (4, f"{usb}: USB interface plugged back in", u.replug),
         ]
-    while True:
-        for delay, text, action in steps:
-            if not step(delay, text, action):
-                return
-        if stop.wait(4):
-            return
+    return steps
+
+
+def _alarm_steps(console: SimConsole) -> list[Step]:
+    """An alarm contact closes and opens; a supervised loop is cut; a module goes silent."""
+    alarms = console.alarm_wiring()
+    digital = [a for a, w in alarms.items() if w.kind == "digital"]
+    supervised = [a for a, w in alarms.items() if w.nominal and "trouble_open" in w.nominal]
+    steps: list[Step] = []
+    if digital:
+        d = digital[0]
+        steps += [
+            (2, f"{d}: alarm contact CLOSES", lambda: console.set_alarm_input(d, True)),
+            (2, f"{d}: alarm contact opens again", lambda: console.set_alarm_input(d, False)),
+        ]
+    if supervised:
+        loop = supervised[0]
+        nominal = alarms[loop].nominal or {}
+        steps += [
+            (
+                2,
+                f"{loop}: loop wire CUT",
+                lambda: console.set_alarm_input(loop, nominal["trouble_open"]),
+            ),
+            (
+                2,
+                f"{loop}: loop wire repaired",
+                lambda: console.set_alarm_input(loop, nominal["normal"]),
+            ),
+        ]
+    module_id = alarms[supervised[0]].module if supervised else next(iter(console.modules), None)
+    if module_id is not None:
+        module = console.modules[module_id]
+        steps += [
+            (2, f"{module_id}: IO module stops answering", lambda: module.set_silent(True)),
+            (3, f"{module_id}: IO module answers again", lambda: module.set_silent(False)),
+        ]
+    return steps
 
 
 def main(argv: list[str] | None = None) -> int:

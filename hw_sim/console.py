@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from gateway.config import Cm108RadioSection, Config, SerialRadioSection
+from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
 from hw_sim.cm108 import CM108SimServer, SimCM108
+from hw_sim.modbus import SimLoop, SimModbusServer, SimModule
 from hw_sim.serial_radio import SimulatedSerialRadio
 
 log = logging.getLogger(__name__)
@@ -142,43 +143,121 @@ class SimConsole:
                 )
                 server.add(device)
                 self.radios[channel_id] = Cm108SimRadio(device)
+        self.modules: dict[str, SimModule] = {}
+        self.links: dict[str, SimModbusServer] = {}
+        self._modbus_loop = SimLoop("modbus-sim")  # one thread serves every simulated link
+        for link_id, link in config.modbus.links.items():
+            members = {m: s for m, s in config.modbus.modules.items() if s.link == link_id}
+            if not members:
+                continue
+            if link.host not in ("127.0.0.1", "localhost"):
+                raise ValueError(
+                    f"modbus.links.{link_id}: the simulator serves Modbus TCP on 127.0.0.1 only"
+                )
+            for module_id, section in members.items():
+                self.modules[module_id] = SimModule(
+                    device_id=section.device_id, profile=section.preset
+                )
+            self.links[link_id] = SimModbusServer(
+                modules=[self.modules[m] for m in members],
+                port=link.port,
+                loop=self._modbus_loop,
+            )
+        self._alarms = dict(config.alarms)
+        self._alarm_channels = {
+            alarm_id: (alarm.module, alarm.channel, alarm.kind)
+            for alarm_id, alarm in config.alarms.items()
+        }
+        for alarm in config.alarms.values():
+            if alarm.nominal is not None and alarm.module in self.modules:
+                # A healthy supervised loop reads its EOL resistor, not 0 (a short).
+                self.modules[alarm.module].set_analog(alarm.channel, int(alarm.nominal["normal"]))
 
     def start(self) -> None:
         for sim in self._serial:
             sim.start()
         for server in self._usb_servers.values():
             server.start()
+        for link in self.links.values():
+            link.start()
 
     def stop(self) -> None:
         for sim in self._serial:
             sim.stop()
         for server in self._usb_servers.values():
             server.stop()
+        for link in self.links.values():
+            link.stop()
+        self._modbus_loop.stop()
+
+    def alarm_wiring(self) -> dict[str, AlarmSection]:
+        """The alarms the config wires to simulated modules."""
+        return {a: s for a, s in self._alarms.items() if s.module in self.modules}
+
+    def set_alarm_input(self, alarm_id: str, value: bool | float) -> None:
+        """Drive the input an alarm is wired to: a contact closed (True) or an analog value."""
+        module_id, channel, kind = self._alarm_channels[alarm_id]
+        module = self.modules[module_id]
+        if kind == "digital":
+            module.set_input(channel, bool(value))
+        else:
+            module.set_analog(channel, int(value))
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """One fault-injection or query operation; the control port's whole protocol."""
-        action = request.get("action")
+        action = str(request.get("action"))
         if action == "list":
-            return {"ok": True, "devices": {k: {"keyed": r.keyed} for k, r in self.radios.items()}}
-        device = request.get("device")
-        radio = self.radios.get(str(device))
-        if radio is None:
-            return {"ok": False, "error": f"unknown device {device!r}"}
+            return {
+                "ok": True,
+                "radios": {k: {"keyed": r.keyed} for k, r in self.radios.items()},
+                "modules": sorted(self.modules),
+                "links": sorted(self.links),
+                "alarms": sorted(self._alarm_channels),
+            }
+        device = str(request.get("device"))
         value = request.get("value")
-        operations: dict[str, Callable[[], None]] = {
-            "carrier": lambda: radio.carrier(bool(value)),
-            "cos_stuck": lambda: radio.cos_stuck(bool(value)),
-            "cos_flap": lambda: radio.cos_flap(float(value) if value else None),
-            "ptt_no_follow": lambda: radio.ptt_no_follow(bool(value)),
-            "unplug": radio.unplug,
-            "replug": radio.replug,
-            "state": lambda: None,
-        }
-        operation = operations.get(str(action))
+        operations = self._operations(device, value, request.get("channel"))
+        if operations is None:
+            return {"ok": False, "error": f"unknown device {device!r}"}
+        operation = operations.get(action)
         if operation is None:
             return {"ok": False, "error": f"unknown action {action!r}; known: {sorted(operations)}"}
         operation()
-        return {"ok": True, "device": device, "keyed": radio.keyed}
+        answer: dict[str, Any] = {"ok": True, "device": device}
+        if device in self.radios:
+            answer["keyed"] = self.radios[device].keyed
+        return answer
+
+    def _operations(
+        self, device: str, value: Any, channel: Any
+    ) -> dict[str, Callable[[], None]] | None:
+        radio = self.radios.get(device)
+        if radio is not None:
+            return {
+                "carrier": lambda: radio.carrier(bool(value)),
+                "cos_stuck": lambda: radio.cos_stuck(bool(value)),
+                "cos_flap": lambda: radio.cos_flap(float(value) if value else None),
+                "ptt_no_follow": lambda: radio.ptt_no_follow(bool(value)),
+                "unplug": radio.unplug,
+                "replug": radio.replug,
+                "state": lambda: None,
+            }
+        if device in self._alarm_channels:
+            return {"input": lambda: self.set_alarm_input(device, value)}
+        module = self.modules.get(device)
+        if module is not None:
+            return {
+                "input": lambda: module.set_input(int(channel), bool(value)),
+                "analog": lambda: module.set_analog(int(channel), int(value)),
+                "silent": lambda: module.set_silent(bool(value)),
+                "delay": lambda: module.set_delay(float(value or 0)),
+                "exception": lambda: module.set_exception(int(value) if value else None),
+                "clear_faults": module.clear_faults,
+            }
+        link = self.links.get(device)
+        if link is not None:
+            return {"unplug": link.unplug, "replug": link.replug, "drop": link.drop_connections}
+        return None
 
 
 class ControlServer:

@@ -1,7 +1,9 @@
 """`python -m hw_sim.ctl DEVICE ACTION [VALUE]`: fault injection into a running simulator.
 
 Examples: `python -m hw_sim.ctl fire-north carrier on`, `python -m hw_sim.ctl police-east
-unplug`, `python -m hw_sim.ctl ems-south cos_flap 6`, `python -m hw_sim.ctl - list`.
+unplug`, `python -m hw_sim.ctl ems-south cos_flap 6`, `python -m hw_sim.ctl generator-fail
+input on` (an alarm's contact), `python -m hw_sim.ctl io-1 silent on` (a module stops
+answering), `python -m hw_sim.ctl panel-bus unplug` (a Modbus link), `python -m hw_sim.ctl - list`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         answer = send(
-            {"device": args.device, "action": args.action, "value": _value(args.value)}, args.port
+            {
+                "device": args.device,
+                "action": args.action,
+                "value": _value(args.value),
+                "channel": args.channel,
+            },
+            args.port,
         )
     except OSError as exc:
         print(f"hw_sim.ctl: cannot reach the simulator on port {args.port}: {exc}", file=sys.stderr)

@@ -118,6 +118,14 @@ class TrafficPrinter:
             )
         if topic == "state":
             return None  # gateway health: shown by `status` requests, not worth a line each
+        if topic.startswith(("alarms/", "modules/")) and topic.endswith("/state"):
+            fields = ("state", "input", "acknowledged", "module_online")
+            described = tuple(body.get(f) for f in fields)
+            if self._last_state.get(topic) == described:
+                return None
+            self._last_state[topic] = described
+            shown = " ".join(f"{f}={body[f]}" for f in fields if f in body)
+            return f"{topic.split('/')[1]:<12} state {shown}"
         if topic.endswith("/event"):
             data = body.get("data", {})
             what = body["type"]
@@ -126,14 +134,41 @@ class TrafficPrinter:
                 what = f"FAULT {verb} {data['fault']}: {data['message']}"
             elif what.startswith("ptt."):
                 what = f"{what} ({data.get('reason')})"
+            elif what.startswith(("alarm.", "trouble.")):
+                detail = data.get("message") or (
+                    f"{data['priority']}, input {data['input']}"
+                    if "input" in data
+                    else f"acknowledged by {data.get('acknowledged_by')}"
+                )
+                what = (
+                    f"{what.upper() if what == 'alarm.raised' else what} {data['name']}: {detail}"
+                )
+                if body["type"] == "alarm.restored":
+                    self._acknowledge_later(body["source_id"])
+            elif what.startswith("module."):
+                what = f"{what} {data['message']}"
             return f"{body['source_id']:<12} event #{body['seq']} {what}"
         if "/response/" in topic:
             detail = body.get("error") or json.dumps(body.get("data"))
-            return (
-                f"{topic.split('/')[-3] if topic.startswith('channels') else 'gateway':<12} "
-                f"response {topic.rsplit('/', 1)[1]}: {body['status']} {detail}"
-            )
+            parts = topic.split("/")
+            target = parts[1] if len(parts) == 4 else "gateway"
+            return f"{target:<12} response {parts[-1]}: {body['status']} {detail}"
         return f"{topic} {body}"
+
+    def _acknowledge_later(self, alarm_id: str) -> None:
+        """CAD's operator acknowledges a latched alarm a moment after it restores."""
+
+        def ack() -> None:
+            say("cad", f"{alarm_id:<12} request ack (the operator acknowledges)")
+            self.client.publish(
+                f"{self.prefix}/alarms/{alarm_id}/request/ack",
+                json.dumps({"transaction": f"ack-{alarm_id}"}),
+                qos=1,
+            )
+
+        timer = threading.Timer(1.0, ack)
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -46,14 +46,16 @@ class ConsoleUnderTest:
         state: dict[str, Any] = found[-1].json()
         return state
 
-    def wait_state(self, channel: str, timeout: float = 10.0, **want: Any) -> dict[str, Any]:
+    def wait_state(
+        self, channel: str, timeout: float = 10.0, *, scope: str = "channels", **want: Any
+    ) -> dict[str, Any]:
         def match() -> dict[str, Any] | None:
-            for message in reversed(self.sub.on(f"/channels/{channel}/state")):
+            for message in reversed(self.sub.on(f"/{scope}/{channel}/state")):
                 state: dict[str, Any] = message.json()
                 return state if all(state.get(k) == v for k, v in want.items()) else None
             return None
 
-        return self.sub.wait(lambda _: match(), timeout, f"{channel} state {want}")
+        return self.sub.wait(lambda _: match(), timeout, f"{scope}/{channel} state {want}")
 
     def wait_online(self) -> None:
         for channel in self.console.radios:
@@ -118,10 +120,25 @@ def start_console(
     **channels: str,
 ) -> tuple[ConsoleUnderTest, Callable[[], None]]:
     gid, text = channel_config(tmp_path, broker, **channels)
+    return start_config(tmp_path, gid, text, daemon_factory, subscriber_factory)
+
+
+def start_config(
+    tmp_path: Path,
+    gid: str,
+    text: str,
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    *,
+    before_daemon: Callable[[SimConsole], None] | None = None,
+) -> tuple[ConsoleUnderTest, Callable[[], None]]:
+    """Serve a config's devices in-process, start the daemon on it, subscribe to it."""
     path = tmp_path / f"sim-{gid}.toml"
     path.write_text(text)
     console = SimConsole(load_config(path))
     console.start()
+    if before_daemon is not None:
+        before_daemon(console)
     sub = subscriber_factory([f"consolegw/{gid}/#"])
     daemon = daemon_factory(text, name=gid)
     daemon.start()

@@ -82,6 +82,58 @@ def test_bad_config_names_file_key_and_problem(
     assert "Traceback" not in result.stderr
 
 
+MODBUS = """
+[modbus.links.bus]
+host = "127.0.0.1"
+[modbus.modules.io1]
+link = "bus"
+preset = "e1210"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (MODBUS + '[alarms.a]\nmodule = "io9"\nchannel = 0\n', "alarms.a.module", "io9"),
+        (
+            MODBUS + '[alarms.a]\nmodule = "io1"\nchannel = 16\n',
+            "alarms.a.channel",
+            "no digital input channel 16",
+        ),
+        (
+            MODBUS + '[alarms.a]\nmodule = "io1"\nchannel = 0\nkind = "supervised"\n',
+            "alarms.a",
+            "nominal",
+        ),
+        (
+            MODBUS + '[alarms.a]\nmodule = "io1"\nchannel = 0\nkind = "supervised"\n'
+            "nominal = { normal = 1, alarm = 2 }\n",
+            "alarms.a.channel",
+            "no analog input",
+        ),
+        (MODBUS.replace('link = "bus"', 'link = "rs485"'), "modbus.modules.io1.link", "rs485"),
+        (
+            MODBUS + "outputs = { siren = 0 }\n",
+            "modbus.modules.io1.outputs.siren",
+            "no output channel 0",
+        ),
+        ("[modbus.links.bus]\nport = 502\n", "modbus.links.bus", "host"),
+        (
+            '[modbus.links.bus]\nhost = "h"\nserial_port = "/dev/ttyS0"\n',
+            "modbus.links.bus",
+            "exactly one",
+        ),
+    ],
+)
+def test_bad_alarm_config(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 2, result
+    assert f"{path}: {key}" in result.stderr, result.stderr
+    assert problem in result.stderr, result.stderr
+
+
 def test_toml_syntax_error_has_line_number(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text('[gateway]\nid = "x\n')

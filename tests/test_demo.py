@@ -13,11 +13,11 @@ from tests.mqtt_tools import ROOT
 @pytest.mark.slow
 def test_demo_shows_the_system_working() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hw_sim.demo", "--duration", "32"],
+        [sys.executable, "-m", "hw_sim.demo", "--duration", "40"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=90,
+        timeout=120,
         check=False,
     )
     out = result.stdout
@@ -33,6 +33,14 @@ def test_demo_shows_the_system_working() -> None:
         "FAULT cleared cos_flapping",
         "FAULT RAISED device_lost",
         "FAULT cleared device_lost",
+        "ALARM.RAISED Generator failure",
+        "alarm.restored",
+        "request ack",
+        "alarm.acknowledged",
+        "alarm.cleared",
+        "trouble.raised",
+        "module.offline",
+        "module.online",
         "[mqtt] gateway OFFLINE",
     ):
         assert shown in out, f"the demo no longer shows {shown!r}:\n{out[-3000:]}"

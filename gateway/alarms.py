@@ -1,0 +1,492 @@
+"""Alarm inputs from Modbus IO modules: debounced, latched, supervised, never silent.
+
+Each module has one poll task. Each alarm input turns its point's value into a condition
+(normal, alarm, trouble_open, trouble_short), debounces it, and publishes changes:
+
+- alarm.raised when the condition becomes alarm; alarm.cleared when it ends. A latched alarm
+  that restores sends alarm.restored and stays active until acknowledged (then cleared);
+- trouble.raised / trouble.cleared for a supervised loop cut or shorted: a wiring problem,
+  not an alarm, and never hidden behind one;
+- module.offline after N failed polls in a row: every alarm on it shows "unknown", because
+  an alarm we cannot read is not a normal one. On return the inputs are read again and only
+  real differences are published, so a link blip is not a storm of alarms and restores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field
+
+from drivers.errors import DeviceError
+from drivers.modbus_io import (
+    LineState,
+    ModbusLink,
+    ModbusModule,
+    ModbusPoller,
+    PollFailure,
+    Snapshot,
+    SupervisedLine,
+)
+from drivers.modbus_presets import preset
+from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.config import AlarmSection, ModbusLinkSection, ModbusModuleSection
+from gateway.errors import CommandError
+from gateway.events import EventData, Payload, register_event_type, utc_timestamp
+from gateway.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+Condition = Literal["normal", "alarm", "trouble_open", "trouble_short"]
+_TROUBLES = ("trouble_open", "trouble_short")
+_CONDITIONS: dict[LineState, Condition] = {
+    LineState.NORMAL: "normal",
+    LineState.ALARM: "alarm",
+    LineState.TROUBLE_OPEN: "trouble_open",
+    LineState.TROUBLE_SHORT: "trouble_short",
+}
+
+
+class AlarmData(EventData):
+    name: str
+    priority: str
+    input: str = Field(description="normal, alarm, trouble_open, trouble_short or unknown")
+    latched: bool = Field(description="True when the alarm stays active until acknowledged")
+
+
+class AckData(EventData):
+    name: str
+    priority: str
+    acknowledged_by: str | None = None
+
+
+class TroubleData(EventData):
+    name: str
+    trouble: str = Field(description="trouble_open (loop cut) or trouble_short (loop shorted)")
+    message: str
+
+
+class ModuleData(EventData):
+    message: str
+    failed_polls: int
+
+
+for _name, _model in (
+    ("alarm.raised", AlarmData),
+    ("alarm.restored", AlarmData),
+    ("alarm.cleared", AlarmData),
+    ("alarm.acknowledged", AckData),
+    ("trouble.raised", TroubleData),
+    ("trouble.cleared", TroubleData),
+    ("module.offline", ModuleData),
+    ("module.online", ModuleData),
+):
+    register_event_type(_name, _model)
+
+
+class AlarmState(Payload):
+    """`<prefix>/alarms/<id>/state`, retained."""
+
+    alarm: str
+    name: str
+    priority: str
+    module: str
+    state: Literal["normal", "active", "trouble", "unknown"]
+    input: Literal["normal", "alarm", "trouble_open", "trouble_short", "unknown"]
+    latched: bool = Field(description="Configured to latch until acknowledged")
+    acknowledged: bool
+    active_since: str | None
+    module_online: bool
+    ts: str
+
+
+class ModuleState(Payload):
+    """`<prefix>/modules/<id>/state`, retained."""
+
+    module: str
+    link: str
+    device_id: int
+    model: str
+    state: Literal["starting", "online", "offline"]
+    last_error: str | None
+    polls: int
+    failed_polls: int
+    ts: str
+
+
+class AckRequest(Request):
+    pass
+
+
+class StatusRequest(Request):
+    pass
+
+
+class SetOutputRequest(Request):
+    output: str
+    state: bool
+
+
+class AlarmPoint:
+    """One alarm input's state machine."""
+
+    def __init__(
+        self,
+        *,
+        alarm_id: str,
+        config: AlarmSection,
+        publisher: Publisher,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.alarm_id = alarm_id
+        self.config = config
+        self.point = f"alarm_{alarm_id}"
+        self._pub = publisher
+        self._clock = clock
+        self._line = (
+            SupervisedLine.from_nominals(
+                {LineState(k): v for k, v in config.nominal.items()},
+                hysteresis_fraction=config.hysteresis_fraction,
+            )
+            if config.nominal is not None
+            else None
+        )
+        self._cond: Condition | None = None  # last accepted (debounced) condition
+        self._candidate: Condition | None = None
+        self._candidate_since = 0.0
+        self._active = False
+        self._acknowledged = False
+        self._active_since: str | None = None
+        self._module_online = False
+        self._state_topic = publisher.topic_for("alarm", alarm_id, "state")
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.alarm_id
+
+    def condition(self, value: float | bool) -> Condition:
+        if self._line is not None:
+            previous = LineState(self._cond) if self._cond is not None else None
+            state = self._line.classify(float(value), previous)
+            return _CONDITIONS[state]
+        closed = bool(value)
+        active = closed if self.config.contact == "normally_open" else not closed
+        return "alarm" if active else "normal"
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def observe(self, value: float | bool, ts: float) -> None:
+        """A fresh reading from a poll; applies after debounce_ms of stability."""
+        cond = self.condition(value)
+        if self._cond is None:
+            self._module_online = True
+            self._apply(cond, ts)  # first reading: the baseline, whatever it is
+            return
+        if cond == self._cond:
+            self._candidate = None
+            return
+        now = self._clock()
+        if cond != self._candidate:
+            self._candidate, self._candidate_since = cond, now
+        if now - self._candidate_since >= self.config.debounce_ms / 1000:
+            self._candidate = None
+            self._apply(cond, ts)
+
+    def module_offline(self) -> None:
+        self._module_online = False
+        self._candidate = None
+        self._publish_state()
+
+    def module_back(self, value: float | bool, ts: float) -> None:
+        """First reading after the module returned: publish only a real difference."""
+        self._module_online = True
+        cond = self.condition(value)
+        if cond != self._cond:
+            self._apply(cond, ts)
+        else:
+            self._publish_state()
+
+    def _apply(self, new: Condition, ts: float) -> None:
+        old, self._cond = self._cond, new
+        if old in _TROUBLES and old != new:
+            self._trouble("trouble.cleared", old, ts)
+        if new in _TROUBLES and old != new:
+            self._trouble("trouble.raised", new, ts)
+        if new == "alarm" and old != "alarm":
+            self._active = True
+            self._acknowledged = False
+            self._active_since = utc_timestamp(ts)
+            log.warning("alarm %s (%s): ALARM", self.alarm_id, self.name)
+            self._emit("alarm.raised", ts)
+        elif old == "alarm" and new != "alarm":
+            if self.config.latched and not self._acknowledged:
+                log.info("alarm %s: input restored; latched until acknowledged", self.alarm_id)
+                self._emit("alarm.restored", ts)
+            else:
+                self._clear(ts)
+        self._publish_state()
+
+    def _clear(self, ts: float) -> None:
+        self._active = False
+        self._active_since = None
+        log.warning("alarm %s (%s): cleared", self.alarm_id, self.name)
+        self._emit("alarm.cleared", ts)
+
+    def _emit(self, event_type: str, ts: float) -> None:
+        data = AlarmData(
+            name=self.name,
+            priority=self.config.priority,
+            input=self._cond or "unknown",
+            latched=self.config.latched,
+        )
+        self._pub.emit("alarm", self.alarm_id, event_type, data, keep=True, ts=ts)
+
+    def _trouble(self, event_type: str, trouble: str, ts: float) -> None:
+        what = (
+            "open (wire cut or EOL resistor missing)" if trouble == "trouble_open" else ("shorted")
+        )
+        message = f"supervised loop {what}" if event_type == "trouble.raised" else "loop normal"
+        log.warning("alarm %s: %s: %s", self.alarm_id, event_type, message)
+        data = TroubleData(name=self.name, trouble=trouble, message=message)
+        self._pub.emit("alarm", self.alarm_id, event_type, data, keep=True, ts=ts)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def acknowledge(self, by: str | None) -> dict[str, Any]:
+        if not self._active:
+            raise CommandError(f"alarm {self.alarm_id} is not active: nothing to acknowledge")
+        if not self._acknowledged:
+            self._acknowledged = True
+            data = AckData(name=self.name, priority=self.config.priority, acknowledged_by=by)
+            self._pub.emit("alarm", self.alarm_id, "alarm.acknowledged", data, keep=True)
+            if self._cond != "alarm":
+                self._clear(time.time())
+            self._publish_state()
+        return self.snapshot().model_dump(mode="json")
+
+    # -- state -----------------------------------------------------------------------------
+
+    def snapshot(self) -> AlarmState:
+        known = self._module_online and self._cond is not None
+        if not known:
+            state: Literal["normal", "active", "trouble", "unknown"] = "unknown"
+        elif self._active:
+            state = "active"
+        elif self._cond in _TROUBLES:
+            state = "trouble"
+        else:
+            state = "normal"
+        return AlarmState(
+            alarm=self.alarm_id,
+            name=self.name,
+            priority=self.config.priority,
+            module=self.config.module,
+            state=state,
+            input=self._cond if known and self._cond is not None else "unknown",
+            latched=self.config.latched,
+            acknowledged=self._acknowledged,
+            active_since=self._active_since,
+            module_online=self._module_online,
+            ts=utc_timestamp(),
+        )
+
+    def _publish_state(self) -> None:
+        self._pub.set_state(self._state_topic, self.snapshot())
+
+
+class ModuleMonitor:
+    """Polls one IO module and feeds its alarm points; supervises the link to it."""
+
+    def __init__(
+        self,
+        *,
+        module_id: str,
+        config: ModbusModuleSection,
+        link: ModbusLink,
+        points: list[AlarmPoint],
+        publisher: Publisher,
+    ) -> None:
+        self.module_id = module_id
+        self._cfg = config
+        self._preset = preset(config.preset)
+        self._module = ModbusModule(link=link, device_id=config.device_id)
+        self.points = points
+        self._pub = publisher
+        digital = {p.point: p.config.channel for p in points if p.config.kind == "digital"}
+        analog = {p.point: p.config.channel for p in points if p.config.kind == "supervised"}
+        self._input_map = self._preset.input_map(
+            inputs=digital, analogs=analog, use_di_word=config.use_di_word
+        )
+        self._state: Literal["starting", "online", "offline"] = "starting"
+        self._misses = 0
+        self._polls = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._streak_error = ""
+        self._state_topic = publisher.topic_for("module", module_id, "state")
+
+    @property
+    def online(self) -> bool:
+        return self._state == "online"
+
+    def snapshot(self) -> ModuleState:
+        return ModuleState(
+            module=self.module_id,
+            link=self._cfg.link,
+            device_id=self._cfg.device_id,
+            model=self._preset.model,
+            state=self._state,
+            last_error=self._last_error,
+            polls=self._polls,
+            failed_polls=self._failures,
+            ts=utc_timestamp(),
+        )
+
+    def _publish_state(self) -> None:
+        self._pub.set_state(self._state_topic, self.snapshot())
+
+    async def run(self) -> None:
+        self._publish_state()
+        for point in self.points:
+            point.module_offline()  # "unknown" until the first successful read
+        if not self._input_map.points:
+            log.info("module %s: no alarm inputs configured; outputs only", self.module_id)
+            await asyncio.Event().wait()
+        poller = ModbusPoller(
+            module=self._module, input_map=self._input_map, interval_s=self._cfg.poll_ms / 1000
+        )
+        while True:
+            result = await poller.next()
+            self._polls += 1
+            if isinstance(result, Snapshot):
+                self._on_snapshot(result)
+            else:
+                self._on_failure(result)
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self._misses = 0
+        returning = self._state == "offline"
+        if self._state != "online":
+            self._state = "online"
+            self._last_error = None
+            if returning:
+                log.warning("module %s: back online", self.module_id)
+                data = ModuleData(message="module answers again", failed_polls=self._failures)
+                self._pub.emit("module", self.module_id, "module.online", data, keep=True)
+            else:
+                log.info("module %s: online (%s)", self.module_id, self._module.description)
+            self._publish_state()
+        for point in self.points:
+            value = snap.values[point.point]
+            if returning:
+                point.module_back(value, snap.ts)
+            else:
+                point.observe(value, snap.ts)
+
+    def _on_failure(self, failure: PollFailure) -> None:
+        self._misses += 1
+        self._failures += 1
+        if self._misses == 1:
+            self._streak_error = str(failure.error)  # the cause; later ones are follow-ups
+        if self._misses < self._cfg.offline_after_misses or self._state == "offline":
+            return
+        self._state = "offline"
+        self._last_error = self._streak_error
+        message = f"no valid answer for {self._misses} polls: {self._streak_error}"
+        log.error("module %s: OFFLINE: %s", self.module_id, message)
+        data = ModuleData(message=message, failed_polls=self._failures)
+        self._pub.emit("module", self.module_id, "module.offline", data, keep=True)
+        self._publish_state()
+        for point in self.points:
+            point.module_offline()
+
+    async def set_output(self, name: str, state: bool) -> dict[str, Any]:
+        channel = self._cfg.outputs.get(name)
+        if channel is None:
+            known = ", ".join(sorted(self._cfg.outputs)) or "none configured"
+            raise CommandError(f"module {self.module_id} has no output {name!r} ({known})")
+        try:
+            await self._module.write_coil(self._preset.outputs[channel], state)
+        except DeviceError as exc:
+            raise CommandError(f"module {self.module_id}: output not set: {exc}") from None
+        log.info("module %s: output %s set %s", self.module_id, name, "on" if state else "off")
+        return {"output": name, "state": state}
+
+
+def build_alarm_system(
+    *,
+    links: dict[str, ModbusLinkSection],
+    modules: dict[str, ModbusModuleSection],
+    alarms: dict[str, AlarmSection],
+    publisher: Publisher,
+) -> tuple[dict[str, ModbusLink], dict[str, ModuleMonitor], dict[str, AlarmPoint]]:
+    """Links, module monitors and alarm points for a config; modules on one link share it."""
+    link_objects = {
+        link_id: ModbusLink(
+            host=section.host,
+            port=section.port,
+            serial_port=section.serial_port,
+            baudrate=section.baudrate,
+            parity=section.parity,
+            stopbits=section.stopbits,
+            timeout_s=section.timeout_s,
+        )
+        for link_id, section in links.items()
+        if any(m.link == link_id for m in modules.values())
+    }
+    points = {
+        alarm_id: AlarmPoint(alarm_id=alarm_id, config=section, publisher=publisher)
+        for alarm_id, section in alarms.items()
+    }
+    monitors = {
+        module_id: ModuleMonitor(
+            module_id=module_id,
+            config=section,
+            link=link_objects[section.link],
+            points=[p for p in points.values() if p.config.module == module_id],
+            publisher=publisher,
+        )
+        for module_id, section in modules.items()
+    }
+    return link_objects, monitors, points
+
+
+def register_alarm_commands(
+    router: CommandRouter, points: dict[str, AlarmPoint], modules: dict[str, ModuleMonitor]
+) -> None:
+    async def ack(params: AckRequest, ctx: RequestContext) -> dict[str, Any]:
+        return points[ctx.target].acknowledge(ctx.client)
+
+    async def alarm_status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+        return points[ctx.target].snapshot().model_dump(mode="json")
+
+    async def set_output(params: SetOutputRequest, ctx: RequestContext) -> dict[str, Any]:
+        return await modules[ctx.target].set_output(params.output, params.state)
+
+    async def module_status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+        return modules[ctx.target].snapshot().model_dump(mode="json")
+
+    router.set_targets("alarms", points.keys)
+    router.set_targets("modules", modules.keys)
+    router.register(
+        "alarms",
+        "ack",
+        AckRequest,
+        ack,
+        description="Acknowledge an active alarm; a restored latched alarm then clears.",
+    )
+    router.register("alarms", "status", StatusRequest, alarm_status, description="Alarm snapshot.")
+    router.register(
+        "modules",
+        "set_output",
+        SetOutputRequest,
+        set_output,
+        description="Switch a named relay output of an IO module on or off.",
+    )
+    router.register(
+        "modules", "status", StatusRequest, module_status, description="IO module snapshot."
+    )
