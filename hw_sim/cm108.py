@@ -1119,6 +1119,7 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._closed = False
         self._trees: dict[str, dict[str, Any]] = {}
 
     @classmethod
@@ -1130,8 +1131,13 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         return cls(match.group(1), int(match.group(2)))
 
     def close(self) -> None:
-        """Close every connection (the server then releases this session's handles)."""
+        """Close every connection (the server then releases this session's handles).
+
+        Final, like the death of the process that used it: later calls fail as ENODEV
+        instead of reconnecting under the same session and keeping its claims alive.
+        """
         with self._lock:
+            self._closed = True
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
             with contextlib.suppress(OSError):
@@ -1145,6 +1151,10 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         sock: socket.socket | None = getattr(self._local, "sock", None)
         if sock is not None:
             return sock
+        if self._closed:
+            raise usb.core.USBError(
+                "simulator backend closed", _LIBUSB_ERROR_NO_DEVICE, errno.ENODEV
+            )
         try:
             sock = socket.create_connection((self.host, self.port), self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
