@@ -10,8 +10,10 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # mosquitto: the broker of the demo and the tests; libportaudio2: sounddevice's library;
 # minimodem: the reference TTY modem the tests and benchmark compare against;
-# openssl: certificates for the TLS test.
-DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl
+# openssl: certificates for the TLS test; pulseaudio and libasound2-plugins: the simulated
+# sound cards (a private PulseAudio per card, reached through ALSA's pulse plugin).
+DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio \
+	libasound2-plugins
 
 .PHONY: demo test lint typecheck pytest system-deps venv bench clean
 

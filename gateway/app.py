@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from gateway.alarms import build_alarm_system, register_alarm_commands
+from gateway.audio import build_audio, register_audio_commands
 from gateway.channel import ChannelMonitor, register_channel_commands
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import Config
@@ -73,6 +74,16 @@ class Gateway:
             )
             for channel_id, section in config.channels.items()
         }
+        self.cards, self.audio = build_audio(
+            devices=config.audio.devices,
+            channels={
+                channel_id: (section.audio, self.channels[channel_id])
+                for channel_id, section in config.channels.items()
+                if section.audio is not None
+            },
+            publisher=self.publisher,
+            recall_dir=config.gateway.state_dir / "recall",
+        )
         self.links, self.modules, self.alarms = build_alarm_system(
             links=config.modbus.links,
             modules=config.modbus.modules,
@@ -100,6 +111,7 @@ class Gateway:
             description="The gateway's health: version, session, outbox, channels.",
         )
         register_channel_commands(self.router, self.channels)
+        register_audio_commands(self.router, self.audio)
         register_alarm_commands(self.router, self.alarms, self.modules)
 
     async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> dict[str, Any]:
@@ -170,9 +182,11 @@ class Gateway:
                 self.supervisor.start(f"channel {channel_id}", monitor.run)
             for module_id, module in self.modules.items():
                 self.supervisor.start(f"module {module_id}", module.run)
+            for card_id, card in self.cards.items():
+                self.supervisor.start(f"audio {card_id}", card.run)
             summary = (
-                f"{len(self.channels)} channels, {len(self.modules)} IO modules, "
-                f"{len(self.alarms)} alarm inputs"
+                f"{len(self.channels)} channels, {len(self.cards)} audio devices, "
+                f"{len(self.modules)} IO modules, {len(self.alarms)} alarm inputs"
             )
             self.notifier.ready(summary)
             log.info(

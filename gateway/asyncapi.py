@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel
 
 from gateway.alarms import AlarmState, ModuleState
+from gateway.audio import AudioLevels
 from gateway.commands import Scope
 from gateway.config import Config
 from gateway.events import (
@@ -125,6 +126,14 @@ def build_document() -> dict[str, Any]:
         event,
         action="send",
         summary="Channel events: PTT, COS, faults",
+    )
+    add(
+        "channelAudio",
+        f"{_BASE}/channels/{{channel_id}}/audio",
+        _schema(AudioLevels, schemas),
+        action="send",
+        retain=True,
+        summary="Channel audio levels and activity, retained, about once a second",
     )
     add(
         "alarmState",

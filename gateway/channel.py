@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -79,6 +80,8 @@ class ChannelMonitor:
         self._cos_since = 0.0
         self._cos_edges: deque[float] = deque()
         self.faults: dict[str, str] = {}
+        self.fault_listeners: list[Callable[[str, str], None]] = []
+        """Called with (code, message) when a fault is raised (the audio recall hooks in)."""
         self._ever_opened = False
         self._last_tx_state = 0.0
         self._last_reassert = 0.0
@@ -98,6 +101,13 @@ class ChannelMonitor:
     @property
     def online(self) -> bool:
         return self._online
+
+    @property
+    def has_cos(self) -> bool:
+        """True when a radio interface reports carrier (needed for the audio cross-checks)."""
+        radio = self._cfg.radio
+        wired = radio is not None and (radio.kind == "cm108" or radio.cos is not None)
+        return wired and self._radio is not None and self._online
 
     def snapshot(self) -> ChannelState:
         if self.faults:
@@ -133,14 +143,18 @@ class ChannelMonitor:
 
     # -- events and faults ---------------------------------------------------------------
 
-    def _raise_fault(self, code: str, message: str) -> None:
+    def raise_fault(self, code: str, message: str) -> None:
+        """Raise a fault on this channel (the radio's own, or the audio monitor's)."""
         if code not in self.faults:
             self.faults[code] = message
             self._fault_changed("fault.raised", code, message)
+            for listener in self.fault_listeners:
+                listener(code, message)
 
-    def _clear_fault(self, code: str, message: str) -> None:
+    def clear_fault(self, code: str, message: str) -> None:
         if self.faults.pop(code, None) is not None:
             self._fault_changed("fault.cleared", code, message)
+
 
     def _fault_changed(self, event_type: str, code: str, message: str) -> None:
         verb = "FAULT" if event_type == "fault.raised" else "fault cleared:"
@@ -217,7 +231,7 @@ class ChannelMonitor:
             raise CommandError(f"channel {self.channel_id} has no radio interface")
         if params.state == "off":
             self._timed_out = False
-            self._clear_fault("stuck_ptt", "PTT released by the requester")
+            self.clear_fault("stuck_ptt", "PTT released by the requester")
             if self._online:
                 try:
                     await self._key(False, "request")
@@ -314,7 +328,7 @@ class ChannelMonitor:
         self._cos_raw_since = self._cos_since = now
         self._apply_readback(lines, "device_opened")
         if self._ever_opened:
-            self._clear_fault("device_lost", f"radio interface back: {self._radio.description}")
+            self.clear_fault("device_lost", f"radio interface back: {self._radio.description}")
         else:
             log.info("channel %s: radio open: %s", self.channel_id, self._radio.description)
         self._ever_opened = True
@@ -322,7 +336,7 @@ class ChannelMonitor:
 
     def _device_absent(self, exc: Exception) -> None:
         self._online = False
-        self._raise_fault("device_lost", f"radio interface unavailable: {exc}")
+        self.raise_fault("device_lost", f"radio interface unavailable: {exc}")
 
     def _device_lost(self, exc: Exception) -> None:
         if not self._online:
@@ -330,7 +344,7 @@ class ChannelMonitor:
         self._online = False
         self._ptt_commanded = False
         self._lease_until = None
-        self._raise_fault("device_lost", f"radio interface lost: {exc}")
+        self.raise_fault("device_lost", f"radio interface lost: {exc}")
         self._set_reported_ptt(False, "device_lost")
         if self._cos:
             self._cos = False
@@ -389,20 +403,20 @@ class ChannelMonitor:
             if now - self._ptt_changed_at >= _READBACK_GRACE_S:
                 want = "keyed" if self._ptt_commanded else "unkeyed"
                 seen = "keyed" if lines.ptt else "unkeyed"
-                self._raise_fault(
+                self.raise_fault(
                     "ptt_mismatch",
                     f"PTT commanded {want} but the interface reads back {seen}: "
                     "check the PTT wiring and the radio's PTT input",
                 )
         else:
-            self._clear_fault("ptt_mismatch", "PTT read-back agrees with the command again")
+            self.clear_fault("ptt_mismatch", "PTT read-back agrees with the command again")
 
     async def _enforce_timers(self, now: float) -> None:
         # Timed from the command, not the read-back: a broken read-back must not disable it.
         started = self._keyed_at
         if self._ptt_commanded and started is not None and now - started >= self._cfg.tx_timeout_s:
             self._timed_out = True
-            self._raise_fault(
+            self.raise_fault(
                 "stuck_ptt",
                 f"transmit time-out after {self._cfg.tx_timeout_s:g} s: PTT released; "
                 "the requester must release PTT before keying again",
@@ -417,7 +431,7 @@ class ChannelMonitor:
             if self._timed_out:
                 # The hold that ran into the time-out is over: the channel may key again.
                 self._timed_out = False
-                self._clear_fault("stuck_ptt", "the PTT hold ended after the time-out")
+                self.clear_fault("stuck_ptt", "the PTT hold ended after the time-out")
         if not self._ptt_commanded and self._ptt_hw and now - self._last_reassert >= 1.0:
             # Read-back says keyed although we unkeyed: command it again, the line may recover.
             self._last_reassert = now
@@ -431,21 +445,21 @@ class ChannelMonitor:
             self._cos_edges.popleft()
         edges = len(self._cos_edges)
         if edges >= self._cfg.cos_flap_max:
-            self._raise_fault(
+            self.raise_fault(
                 "cos_flapping",
                 f"carrier changed {edges} times in {window:g} s: check squelch setting and COS "
                 "wiring",
             )
         elif "cos_flapping" in self.faults and edges <= self._cfg.cos_flap_max // 2:
-            self._clear_fault("cos_flapping", "carrier steady again")
+            self.clear_fault("cos_flapping", "carrier steady again")
         if self._cos and now - self._cos_since >= self._cfg.cos_stuck_s:
-            self._raise_fault(
+            self.raise_fault(
                 "cos_stuck",
                 f"carrier present for more than {self._cfg.cos_stuck_s:g} s: squelch open or "
                 "COS line stuck",
             )
         elif not self._cos and "cos_stuck" in self.faults:
-            self._clear_fault("cos_stuck", "carrier dropped")
+            self.clear_fault("cos_stuck", "carrier dropped")
 
 
 def register_channel_commands(router: CommandRouter, channels: dict[str, ChannelMonitor]) -> None:

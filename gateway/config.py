@@ -164,9 +164,53 @@ class Cm108RadioSection(_Model):
 RadioSection = Annotated[SerialRadioSection | Cm108RadioSection, Field(discriminator="kind")]
 
 
+class AudioDeviceSection(_Model):
+    """A sound card (or one direction of it), chosen by name, never by index."""
+
+    device: str
+    """Name pattern: the exact PortAudio device name, or a substring / regular expression."""
+    hostapi: str | None = None
+    """PortAudio host API, e.g. "ALSA", when a name appears under several."""
+    samplerate: int = Field(default=8000, ge=4000, le=192_000)
+    channels: int = Field(default=1, ge=1, le=32)
+    blocksize: int = Field(default=160, ge=16, le=8192)
+    latency_s: float = Field(default=0.2, gt=0, le=2)
+
+
+class ChannelAudioSection(_Model):
+    """The audio of a channel: one column of a capture device, and what to watch for."""
+
+    device: Identifier
+    column: int = Field(default=0, ge=0, le=31)
+    activity_margin_db: float = Field(default=12.0, ge=0, le=60)
+    """Audio is active this far above the noise floor..."""
+    activity_min_dbfs: float = Field(default=-55.0, le=0)
+    """...and above this level, whatever the floor."""
+    attack_ms: float = Field(default=40.0, ge=0, le=5000)
+    hang_ms: float = Field(default=600.0, ge=0, le=30_000)
+    dead_below_dbfs: float = Field(default=-80.0, le=0)
+    """Below this for dead_after_s: dead audio (a live line carries at least some noise)."""
+    dead_after_s: float = Field(default=5.0, gt=0)
+    clip_fraction: float = Field(default=0.001, gt=0, le=1)
+    """Samples at full scale, as a fraction of a second's worth, that count as clipping."""
+    hum_dbfs: float = Field(default=-45.0, le=0)
+    """50/60 Hz hum (with harmonics) above this level is a fault."""
+    cos_audio_mismatch_s: float = Field(default=3.0, gt=0)
+    """Carrier without audio, or audio without carrier, for this long: a fault."""
+    recall_s: float = Field(default=300.0, ge=1, le=3600)
+    """How much audio the instant-recall ring buffer keeps."""
+    recall_on_fault_s: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds written to a WAV automatically when a fault is raised (0: never)."""
+
+
+class AudioSection(_Model):
+    devices: dict[Identifier, AudioDeviceSection] = Field(default_factory=dict)
+
+
 class ChannelSection(_Model):
     name: str = ""
     radio: RadioSection | None = None
+    audio: ChannelAudioSection | None = None
     tx_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """Every transmission ends after this, whatever the requester does."""
     max_lease_s: float = Field(default=30.0, gt=0, le=3600)
@@ -260,6 +304,7 @@ class Config(_Model):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     channels: dict[Identifier, ChannelSection] = Field(default_factory=dict)
+    audio: AudioSection = AudioSection()
     modbus: ModbusSection = ModbusSection()
     alarms: dict[Identifier, AlarmSection] = Field(default_factory=dict)
 
@@ -307,7 +352,7 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
             value = Path(node[keys[-1]]).expanduser()
             if not value.is_absolute():
-                node[keys[-1]] = str(base / value)
+                node[keys[-1]] = str((base / value).resolve())
     return data
 
 
@@ -328,6 +373,19 @@ def _check_references(config: Config, source: Path) -> None:
     """What one section names in another must exist (pydantic checks each on its own)."""
     from drivers.modbus_presets import preset
 
+    for channel_id, channel_section in config.channels.items():
+        audio = channel_section.audio
+        if audio is None:
+            continue
+        where = f"{source}: channels.{channel_id}.audio"
+        device = config.audio.devices.get(audio.device)
+        if device is None:
+            raise ConfigError(f"{where}.device: no device {audio.device!r} in [audio.devices]")
+        if audio.column >= device.channels:
+            raise ConfigError(
+                f"{where}.column: device {audio.device} has {device.channels} channels "
+                f"(columns 0-{device.channels - 1})"
+            )
     modules = config.modbus.modules
     for module_id, module in modules.items():
         where = f"{source}: modbus.modules.{module_id}"

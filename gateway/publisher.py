@@ -40,6 +40,8 @@ class Publisher:
         self._state_changed = asyncio.Event()
         self.event_listeners: list[Callable[[Event], None]] = []
         """Called for every event after it is queued (metrics, the local console view)."""
+        self.state_listeners: list[Callable[[str, Payload], None]] = []
+        """Called with (topic, payload) whenever a retained state changes (metrics)."""
 
     @property
     def outbox(self) -> Outbox:
@@ -103,6 +105,11 @@ class Publisher:
         self._retained[topic] = data
         self._dirty[topic] = None
         self._state_changed.set()
+        for listener in self.state_listeners:
+            try:
+                listener(topic, payload)
+            except Exception:
+                log.exception("state listener failed")
 
     def retained_snapshot(self) -> dict[str, bytes]:
         return dict(self._retained)

@@ -35,7 +35,7 @@ def watch_keying(console: SimConsole, stop: threading.Event) -> None:
 
 def demo_scenario(console: SimConsole, stop: threading.Event) -> None:
     """One loop of everything the simulator can show, about 30 s long, again and again."""
-    steps = _radio_steps(console) + _alarm_steps(console)
+    steps = _radio_steps(console) + _audio_steps(console) + _alarm_steps(console)
     while steps:
         for delay, text, action in steps:
             if stop.wait(delay):
@@ -55,10 +55,10 @@ def _radio_steps(console: SimConsole) -> list[Step]:
     if not names:
         return []
     first, second = names[0], names[1] if len(names) > 1 else names[0]
-    a, b = console.radios[first], console.radios[second]
+    b = console.radios[second]
     steps: list[Step] = [
-        (2, f"{first}: carrier ON (a unit is talking)", lambda: a.carrier(True)),
-        (2, f"{first}: carrier off", lambda: a.carrier(False)),
+        (2, f"{first}: carrier ON (a unit is talking)", lambda: console.carrier(first, True)),
+        (2, f"{first}: carrier off", lambda: console.carrier(first, False)),
         (1, f"{second}: COS line starts flapping (bad squelch)", lambda: b.cos_flap(6)),
         (4, f"{second}: COS line steady again", lambda: b.cos_flap(None)),
     ]
@@ -70,6 +70,17 @@ def _radio_steps(console: SimConsole) -> list[Step]:
             (4, f"{usb}: USB interface plugged back in", u.replug),
         ]
     return steps
+
+
+def _audio_steps(console: SimConsole) -> list[Step]:
+    """A channel's audio line goes dead (cut cable), then comes back."""
+    if not console.audio_channels:
+        return []
+    name, channel = list(console.audio_channels.items())[-1]
+    return [
+        (1, f"{name}: audio line goes DEAD (cable cut)", lambda: setattr(channel, "silence", True)),
+        (5, f"{name}: audio line back", lambda: setattr(channel, "silence", False)),
+    ]
 
 
 def _alarm_steps(console: SimConsole) -> list[Step]:
@@ -114,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", required=True, help="gateway config naming the devices")
     parser.add_argument("--control-port", type=int, default=7399)
     parser.add_argument("--scenario", choices=["none", "demo"], default="none")
+    parser.add_argument(
+        "--audio-workdir", help="where simulated sound cards live (give the daemon sim_env of it)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[sim] %(levelname)s %(name)s: %(message)s")
     try:
-        console = SimConsole(load_config(args.config))
+        console = SimConsole(load_config(args.config), audio_workdir=args.audio_workdir)
     except (ConfigError, ValueError) as exc:
         print(f"hw_sim: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
+from hw_sim.audio import PCM_PREFIX, AudioSim, SimChannel, SpeechBursts, WhiteNoise
 from hw_sim.cm108 import CM108SimServer, SimCM108
 from hw_sim.modbus import SimLoop, SimModbusServer, SimModule
 from hw_sim.serial_radio import SimulatedSerialRadio
@@ -104,10 +105,15 @@ def _loopback_port(url: str, scheme: str, where: str) -> int:
     return parts.port
 
 
+BACKGROUND_DBFS = -60.0
+"""A live audio line always carries some noise: what a healthy idle channel sounds like."""
+SPEECH_DBFS = -20.0
+
+
 class SimConsole:
     """Builds and runs the simulated devices for a gateway config."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, audio_workdir: str | None = None) -> None:
         self.radios: dict[str, SimRadio] = {}
         self._serial: list[SimulatedSerialRadio] = []
         self._usb_servers: dict[int, CM108SimServer] = {}
@@ -168,12 +174,53 @@ class SimConsole:
             alarm_id: (alarm.module, alarm.channel, alarm.kind)
             for alarm_id, alarm in config.alarms.items()
         }
+        self.audio: AudioSim | None = None
+        self.audio_channels: dict[str, SimChannel] = {}
+        self._audio_devices: dict[str, str] = {}  # config device id -> simulated card name
+        sim_cards: dict[str, int] = {}
+        for audio_id, card_section in config.audio.devices.items():
+            if card_section.device.startswith(PCM_PREFIX):
+                name = card_section.device.removeprefix(PCM_PREFIX).rstrip("$")
+                self._audio_devices[audio_id] = name
+                sim_cards[name] = card_section.channels
+        if sim_cards:
+            rates = {config.audio.devices[d].samplerate for d in self._audio_devices}
+            if len(rates) != 1:
+                raise ValueError("simulated audio devices must share one samplerate")
+            self.audio = AudioSim(devices=sim_cards, samplerate=rates.pop(), workdir=audio_workdir)
+            for channel_id, channel_section in config.channels.items():
+                wired = channel_section.audio
+                if wired is not None and wired.device in self._audio_devices:
+                    card = self._audio_devices[wired.device]
+                    self.audio_channels[channel_id] = self.audio.channel(card, wired.column)
         for alarm in config.alarms.values():
             if alarm.nominal is not None and alarm.module in self.modules:
                 # A healthy supervised loop reads its EOL resistor, not 0 (a short).
                 self.modules[alarm.module].set_analog(alarm.channel, int(alarm.nominal["normal"]))
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What the daemon's environment needs to see the simulated sound cards."""
+        return self.audio.env if self.audio is not None else {}
+
+    def carrier(self, channel_id: str, present: bool) -> None:
+        """A unit talks (or stops): carrier on the radio, speech on the channel's audio."""
+        radio = self.radios.get(channel_id)
+        if radio is not None:
+            radio.carrier(present)
+        audio = self.audio_channels.get(channel_id)
+        if audio is not None:
+            audio.source = (
+                SpeechBursts(rms_dbfs=SPEECH_DBFS, talk_s=(30.0, 60.0), pause_s=(0.2, 0.3))
+                if present
+                else WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
+            )
+
     def start(self) -> None:
+        if self.audio is not None:
+            for channel in self.audio_channels.values():
+                channel.source = WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
+            self.audio.start()
         for sim in self._serial:
             sim.start()
         for server in self._usb_servers.values():
@@ -189,6 +236,8 @@ class SimConsole:
         for link in self.links.values():
             link.stop()
         self._modbus_loop.stop()
+        if self.audio is not None:
+            self.audio.stop()
 
     def alarm_wiring(self) -> dict[str, AlarmSection]:
         """The alarms the config wires to simulated modules."""
@@ -231,10 +280,20 @@ class SimConsole:
     def _operations(
         self, device: str, value: Any, channel: Any
     ) -> dict[str, Callable[[], None]] | None:
+        audio = self.audio_channels.get(device)
+        audio_ops: dict[str, Callable[[], None]] = {}
+        if audio is not None:
+            audio_ops = {
+                "audio_dead": lambda: setattr(audio, "silence", bool(value)),
+                "hum": lambda: setattr(audio, "hum_hz", float(value) if value else None),
+                "clip": lambda: setattr(audio, "clip_gain_db", float(value) if value else None),
+                "talk": lambda: self.carrier(device, bool(value)),
+            }
         radio = self.radios.get(device)
         if radio is not None:
             return {
-                "carrier": lambda: radio.carrier(bool(value)),
+                **audio_ops,
+                "carrier": lambda: self.carrier(device, bool(value)),
                 "cos_stuck": lambda: radio.cos_stuck(bool(value)),
                 "cos_flap": lambda: radio.cos_flap(float(value) if value else None),
                 "ptt_no_follow": lambda: radio.ptt_no_follow(bool(value)),
@@ -257,7 +316,11 @@ class SimConsole:
         link = self.links.get(device)
         if link is not None:
             return {"unplug": link.unplug, "replug": link.replug, "drop": link.drop_connections}
-        return None
+        card = self._audio_devices.get(device)
+        if card is not None and self.audio is not None:
+            sim = self.audio
+            return {"unplug": lambda: sim.unplug(card), "replug": lambda: sim.replug(card)}
+        return audio_ops or None
 
 
 class ControlServer:

@@ -28,6 +28,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import load_config
+from hw_sim.audio import sim_env
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
@@ -62,6 +63,16 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
             break
         time.sleep(0.05)
     raise RuntimeError("mosquitto did not start (is it installed? `make demo` installs it)")
+
+
+def wait_for_audio_sim(workdir: Path, sim: subprocess.Popen[bytes]) -> None:
+    """The daemon must not look for sound cards before the simulator has made them."""
+    deadline = time.monotonic() + 20
+    while not (workdir / "asound.conf").exists() or not list(workdir.glob("*/native")):
+        if sim.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the simulator did not start its sound cards")
+        time.sleep(0.05)
+    time.sleep(0.5)
 
 
 def relay(stream: IO[bytes], who: str) -> None:
@@ -118,6 +129,16 @@ class TrafficPrinter:
             )
         if topic == "state":
             return None  # gateway health: shown by `status` requests, not worth a line each
+        if topic.startswith("channels/") and topic.endswith("/audio"):
+            activity_key = (body["active"], body["device"])
+            if self._last_state.get(topic) == activity_key:
+                return None  # levels come every second; show only activity changes
+            self._last_state[topic] = activity_key
+            activity = "ACTIVE" if body["active"] else "quiet"
+            return (
+                f"{body['channel']:<12} audio {activity} {body['rms_dbfs']:.0f} dBFS "
+                f"(floor {body['floor_dbfs']:.0f}) device={body['device']}"
+            )
         if topic.startswith(("alarms/", "modules/")) and topic.endswith("/state"):
             fields = ("state", "input", "acknowledged", "module_online")
             described = tuple(body.get(f) for f in fields)
@@ -147,6 +168,8 @@ class TrafficPrinter:
                     self._acknowledge_later(body["source_id"])
             elif what.startswith("module."):
                 what = f"{what} {data['message']}"
+            elif what == "recall.saved":
+                what = f"{what} {data['seconds']:.1f} s ({data['reason']}) -> {data['path']}"
             return f"{body['source_id']:<12} event #{body['seq']} {what}"
         if "/response/" in topic:
             detail = body.get("error") or json.dumps(body.get("data"))
@@ -185,6 +208,14 @@ def cad_requests(port: int, prefix: str, channels: list[str], stop: threading.Ev
         while not stop.wait(6 if count else 4):
             channel = channels[count % len(channels)]
             count += 1
+            if count % 3 == 0:
+                say("cad", f"{channel:<12} request recall of the last 10 s")
+                client.publish(
+                    f"{prefix}/channels/{channel}/request/recall",
+                    json.dumps({"seconds": 10, "transaction": f"recall-{count}"}),
+                    qos=1,
+                )
+                continue
             transaction = f"cad-{count}"
             say("cad", f"{channel:<12} request ptt on for 3 s (transaction {transaction})")
             client.publish(
@@ -217,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             say("demo", f"private MQTT broker on 127.0.0.1:{port}; watch it yourself with:")
             say("demo", f"  mosquitto_sub -p {port} -t '{prefix}/#' -v")
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            audio_dir = Path(tmp) / "audio"
             sim = subprocess.Popen(
                 [
                     sys.executable,
@@ -228,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     "demo",
                     "--control-port",
                     str(free_port()),
+                    "--audio-workdir",
+                    str(audio_dir),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -236,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             procs.append(sim)
             printer = TrafficPrinter(port, prefix, args.raw)
-            time.sleep(0.5)
+            wait_for_audio_sim(audio_dir, sim)
             daemon = subprocess.Popen(
                 [
                     sys.executable,
@@ -250,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**env, **sim_env(audio_dir)},  # the daemon sees the simulated cards
                 cwd=ROOT,
             )
             procs.append(daemon)

@@ -62,13 +62,9 @@ class ConsoleUnderTest:
             self.wait_state(channel, device="online")
 
 
-def channel_config(
-    tmp_path: Path, broker: Broker, *, fire: str = "", ems: str = "", police: str = ""
-) -> tuple[str, str]:
-    """Three channels: two serial radios over RFC 2217, one CM108 over the USB simulator."""
-    gid = "gw" + uuid.uuid4().hex[:8]
-    usb_port = free_port()
-    text = f"""
+def config_header(tmp_path: Path, broker: Broker, gid: str) -> str:
+    """The [gateway], [mqtt] and [outbox] tables every test console shares."""
+    return f"""
 [gateway]
 id = "{gid}"
 state_dir = "{tmp_path}/state-{gid}"
@@ -79,7 +75,18 @@ url = "{broker.url}"
 
 [outbox]
 fsync = false
+"""
 
+
+def channel_config(
+    tmp_path: Path, broker: Broker, *, fire: str = "", ems: str = "", police: str = ""
+) -> tuple[str, str]:
+    """Three channels: two serial radios over RFC 2217, one CM108 over the USB simulator."""
+    gid = "gw" + uuid.uuid4().hex[:8]
+    usb_port = free_port()
+    text = (
+        config_header(tmp_path, broker, gid)
+        + f"""
 [channels.fire]
 name = "Fire"
 {fire}
@@ -109,6 +116,7 @@ kind = "cm108"
 serial = "SIM-{gid}"
 usb_backend = "sim://127.0.0.1:{usb_port}"
 """
+    )
     return gid, text
 
 
@@ -140,7 +148,7 @@ def start_config(
     if before_daemon is not None:
         before_daemon(console)
     sub = subscriber_factory([f"consolegw/{gid}/#"])
-    daemon = daemon_factory(text, name=gid)
+    daemon = daemon_factory(text, name=gid, env=console.env)
     daemon.start()
     cut = ConsoleUnderTest(gid, console, daemon, sub, text)
     cut.wait_online()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port
-from tests.sim_tools import ConsoleUnderTest, start_config
+from tests.sim_tools import ConsoleUnderTest, config_header, start_config
 
 NOMINAL = "{ trouble_short = 0, normal = 2500, alarm = 3750, trouble_open = 5000 }"
 
@@ -20,18 +20,8 @@ def alarm_config(tmp_path: Path, broker: Broker, extra: str = "") -> tuple[str, 
     gid = "gw" + uuid.uuid4().hex[:8]
     return (
         gid,
-        f"""
-[gateway]
-id = "{gid}"
-state_dir = "{tmp_path}/state-{gid}"
-log_level = "debug"
-
-[mqtt]
-url = "{broker.url}"
-
-[outbox]
-fsync = false
-
+        config_header(tmp_path, broker, gid)
+        + f"""
 [modbus.links.bus]
 host = "127.0.0.1"
 port = {free_port()}

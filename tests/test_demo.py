@@ -13,7 +13,7 @@ from tests.mqtt_tools import ROOT
 @pytest.mark.slow
 def test_demo_shows_the_system_working() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hw_sim.demo", "--duration", "40"],
+        [sys.executable, "-m", "hw_sim.demo", "--duration", "50"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -33,6 +33,11 @@ def test_demo_shows_the_system_working() -> None:
         "FAULT cleared cos_flapping",
         "FAULT RAISED device_lost",
         "FAULT cleared device_lost",
+        "audio ACTIVE",
+        "FAULT RAISED dead_audio",
+        "FAULT cleared dead_audio",
+        "recall.saved",
+        "response recall: ok",
         "ALARM.RAISED Generator failure",
         "alarm.restored",
         "request ack",
