@@ -155,7 +155,6 @@ class ChannelMonitor:
         if self.faults.pop(code, None) is not None:
             self._fault_changed("fault.cleared", code, message)
 
-
     def _fault_changed(self, event_type: str, code: str, message: str) -> None:
         verb = "FAULT" if event_type == "fault.raised" else "fault cleared:"
         log.warning("channel %s: %s %s: %s", self.channel_id, verb, code, message)
