@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -166,6 +167,7 @@ class Gateway:
             await asyncio.sleep(min(interval or 1.0, 1.0))
 
     async def run(self) -> None:
+        stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
         self.outbox.open()
         self.outbox.on_full_change = self._on_outbox_full
         try:
@@ -188,6 +190,7 @@ class Gateway:
                 f"{len(self.channels)} channels, {len(self.cards)} audio devices, "
                 f"{len(self.modules)} IO modules, {len(self.alarms)} alarm inputs"
             )
+            stop_metrics = self._start_metrics()
             self.notifier.ready(summary)
             log.info(
                 "consolegw %s running: gateway %s, %s, MQTT prefix %s",
@@ -205,7 +208,15 @@ class Gateway:
                 log.error("MQTT link ended unexpectedly: %r", link_task.exception())
             await self._shutdown(link_task)
         finally:
+            stop_metrics()
             self.outbox.close()
+
+    def _start_metrics(self) -> Callable[[], None]:
+        if not self.config.metrics.enabled:
+            return lambda: None
+        from gateway.metrics import start_metrics
+
+        return start_metrics(self)
 
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         log.info("stopping: releasing every PTT first")

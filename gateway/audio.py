@@ -24,6 +24,7 @@ import logging
 import time
 import wave
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +159,8 @@ class ChannelAudio:
         self._online = False
         self._last_publish = 0.0
         self._state_topic = publisher.topic_for("channel", channel_id, "audio")
+        self.sample_listeners: list[Callable[[NDArray[np.float32]], None]] = []
+        """Called with every block of this channel's samples, in order (the TTY decoder)."""
         monitor.fault_listeners.append(self._on_fault)
 
     # -- device --------------------------------------------------------------------------
@@ -185,6 +188,8 @@ class ChannelAudio:
         """Raw audio for the recall buffer; `end_wall` is when its last sample was heard."""
         self.ring.append(samples)
         self._ring_end_wall = end_wall
+        for listener in self.sample_listeners:
+            listener(samples)
 
     def add_gap(self, frames: int) -> None:
         """Blocks were lost: keep the recall's timeline right with silence in their place."""

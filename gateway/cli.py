@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("-o", "--output", default="docs/asyncapi.yaml", help="file, or - for stdout")
     api.add_argument("--check", action="store_true", help="fail if the file is out of date")
     api.set_defaults(func=cmd_asyncapi)
+
+    from gateway.tools import register_tools
+
+    register_tools(sub)
     return parser
 
 
@@ -127,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # `consolegw diag --json | head`: the reader left; that is not our failure.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -299,6 +299,13 @@ class ModbusSection(_Model):
     modules: dict[Identifier, ModbusModuleSection] = Field(default_factory=dict)
 
 
+class MetricsSection(_Model):
+    enabled: bool = False
+    """Serve Prometheus metrics over HTTP (off by default)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=1, le=65535)
+
+
 class Config(_Model):
     gateway: GatewaySection = GatewaySection()
     mqtt: MqttSection = MqttSection()
@@ -307,6 +314,7 @@ class Config(_Model):
     audio: AudioSection = AudioSection()
     modbus: ModbusSection = ModbusSection()
     alarms: dict[Identifier, AlarmSection] = Field(default_factory=dict)
+    metrics: MetricsSection = MetricsSection()
 
     source: Path | None = Field(default=None, exclude=True)
 

@@ -189,3 +189,60 @@ def _epoch(ts: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.slow
+def test_full_outbox_is_reported_and_drops_no_fault(
+    tmp_path: Path, own_broker: Broker, daemon_factory: Callable[..., Daemon]
+) -> None:
+    subs: list[Subscriber] = []
+
+    def persistent_sub(topics: list[str]) -> Subscriber:
+        sub = Subscriber(
+            own_broker.host,
+            own_broker.port,
+            topics,
+            client_id="cad-" + uuid.uuid4().hex[:6],
+            persistent=True,
+        )
+        subs.append(sub)
+        return sub
+
+    cut, stop_sim = start_console(
+        tmp_path,
+        own_broker,
+        daemon_factory,
+        persistent_sub,
+        fire="cos_debounce_ms = 0\ncos_flap_max = 4\ncos_flap_window_s = 0.5",
+    )
+    cut.daemon.stop()
+    text = cut.config_text.replace("fsync = false", "fsync = false\nmax_events = 100")
+    daemon = daemon_factory(text, name=cut.gid + "-small")
+    try:
+        own_broker.stop()
+        daemon.start()
+        radio = cut.serial("fire")
+        for i in range(200):  # 200 COS events and flapping faults, broker away
+            radio.carrier(i % 2 == 0)
+            time.sleep(0.06)
+        wait_for(lambda: "OUTBOX FULL" in daemon.log(), what="the outbox full, said loudly")
+        own_broker.start()
+        full = cut.sub.wait_event("outbox.full", timeout=30)
+        assert full["data"]["max_events"] == 100 and full["data"]["depth"] >= 100
+        cut.sub.wait(
+            lambda m: [
+                x for x in m if x.topic.endswith(f"{cut.gid}/state") and x.json()["outbox_full"]
+            ],
+            what="outbox_full in the state",
+        )
+        faults = [e for e in cut.sub.events("fault.raised") if e["source_id"] == "fire"]
+        cleared = [e for e in cut.sub.events("fault.cleared") if e["source_id"] == "fire"]
+        assert faults, "fault events are kept when the outbox overflows"
+        assert len(faults) - len(cleared) in (0, 1)
+        ok = cut.sub.wait_event("outbox.ok", timeout=30)
+        assert ok["data"]["dropped"] > 0, "the drain reports how many events were dropped"
+    finally:
+        daemon.stop()
+        for sub in subs:
+            sub.close()
+        stop_sim()

@@ -1,0 +1,927 @@
+"""`consolegw diag`: what this machine's hardware looks like, and guided PASS/FAIL checks.
+
+The checks drive the hardware directly through the shipped drivers, exactly as the daemon
+would, so the daemon must not be running on the same hardware: two processes on one serial
+port or USB interface fight over PTT, and closing a port drops its lines under the other. The
+`daemon` check asks the broker for the daemon's retained status first, and no check touches
+the hardware while it reports online.
+
+Checks are a registry (`register_check`) run in registration order; each returns one result
+per target (channel, module...). The audio work adds its tone-loopback and TTY-loopback checks
+with the same call, next to its own code:
+
+    register_check("tone", "1 kHz tone out, measured on the loop-back input", run_tone,
+                   keys_transmitters=True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiomqtt
+
+from drivers.errors import DeviceError
+from gateway.config import Cm108RadioSection, Config, SerialRadioSection
+from gateway.events import utc_timestamp
+from gateway.tools import ToolError
+
+Status = Literal["PASS", "FAIL", "SKIP"]
+
+READBACK_GRACE_S = 0.5
+"""How long a read-back may lag the PTT command before the check calls it wrong."""
+SAMPLE_S = 0.05
+"""Line sampling period while keyed."""
+DAEMON_STATUS_WAIT_S = 1.5
+"""Longest wait for the retained status after subscribing (it comes at once if any)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check: str
+    target: str
+    """Channel, module or other id the result is about ("-" when global)."""
+    status: Status
+    detail: str
+    """One line a technician can act on."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Measured values for the JSON report."""
+
+
+@dataclass
+class Inventory:
+    serial_ports: list[dict[str, Any]] = field(default_factory=list)
+    usb_interfaces: list[dict[str, Any]] = field(default_factory=list)
+    audio_devices: list[dict[str, Any]] = field(default_factory=list)
+    modbus_modules: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What could not be listed, and why."""
+
+
+@dataclass
+class DiagContext:
+    """What a check gets: the config, the options, what earlier checks found."""
+
+    config: Config | None
+    key_seconds: float
+    only: frozenset[str] | None
+    inventory: Inventory
+    keying_confirmed: bool
+    progress: Callable[[str], None]
+    daemon_online: bool | None = None
+    """Set by the `daemon` check: True when the daemon reports online on the broker."""
+
+    def wanted(self, target: str) -> bool:
+        return self.only is None or target in self.only
+
+
+CheckRun = Callable[[DiagContext], Awaitable[list[CheckResult]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    description: str
+    run: CheckRun
+    touches_hardware: bool
+    """Skipped while the daemon is online, and without a config."""
+    keys_transmitters: bool
+    """Needs the technician's go-ahead (prompt, or --yes)."""
+
+
+CHECKS: dict[str, Check] = {}
+"""Every check, in the order they run."""
+
+
+def register_check(
+    name: str,
+    description: str,
+    run: CheckRun,
+    *,
+    touches_hardware: bool = True,
+    keys_transmitters: bool = False,
+) -> None:
+    """Add a guided check. `run` returns one CheckResult per target and must leave the
+    hardware safe (transmitters unkeyed, devices closed) on every path, cancellation included.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"check name must be an identifier: {name!r}")
+    if name in CHECKS:
+        raise ValueError(f"check {name!r} already registered")
+    CHECKS[name] = Check(name, description, run, touches_hardware, keys_transmitters)
+
+
+@dataclass
+class DiagReport:
+    inventory: Inventory
+    results: list[CheckResult]
+    config_path: str | None
+    gateway: str | None
+    ts: str = field(default_factory=utc_timestamp)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> bool:
+        return self.count("FAIL") > 0
+
+    def as_json(self) -> dict[str, Any]:
+        from gateway.app import package_version
+
+        return {
+            "tool": "consolegw diag",
+            "version": package_version(),
+            "host": socket.gethostname(),
+            "ts": self.ts,
+            "config": self.config_path,
+            "gateway": self.gateway,
+            "inventory": asdict(self.inventory),
+            "checks": [asdict(r) for r in self.results],
+            "summary": {s: self.count(s) for s in ("PASS", "FAIL", "SKIP")},
+            "result": "FAIL" if self.failed else "PASS",
+        }
+
+
+# -- inventory ------------------------------------------------------------------------------
+
+
+def _symlinks(folder: str) -> dict[str, list[str]]:
+    """realpath -> the stable names udev made for it (/dev/serial/by-id/...)."""
+    names: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for entry in sorted(Path(folder).iterdir()):
+            names.setdefault(os.path.realpath(entry), []).append(str(entry))
+    return names
+
+
+def list_serial_ports(config: Config | None) -> list[dict[str, Any]]:
+    """Local serial ports with their stable names, and the configured ports that are missing."""
+    from serial.tools import list_ports
+
+    by_id = _symlinks("/dev/serial/by-id")
+    by_path = _symlinks("/dev/serial/by-path")
+    used: dict[str, list[str]] = {}
+    configured: dict[str, list[str]] = {}
+    for channel_id, section in (config.channels if config else {}).items():
+        if isinstance(section.radio, SerialRadioSection):
+            url = section.radio.url
+            configured.setdefault(url, []).append(channel_id)
+            if "://" not in url:
+                used.setdefault(os.path.realpath(url), []).append(channel_id)
+    ports: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for port in sorted(list_ports.comports(), key=lambda p: p.device):
+        real = os.path.realpath(port.device)
+        seen.add(real)
+        ports.append(
+            {
+                "device": port.device,
+                "by_id": by_id.get(real, []),
+                "by_path": by_path.get(real, []),
+                "description": port.description if port.description != "n/a" else "",
+                "usb": f"{port.vid:04x}:{port.pid:04x}" if port.vid is not None else None,
+                "usb_location": port.location,
+                "serial_number": port.serial_number,
+                "channels": used.get(real, []),
+                "present": True,
+            }
+        )
+    for url, channels in sorted(configured.items()):
+        remote = "://" in url
+        if not remote and os.path.realpath(url) in seen:
+            continue
+        ports.append(
+            {
+                "device": url,
+                "by_id": [],
+                "by_path": [],
+                "description": "remote port (RFC 2217)" if remote else "NOT FOUND on this machine",
+                "usb": None,
+                "usb_location": None,
+                "serial_number": None,
+                "channels": channels,
+                "present": remote,
+            }
+        )
+    return ports
+
+
+def _usb_string(dev: Any, attribute: str) -> str | None:
+    try:
+        value = getattr(dev, attribute)
+    except Exception:  # unreadable without permission; not worth failing the listing
+        return None
+    return str(value) if value else None
+
+
+def _has_hid_interface(dev: Any) -> bool:
+    from drivers.cm108 import HID_INTERFACE
+
+    try:
+        for configuration in dev:
+            for interface in configuration:
+                if interface.bInterfaceNumber == HID_INTERFACE and interface.bInterfaceClass == 3:
+                    return True
+    except Exception:
+        return False
+    return False
+
+
+def _cm108_sections(config: Config | None) -> dict[str, Cm108RadioSection]:
+    return {
+        channel_id: section.radio
+        for channel_id, section in (config.channels if config else {}).items()
+        if isinstance(section.radio, Cm108RadioSection)
+    }
+
+
+def list_usb_interfaces(config: Config | None, notes: list[str]) -> list[dict[str, Any]]:
+    """CM108-family USB devices (C-Media and any vendor/product the config names), from
+    libusb and from every simulator backend the config uses."""
+    import usb.core
+    import usb.util
+
+    from drivers.cm108 import C_MEDIA_VENDOR_ID, KNOWN_PRODUCT_IDS
+
+    sections = _cm108_sections(config)
+    backends: list[tuple[str, Any]] = [("libusb", None)]
+    for url in sorted({s.usb_backend for s in sections.values() if s.usb_backend}):
+        from hw_sim.cm108 import RemoteBackend
+
+        backends.append((url, RemoteBackend.from_url(url)))
+    vendors = {C_MEDIA_VENDOR_ID} | {s.vendor_id for s in sections.values()}
+    found: list[dict[str, Any]] = []
+    for name, backend in backends:
+        try:
+            devices = list(usb.core.find(find_all=True, backend=backend))
+        except usb.core.NoBackendError:
+            notes.append("USB: libusb not found, real USB devices not listed (libusb-1.0-0)")
+            continue
+        except (usb.core.USBError, OSError, ValueError) as exc:
+            notes.append(f"USB ({name}): cannot list devices: {exc}")
+            devices = []
+        for dev in devices:
+            if dev.idVendor not in vendors:
+                continue
+            ports = getattr(dev, "port_numbers", None)
+            path = f"{dev.bus}-{'.'.join(str(p) for p in ports)}" if ports else None
+            serial = _usb_string(dev, "serial_number")
+            entry = {
+                "backend": name,
+                "usb": f"{dev.idVendor:04x}:{dev.idProduct:04x}",
+                "model": KNOWN_PRODUCT_IDS.get(dev.idProduct, "unknown C-Media device")
+                if dev.idVendor == C_MEDIA_VENDOR_ID
+                else "configured id",
+                "port_path": path,
+                "serial_number": serial,
+                "product": _usb_string(dev, "product"),
+                "hid_interface": _has_hid_interface(dev),
+                "channels": [
+                    channel_id
+                    for channel_id, s in sections.items()
+                    if _usb_matches(s, dev.idVendor, dev.idProduct, serial, path, name)
+                ],
+            }
+            with contextlib.suppress(Exception):
+                usb.util.dispose_resources(dev)
+            found.append(entry)
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()
+    for channel_id in sections:
+        if not any(channel_id in entry["channels"] for entry in found):
+            notes.append(f"USB: channel {channel_id}: no matching CM108 interface found")
+    return found
+
+
+def _usb_matches(  # noqa: PLR0917 - one USB device's identity against one config section
+    section: Cm108RadioSection,
+    vendor: int,
+    product: int,
+    serial: str | None,
+    path: str | None,
+    backend: str,
+) -> bool:
+    from drivers.cm108 import KNOWN_PRODUCT_IDS
+
+    if (section.usb_backend or "libusb") != backend or vendor != section.vendor_id:
+        return False
+    if section.product_id is not None and product != section.product_id:
+        return False
+    if section.product_id is None and product not in KNOWN_PRODUCT_IDS:
+        return False
+    if section.serial is not None and serial != section.serial:
+        return False
+    return section.port_path is None or path == section.port_path
+
+
+def list_audio_devices(notes: list[str]) -> list[dict[str, Any]]:
+    try:
+        from drivers import audio
+
+        devices = audio.list_devices()
+    except (OSError, ImportError, DeviceError) as exc:
+        notes.append(f"audio: PortAudio not available: {exc}")
+        return []
+    return [asdict(d) for d in devices]
+
+
+def list_modbus_modules(config: Config | None) -> list[dict[str, Any]]:
+    if config is None:
+        return []
+    from drivers.modbus_presets import preset
+
+    rows = []
+    for module_id, module in config.modbus.modules.items():
+        link = config.modbus.links[module.link]
+        where = (
+            f"tcp {link.host}:{link.port}"
+            if link.host is not None
+            else f"rtu {link.serial_port} {link.baudrate}"
+        )
+        rows.append(
+            {
+                "module": module_id,
+                "link": module.link,
+                "where": where,
+                "device_id": module.device_id,
+                "model": preset(module.preset).model,
+                "alarms": sorted(a for a, s in config.alarms.items() if s.module == module_id),
+            }
+        )
+    return rows
+
+
+async def take_inventory(config: Config | None) -> Inventory:
+    inventory = Inventory()
+    inventory.serial_ports = await asyncio.to_thread(list_serial_ports, config)
+    inventory.usb_interfaces = await asyncio.to_thread(list_usb_interfaces, config, inventory.notes)
+    inventory.audio_devices = await asyncio.to_thread(list_audio_devices, inventory.notes)
+    inventory.modbus_modules = list_modbus_modules(config)
+    return inventory
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+async def _retained_status(client: aiomqtt.Client, topic: str) -> dict[str, Any] | None:
+    """The retained message on `topic`, or None when there is none.
+
+    A retained message is delivered right after the subscription; to know that none is
+    coming without waiting blindly, a probe published after subscribing marks the end (the
+    broker delivers one client's messages in order). A broker whose ACL drops the probe
+    costs DAEMON_STATUS_WAIT_S instead.
+    """
+    probe = f"consolegw-diag/probe/{uuid.uuid4().hex}"
+    await client.subscribe(topic, qos=1)
+    with contextlib.suppress(aiomqtt.MqttError):
+        await client.subscribe(probe, qos=1)
+        await client.publish(probe, b"probe", qos=1)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DAEMON_STATUS_WAIT_S):
+            async for message in client.messages:
+                if message.topic.value != topic:
+                    return None  # the probe: everything retained came before it
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray) and payload:
+                    with contextlib.suppress(ValueError):
+                        body = json.loads(payload)
+                        return body if isinstance(body, dict) else None
+                return None
+    return None
+
+
+async def check_daemon(ctx: DiagContext) -> list[CheckResult]:
+    """Is the daemon online on the broker? Then nothing here may touch the hardware."""
+    from gateway.tools.mqtt_view import BrokerTarget
+
+    if ctx.config is None:
+        return [CheckResult("daemon", "-", "SKIP", "no config: cannot ask the broker")]
+    target = BrokerTarget.from_config(ctx.config)
+    topic = f"{target.prefix}/status"
+    status: dict[str, Any] | None = None
+    try:
+        async with asyncio.timeout(5.0):
+            client = target.client(identifier=f"consolegw-diag-{os.getpid()}", timeout=3.0)
+            async with client:
+                status = await _retained_status(client, topic)
+    except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+        ctx.daemon_online = None
+        return [
+            CheckResult(
+                "daemon",
+                "-",
+                "SKIP",
+                f"broker {target.mqtt.url} unreachable ({exc or 'timeout'}): cannot tell "
+                "whether the daemon runs; make sure it is stopped (systemctl stop consolegw)",
+            )
+        ]
+    if isinstance(status, dict) and status.get("state") == "online":
+        ctx.daemon_online = True
+        return [
+            CheckResult(
+                "daemon",
+                "-",
+                "FAIL",
+                f"the daemon is online (session {status.get('session')}, since "
+                f"{status.get('ts')}): stop it first (systemctl stop consolegw); hardware "
+                "checks skipped",
+                {"status": status},
+            )
+        ]
+    ctx.daemon_online = False
+    said = "offline" if status else "never connected to this broker"
+    return [
+        CheckResult(
+            "daemon", "-", "PASS", f"daemon {said}: the hardware is ours", {"status": status}
+        )
+    ]
+
+
+async def _read(radio: Any) -> Any:
+    async with asyncio.timeout(2.0):
+        return await radio.read_lines()
+
+
+async def _key_one(channel_id: str, section: Any, seconds: float) -> CheckResult:
+    """Key one radio for `seconds`, watching read-back and carrier. Always unkeys."""
+    from gateway.radios import make_radio
+
+    radio = make_radio(section.radio)
+    where = radio.description
+    data: dict[str, Any] = {"interface": where}
+    try:
+        async with asyncio.timeout(10.0):
+            await radio.open()
+    except (DeviceError, TimeoutError) as exc:
+        await radio.close()
+        return CheckResult("ptt", channel_id, "FAIL", f"cannot open {where}: {exc}", data)
+    try:
+        data["readback"] = radio.can_read_back_ptt  # known once open (RFC 2217 probes it)
+        before = await _read(radio)
+        data["cos_before"] = before.cos
+        if before.ptt:
+            return CheckResult(
+                "ptt",
+                channel_id,
+                "FAIL",
+                f"{where} reads back KEYED before keying: PTT line stuck or wired inverted",
+                data,
+            )
+        if before.cos:
+            return CheckResult(
+                "ptt",
+                channel_id,
+                "SKIP",
+                "carrier present (someone may be talking): not keyed; run again when quiet",
+                data,
+            )
+        return await _keyed_period(radio, channel_id, seconds, data)
+    except (DeviceError, TimeoutError) as exc:
+        return CheckResult("ptt", channel_id, "FAIL", f"{where} lost during the test: {exc}", data)
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await radio.set_ptt(False)
+        await radio.close()
+
+
+async def _keyed_period(
+    radio: Any, channel_id: str, seconds: float, data: dict[str, Any]
+) -> CheckResult:
+    readback = radio.can_read_back_ptt
+    start = time.monotonic()
+    await radio.set_ptt(True)
+    keyed_at: float | None = None
+    dropped = False
+    cos_seen = False
+    while True:
+        now = time.monotonic()
+        if now - start >= seconds:
+            break
+        lines = await _read(radio)
+        cos_seen = cos_seen or lines.cos
+        if readback:
+            if lines.ptt and keyed_at is None:
+                keyed_at = time.monotonic()
+            elif not lines.ptt and keyed_at is not None:
+                dropped = True
+        await asyncio.sleep(SAMPLE_S)
+    await radio.set_ptt(False)
+    released_at = time.monotonic()
+    data["keyed_s"] = round(released_at - start, 2)
+    data["cos_during"] = cos_seen
+    release_s: float | None = None
+    while readback:
+        lines = await _read(radio)
+        if not lines.ptt:
+            release_s = time.monotonic() - released_at
+            break
+        if time.monotonic() - released_at > READBACK_GRACE_S:
+            break
+        await asyncio.sleep(SAMPLE_S / 2)
+    carrier = "carrier seen while keyed" if cos_seen else "no carrier while keyed"
+    if not readback:
+        return CheckResult(
+            "ptt",
+            channel_id,
+            "PASS",
+            f"keyed {data['keyed_s']:g} s; no PTT read-back on this interface: confirm the "
+            f"radio's TX indicator; {carrier}",
+            data,
+        )
+    data["keyup_ms"] = None if keyed_at is None else round((keyed_at - start) * 1000, 1)
+    data["release_ms"] = None if release_s is None else round(release_s * 1000, 1)
+    if keyed_at is None or keyed_at - start > READBACK_GRACE_S:
+        return CheckResult(
+            "ptt",
+            channel_id,
+            "FAIL",
+            "PTT commanded but the interface never read back keyed: check the PTT wiring, "
+            f"polarity (ptt_invert) and the radio's PTT input; {carrier}",
+            data,
+        )
+    if release_s is None:
+        return CheckResult(
+            "ptt",
+            channel_id,
+            "FAIL",
+            "still reads back KEYED after release: PTT line stuck; unplug the interface",
+            data,
+        )
+    if dropped:
+        return CheckResult(
+            "ptt",
+            channel_id,
+            "FAIL",
+            f"read-back dropped while keyed: intermittent PTT line or power; {carrier}",
+            data,
+        )
+    return CheckResult(
+        "ptt",
+        channel_id,
+        "PASS",
+        f"keyed {data['keyed_s']:g} s, read back keyed in {data['keyup_ms']:g} ms and "
+        f"unkeyed in {data['release_ms']:g} ms; {carrier}",
+        data,
+    )
+
+
+async def check_ptt(ctx: DiagContext) -> list[CheckResult]:
+    assert ctx.config is not None
+    results = []
+    for channel_id, section in ctx.config.channels.items():
+        if not ctx.wanted(channel_id):
+            continue
+        if section.radio is None:
+            results.append(CheckResult("ptt", channel_id, "SKIP", "no radio interface configured"))
+            continue
+        ctx.progress(f"ptt: keying {channel_id} for {ctx.key_seconds:g} s")
+        results.append(await _key_one(channel_id, section, ctx.key_seconds))
+    return results
+
+
+async def check_modbus(ctx: DiagContext) -> list[CheckResult]:
+    assert ctx.config is not None
+    from drivers.modbus_io import ModbusLink, ModbusModule, Snapshot
+    from drivers.modbus_presets import preset
+
+    links: dict[str, ModbusLink] = {}
+    results = []
+    try:
+        for module_id, section in ctx.config.modbus.modules.items():
+            if not ctx.wanted(module_id):
+                continue
+            link_cfg = ctx.config.modbus.links[section.link]
+            link = links.get(section.link)
+            if link is None:
+                link = links[section.link] = ModbusLink(
+                    host=link_cfg.host,
+                    port=link_cfg.port,
+                    serial_port=link_cfg.serial_port,
+                    baudrate=link_cfg.baudrate,
+                    parity=link_cfg.parity,
+                    stopbits=link_cfg.stopbits,
+                    timeout_s=link_cfg.timeout_s,
+                )
+            model = preset(section.preset)
+            if model.digital_inputs:
+                input_map = model.input_map()
+            elif model.analog_inputs:
+                input_map = model.input_map(
+                    analogs={f"ai{n}": n for n in range(len(model.analog_inputs))}
+                )
+            else:
+                results.append(CheckResult("modbus", module_id, "SKIP", "preset has no inputs"))
+                continue
+            ctx.progress(f"modbus: polling {module_id}")
+            module = ModbusModule(link=link, device_id=section.device_id)
+            result = await module.poll(input_map)
+            data: dict[str, Any] = {
+                "where": module.description,
+                "model": model.model,
+                "duration_ms": round(result.duration_s * 1000, 1),
+            }
+            if isinstance(result, Snapshot):
+                data["values"] = dict(result.values)
+                closed = [k for k, v in result.values.items() if v is True]
+                detail = (
+                    f"{model.model} answered in {data['duration_ms']:g} ms: "
+                    f"{len(result.values)} inputs, closed: {', '.join(closed) or 'none'}"
+                )
+                results.append(CheckResult("modbus", module_id, "PASS", detail, data))
+            else:
+                results.append(
+                    CheckResult(
+                        "modbus",
+                        module_id,
+                        "FAIL",
+                        f"no valid answer from {module.description}: {result.error}",
+                        data,
+                    )
+                )
+    finally:
+        for link in links.values():
+            await link.close()
+    if not results and not ctx.config.modbus.modules:
+        results.append(CheckResult("modbus", "-", "SKIP", "no Modbus modules configured"))
+    return results
+
+
+register_check(
+    "daemon",
+    "the daemon is not running on this hardware (asks the broker for its status)",
+    check_daemon,
+    touches_hardware=False,
+)
+register_check(
+    "ptt",
+    "each radio keyed for --key-seconds: PTT read-back and carrier",
+    check_ptt,
+    keys_transmitters=True,
+)
+register_check("modbus", "each configured Modbus IO module answers one poll", check_modbus)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _keying_targets(config: Config | None, only: frozenset[str] | None) -> list[str]:
+    if config is None:
+        return []
+    return [
+        c
+        for c, section in config.channels.items()
+        if section.radio is not None and (only is None or c in only)
+    ]
+
+
+async def run_diag(
+    *,
+    config: Config | None,
+    config_path: str | None = None,
+    checks: Iterable[str] | None = None,
+    key_seconds: float = 2.0,
+    only: Iterable[str] | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DiagReport:
+    """Inventory, then the selected checks (all by default). `confirm(question)` is asked
+    once before anything keys a transmitter; without it, such checks are skipped."""
+    if not 0 < key_seconds <= 30:
+        raise ValueError(f"key_seconds must be in (0, 30], not {key_seconds!r}")
+    names = list(CHECKS) if checks is None else list(checks)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+    selected = [CHECKS[n] for n in CHECKS if n in names]  # registration order
+    if any(c.touches_hardware for c in selected) and "daemon" not in names:
+        selected.insert(0, CHECKS["daemon"])  # the guard always runs before the hardware
+    say = progress or (lambda _: None)
+    only_set = frozenset(only) if only is not None else None
+    inventory = await take_inventory(config)
+    ctx = DiagContext(
+        config=config,
+        key_seconds=key_seconds,
+        only=only_set,
+        inventory=inventory,
+        keying_confirmed=False,
+        progress=say,
+    )
+    results: list[CheckResult] = []
+    asked = False
+    for check in selected:
+        if check.touches_hardware:
+            reason = None
+            if config is None:
+                reason = "no config (-c): nothing to check against"
+            elif ctx.daemon_online:
+                reason = "the daemon is online: stop it first"
+            elif check.keys_transmitters and not asked:
+                asked = True
+                targets = _keying_targets(config, only_set)
+                question = (
+                    f"Key {len(targets)} transmitter(s) ({', '.join(targets)}) for "
+                    f"{key_seconds:g} s each?"
+                )
+                ctx.keying_confirmed = bool(targets) and confirm is not None and confirm(question)
+            if reason is None and check.keys_transmitters and not ctx.keying_confirmed:
+                reason = "keying not confirmed (answer y, or pass --yes)"
+            if reason is not None:
+                results.append(CheckResult(check.name, "-", "SKIP", reason))
+                continue
+        results.extend(await check.run(ctx))
+    return DiagReport(
+        inventory=inventory,
+        results=results,
+        config_path=config_path,
+        gateway=config.gateway.id if config else None,
+    )
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _table(title: str, columns: Iterable[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _print_table(console: Any, table: Any) -> None:
+    if table.row_count == 0:
+        table.add_row("(none found)", *[""] * (len(table.columns) - 1), style="dim")
+    console.print(table)
+
+
+def render(report: DiagReport, console: Any) -> None:
+    """The report as rich tables (inventory first, then the checks and the verdict)."""
+
+    inv = report.inventory
+    table = _table("Serial ports", ("device", "stable names", "description", "USB", "channels"))
+    for port in inv.serial_ports:
+        names = "\n".join(port["by_id"] + port["by_path"]) or "-"
+        style = "" if port["present"] else "bold red"
+        table.add_row(
+            port["device"],
+            names,
+            port["description"] or "-",
+            port["usb"] or "-",
+            ", ".join(port["channels"]) or "-",
+            style=style,
+        )
+    _print_table(console, table)
+
+    table = _table(
+        "USB radio interfaces (CM108 family)",
+        ("USB id", "model", "port path", "serial", "HID", "channels", "via"),
+    )
+    for dev in inv.usb_interfaces:
+        table.add_row(
+            dev["usb"],
+            dev["model"],
+            dev["port_path"] or "?",
+            dev["serial_number"] or "?",
+            "yes" if dev["hid_interface"] else "NO",
+            ", ".join(dev["channels"]) or "-",
+            dev["backend"],
+        )
+    _print_table(console, table)
+
+    table = _table("Audio devices (PortAudio)", ("name", "host API", "in", "out", "rate"))
+    for audio in inv.audio_devices:
+        table.add_row(
+            audio["name"],
+            audio["hostapi"],
+            str(audio["max_input_channels"]),
+            str(audio["max_output_channels"]),
+            f"{audio['default_samplerate']:g}",
+        )
+    _print_table(console, table)
+
+    if inv.modbus_modules:
+        table = _table(
+            "Modbus IO modules (configured)", ("module", "link", "device id", "model", "alarms")
+        )
+        for module in inv.modbus_modules:
+            table.add_row(
+                module["module"],
+                f"{module['link']} ({module['where']})",
+                str(module["device_id"]),
+                module["model"],
+                ", ".join(module["alarms"]) or "-",
+            )
+        _print_table(console, table)
+    for note in inv.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+    table = _table("Checks", ("check", "target", "result", "detail"))
+    styles = {"PASS": "bold green", "FAIL": "bold white on red", "SKIP": "yellow"}
+    for result in report.results:
+        table.add_row(
+            result.check,
+            result.target,
+            f"[{styles[result.status]}]{result.status}[/]",
+            result.detail,
+        )
+    _print_table(console, table)
+    if report.count("PASS") + report.count("FAIL") == 0:
+        console.print("RESULT: nothing checked (inventory only; give -c CONFIG for the checks)")
+        return
+    verdict = "[bold white on red] FAIL [/]" if report.failed else "[bold green]PASS[/]"
+    console.print(
+        f"RESULT {verdict}: {report.count('PASS')} passed, {report.count('FAIL')} failed, "
+        f"{report.count('SKIP')} skipped"
+    )
+
+
+async def _stoppable(work: Awaitable[DiagReport]) -> DiagReport:
+    """SIGTERM and SIGHUP (an SSH session dropped) cancel the checks like Ctrl-C does, so
+    their cleanup unkeys: a CM108 GPIO would otherwise stay keyed after the process dies."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    for sig in signals:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await work
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    print(f"{question} This TRANSMITS on the air. [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    if args.list_checks:
+        for check in CHECKS.values():
+            flags = " (keys transmitters)" if check.keys_transmitters else ""
+            print(f"{check.name:<10} {check.description}{flags}")
+        return 0
+    checks = _split(args.checks)
+    if checks is not None:
+        unknown = [n for n in checks if n not in CHECKS]
+        if unknown or not checks:
+            args.parser.error(
+                f"--checks: unknown check(s) {', '.join(unknown) or '(none given)'}; "
+                f"known: {', '.join(CHECKS)}"
+            )
+    config = None
+    if args.config is not None:
+        from gateway.config import load_config
+
+        config = load_config(args.config)
+    errors = Console(file=sys.stderr)
+    if config is not None and not args.json:
+        errors.print(
+            "[bold yellow]diag drives the hardware directly: the daemon must not be running "
+            "on it (systemctl stop consolegw).[/]"
+        )
+    diag = run_diag(
+        config=config,
+        config_path=args.config,
+        checks=checks,
+        key_seconds=args.key_seconds,
+        only=_split(args.only),
+        confirm=(lambda _: True) if args.yes else _ask,
+        progress=lambda text: errors.print(f"[dim]{text} ...[/]"),
+    )
+    try:
+        report = asyncio.run(_stoppable(diag))
+    except asyncio.CancelledError:
+        raise ToolError("stopped by a signal; every radio was unkeyed and closed") from None
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        render(report, Console(file=sys.stdout))
+    return 1 if report.failed else 0
