@@ -198,6 +198,7 @@ class MqttLink:
         async def publish(seq: int, topic: str, payload: bytes) -> None:
             try:
                 await client.publish(topic, payload, qos=1)
+                _ack_now(client)
                 self._outbox.ack(seq)
             except aiomqtt.MqttError as exc:
                 if not failure.done():
@@ -266,6 +267,27 @@ class MqttLink:
             # A lost connection loses the response, not the command's effect; the
             # requester times out and asks `status`.
             await client.publish(reply.topic, reply.payload, qos=1, properties=properties)
+            _ack_now(client)
+
+
+_quickack_warned = False
+
+
+def _ack_now(client: aiomqtt.Client) -> None:
+    """Send the TCP ACK for the PUBACK just read now, not after the kernel's delayed-ACK
+    timer (up to 40 ms). Otherwise a broker that keeps Nagle on (mosquitto's default) holds
+    its next small packet, which may be a PTT request, until that ACK arrives."""
+    global _quickack_warned  # noqa: PLW0603
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
+    sock = paho_client.socket() if paho_client is not None else None
+    if quickack is None or not isinstance(sock, socket.socket):
+        if not _quickack_warned:
+            _quickack_warned = True
+            log.info("TCP quick ACK unavailable; set set_tcp_nodelay true on the broker")
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 async def _first(waiter: Any, failure: asyncio.Future[None]) -> None:
