@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -14,6 +15,7 @@ from gateway.audio import build_audio, register_audio_commands
 from gateway.channel import ChannelMonitor, register_channel_commands
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import Config
+from gateway.errors import ConsoleGwError
 from gateway.events import GatewayStartedData, GatewayState, OutboxData, utc_timestamp
 from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
@@ -21,6 +23,7 @@ from gateway.publisher import Publisher
 from gateway.radios import make_radio
 from gateway.sdnotify import SystemdNotifier
 from gateway.supervisor import Supervisor
+from gateway.tty import build_tty, close_outputs, register_tty_commands
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,20 @@ class Gateway:
             publisher=self.publisher,
             recall_dir=config.gateway.state_dir / "recall",
         )
+        self.ttys, self.outputs = build_tty(
+            channels={
+                channel_id: (
+                    section.tty,
+                    self.audio[channel_id],
+                    section.audio.device,
+                    section.audio.column,
+                )
+                for channel_id, section in config.channels.items()
+                if section.tty is not None and section.audio is not None
+            },
+            devices=config.audio.devices,
+            publisher=self.publisher,
+        )
         self.links, self.modules, self.alarms = build_alarm_system(
             links=config.modbus.links,
             modules=config.modbus.modules,
@@ -113,6 +130,7 @@ class Gateway:
         )
         register_channel_commands(self.router, self.channels)
         register_audio_commands(self.router, self.audio)
+        register_tty_commands(self.router, self.ttys)
         register_alarm_commands(self.router, self.alarms, self.modules)
 
     async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> dict[str, Any]:
@@ -168,7 +186,13 @@ class Gateway:
 
     async def run(self) -> None:
         stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
-        self.outbox.open()
+        try:
+            self.outbox.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConsoleGwError(
+                f"cannot open the outbox in {self.config.gateway.state_dir} "
+                f"(gateway.state_dir): {exc}"
+            ) from None
         self.outbox.on_full_change = self._on_outbox_full
         try:
             self.publisher.emit(
@@ -178,6 +202,8 @@ class Gateway:
                 GatewayStartedData(version=self.version, outbox_depth=self.outbox.depth),
             )
             self._publish_gateway_state()
+            for tty in self.ttys.values():
+                tty.publish_state()
             link_task = asyncio.create_task(self.link.run(), name="mqtt")
             self.supervisor.start("health", self._watch_health)
             for channel_id, monitor in self.channels.items():
@@ -203,10 +229,13 @@ class Gateway:
             done, _ = await asyncio.wait(
                 {link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
             )
-            if link_task in done:
+            link_failed = link_task in done
+            if link_failed:
                 # The link only ends on a bug; keep the hardware safe and let systemd restart us.
                 log.error("MQTT link ended unexpectedly: %r", link_task.exception())
             await self._shutdown(link_task)
+            if link_failed:
+                raise ConsoleGwError("the MQTT link failed; stopped with every PTT released")
         finally:
             stop_metrics()
             self.outbox.close()
@@ -228,6 +257,7 @@ class Gateway:
         )
         await self.supervisor.stop()
         await asyncio.gather(*(link.close() for link in self.links.values()))
+        await close_outputs(self.outputs)
         self.link.stop()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(link_task, timeout=5.0)

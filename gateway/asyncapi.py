@@ -19,6 +19,7 @@ from gateway.events import (
     ResponsePayload,
     StatusPayload,
 )
+from gateway.tty import TtyState
 
 _REF = "#/components/schemas/{model}"
 _BASE = "consolegw/{gateway_id}"
@@ -134,6 +135,14 @@ def build_document() -> dict[str, Any]:
         action="send",
         retain=True,
         summary="Channel audio levels and activity, retained, about once a second",
+    )
+    add(
+        "channelTty",
+        f"{_BASE}/channels/{{channel_id}}/tty",
+        _schema(TtyState, schemas),
+        action="send",
+        retain=True,
+        summary="TTY/TDD on the channel: active, rate, last line; retained",
     )
     add(
         "alarmState",

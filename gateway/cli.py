@@ -92,6 +92,25 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tty(args: argparse.Namespace) -> int:
+    from gateway.tty import decode_file, encode_file
+
+    try:
+        if args.action == "decode":
+            text, notes = decode_file(args.file)
+            for note in notes:
+                print(note, file=sys.stderr)
+            if not text:
+                print("no TTY text found", file=sys.stderr)
+            sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+            return EXIT_OK
+        seconds = encode_file(args.text, args.output, baud=args.baud)
+        print(f"wrote {args.output}: {seconds:.1f} s at {args.baud:g} baud", file=sys.stderr)
+        return EXIT_OK
+    except (OSError, EOFError, ValueError) as exc:  # wave raises EOFError/Error(ValueError)
+        return _fail(f"tty {args.action}: {exc}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consolegw",
@@ -114,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--check", action="store_true", help="fail if the file is out of date")
     api.set_defaults(func=cmd_asyncapi)
 
+    tty = sub.add_parser("tty", help="TTY/TDD (Baudot) audio files: decode and encode")
+    tty_sub = tty.add_subparsers(dest="action", required=True, metavar="ACTION")
+    decode = tty_sub.add_parser(
+        "decode", help="print the text in a WAV file (only the text on stdout)"
+    )
+    decode.add_argument("file", help="WAV file (8 or 16 bit PCM, any rate from 6 kHz)")
+    decode.set_defaults(func=cmd_tty)
+    encode = tty_sub.add_parser("encode", help="write text as TTY audio to a WAV file")
+    encode.add_argument("text")
+    encode.add_argument("-o", "--output", required=True, help="WAV file to write")
+    encode.add_argument("--baud", type=float, choices=[45.45, 50.0], default=45.45)
+    encode.set_defaults(func=cmd_tty)
+
     from gateway.tools import register_tools
 
     register_tools(sub)
@@ -131,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConsoleGwError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
+        print("consolegw: stopped (Ctrl-C)", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:
         # `consolegw diag --json | head`: the reader left; that is not our failure.

@@ -203,6 +203,27 @@ class ChannelAudioSection(_Model):
     """Seconds written to a WAV automatically when a fault is raised (0: never)."""
 
 
+class ChannelTtySection(_Model):
+    """TTY/TDD (Baudot) on a channel's audio: decode callers, send the call taker's replies."""
+
+    enabled: bool = True
+    unshift_on_space: bool = False
+    """US TTYs do not unshift on space (TIA-825-A practice); set true for ITA2 peers."""
+    reply_baud: float = 45.45
+    output_device: Identifier | None = None
+    """Audio device that plays replies; by default the channel's capture device."""
+    output_column: int | None = Field(default=None, ge=0, le=31)
+    """Column replies play on; by default the channel's capture column."""
+    reply_level_dbfs: float = Field(default=-12.0, ge=-40, le=0)
+
+    @field_validator("reply_baud")
+    @classmethod
+    def _baud(cls, value: float) -> float:
+        if value not in (45.45, 50.0):
+            raise ValueError("must be 45.45 or 50")
+        return value
+
+
 class AudioSection(_Model):
     devices: dict[Identifier, AudioDeviceSection] = Field(default_factory=dict)
 
@@ -211,6 +232,7 @@ class ChannelSection(_Model):
     name: str = ""
     radio: RadioSection | None = None
     audio: ChannelAudioSection | None = None
+    tty: ChannelTtySection | None = None
     tx_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """Every transmission ends after this, whatever the requester does."""
     max_lease_s: float = Field(default=30.0, gt=0, le=3600)
@@ -393,6 +415,24 @@ def _check_references(config: Config, source: Path) -> None:
             raise ConfigError(
                 f"{where}.column: device {audio.device} has {device.channels} channels "
                 f"(columns 0-{device.channels - 1})"
+            )
+        tty = channel_section.tty
+        if tty is not None and tty.output_device is not None:
+            out = config.audio.devices.get(tty.output_device)
+            where = f"{source}: channels.{channel_id}.tty"
+            if out is None:
+                raise ConfigError(
+                    f"{where}.output_device: no device {tty.output_device!r} in [audio.devices]"
+                )
+            if tty.output_column is not None and tty.output_column >= out.channels:
+                raise ConfigError(
+                    f"{where}.output_column: {tty.output_device} has {out.channels} channels"
+                )
+    for channel_id, channel_section in config.channels.items():
+        if channel_section.tty is not None and channel_section.audio is None:
+            raise ConfigError(
+                f"{source}: channels.{channel_id}.tty: TTY needs the channel's audio "
+                f"([channels.{channel_id}.audio])"
             )
     modules = config.modbus.modules
     for module_id, module in modules.items():

@@ -33,9 +33,28 @@ def watch_keying(console: SimConsole, stop: threading.Event) -> None:
                 say(f"{name}: radio {'KEYED (transmitting)' if keyed else 'unkeyed'}")
 
 
+def watch_tty_replies(console: SimConsole, channels: list[str], stop: threading.Event) -> None:
+    """Decode what the daemon plays on TTY lines: what the caller's TTY would print."""
+    from gateway.dsp import TtyChar, TtyDecoder, TtyEnded
+
+    decoders = {name: TtyDecoder(sample_rate=8000) for name in channels}
+    lines = {name: "" for name in channels}
+    while not stop.wait(0.5):
+        for name in channels:
+            played = console.audio_channels[name].played(clear=True)
+            for event in decoders[name].feed(played):
+                if isinstance(event, TtyChar):
+                    lines[name] += event.char
+                elif isinstance(event, TtyEnded) and lines[name].strip():
+                    say(f"{name}: the caller's TTY prints: {lines[name].strip()}")
+                    lines[name] = ""
+
+
 def demo_scenario(console: SimConsole, stop: threading.Event) -> None:
     """One loop of everything the simulator can show, about 30 s long, again and again."""
-    steps = _radio_steps(console) + _audio_steps(console) + _alarm_steps(console)
+    steps = (
+        _radio_steps(console) + _audio_steps(console) + _tty_steps(console) + _alarm_steps(console)
+    )
     while steps:
         for delay, text, action in steps:
             if stop.wait(delay):
@@ -74,13 +93,29 @@ def _radio_steps(console: SimConsole) -> list[Step]:
 
 def _audio_steps(console: SimConsole) -> list[Step]:
     """A channel's audio line goes dead (cut cable), then comes back."""
-    if not console.audio_channels:
+    radio_lines = [n for n in console.audio_channels if n not in console.tty_channels]
+    if not radio_lines:
         return []
-    name, channel = list(console.audio_channels.items())[-1]
+    name = radio_lines[-1]
+    channel = console.audio_channels[name]
     return [
         (1, f"{name}: audio line goes DEAD (cable cut)", lambda: setattr(channel, "silence", True)),
         (5, f"{name}: audio line back", lambda: setattr(channel, "silence", False)),
     ]
+
+
+def _tty_steps(console: SimConsole) -> list[Step]:
+    """A deaf caller's TTY on a 911 line."""
+    lines = [name for name in console.tty_channels if name in console.audio_channels]
+    if not lines:
+        return []
+    line = lines[0]
+    text = "HELLO 911 MY HUSBAND FELL AND CANNOT GET UP GA\r\n"
+    return [(2, f"{line}: a TTY caller types: {text.strip()}", lambda: _call(console, line, text))]
+
+
+def _call(console: SimConsole, line: str, text: str) -> None:
+    console.tty_call(line, text)
 
 
 def _alarm_steps(console: SimConsole) -> list[Step]:
@@ -144,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     threads = [threading.Thread(target=watch_keying, args=(console, stop), daemon=True)]
     if args.scenario == "demo":
         threads.append(threading.Thread(target=demo_scenario, args=(console, stop), daemon=True))
+        tty_lines = [n for n in console.tty_channels if n in console.audio_channels]
+        if tty_lines:
+            threads.append(
+                threading.Thread(
+                    target=watch_tty_replies, args=(console, tty_lines, stop), daemon=True
+                )
+            )
     for thread in threads:
         thread.start()
     say(f"serving {', '.join(console.radios) or 'no devices'}; control port {control.port}")

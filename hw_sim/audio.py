@@ -72,6 +72,13 @@ _PA_POSITIONS = {
     "side-right": 11,
 }
 _SUN_PATH_MAX = 107
+LOOPBACK_PRIME_S = 0.25
+"""Loop-back jitter buffer: what was played is held this long before it comes back, so that
+the reader thread running late on a loaded box (or waiting for the GIL of an in-process test)
+leaves no hole in the looped audio. As much as the writer keeps queued, for the same reason."""
+LOOPBACK_MAX_S = 0.8
+"""Loop-back audio held beyond this (the writer stalled) is dropped down to the prime level,
+so the loop's latency stays bounded."""
 
 
 def dbfs_to_rms(rms_dbfs: float) -> float:
@@ -343,7 +350,16 @@ class SimChannel:
         self.hum_rms_dbfs = -30.0
         self.clip_gain_db: float | None = None
         """Clipping fault: gain in dB applied before the hard limit at full scale (+-1.0)."""
+        self.loopback = False
+        """A loop-back cable from this column's output to its input: what the daemon plays
+        here comes back on the capture, mixed into the source (so the output's idle silence
+        leaves the source as it was), after the path's latency. Goes through the faults
+        above like any input (a dead input stays dead)."""
         self._samplerate = samplerate
+        self._loop: deque[NDArray[np.float32]] = deque()
+        self._loop_frames = 0
+        self._loop_primed = False
+        self._loop_lock = threading.Lock()
         self._queue: deque[NDArray[np.float32]] = deque()
         self._queue_lock = threading.Lock()
         self._hum_phase = 0.0
@@ -391,6 +407,9 @@ class SimChannel:
                     self._queue[0] = chunk[n:]
         if done < frames:
             out[done:] = self.source.render(frames - done, self._samplerate)
+        looped = self._take_looped(frames)
+        if looped is not None:
+            out += looped
         hum = self.hum_hz
         if hum is not None:
             step = 2.0 * math.pi * hum / self._samplerate
@@ -403,6 +422,49 @@ class SimChannel:
         np.clip(out, -1.0, 1.0, out=out)  # a converter cannot go beyond full scale
         if self.silence:
             out[:] = 0.0
+        return out
+
+    def _from_output(self, data: NDArray[np.float32]) -> None:
+        """The reader thread: a block the daemon played on this column."""
+        self._played.add(data)
+        with self._loop_lock:
+            if not self.loopback:
+                if self._loop:
+                    self._loop.clear()
+                    self._loop_frames = 0
+                    self._loop_primed = False
+                return
+            self._loop.append(data)
+            self._loop_frames += len(data)
+            prime = int(LOOPBACK_PRIME_S * self._samplerate)
+            if self._loop_frames > int(LOOPBACK_MAX_S * self._samplerate):
+                while self._loop and self._loop_frames - len(self._loop[0]) >= prime:
+                    self._loop_frames -= len(self._loop.popleft())
+
+    def _take_looped(self, frames: int) -> NDArray[np.float32] | None:
+        """The writer thread: the next `frames` looped-back samples, None when there are none
+        (loop-back off, or its buffer still priming). A buffer that runs dry primes again."""
+        if not self.loopback:
+            return None
+        with self._loop_lock:
+            if not self._loop_primed:
+                if self._loop_frames < int(LOOPBACK_PRIME_S * self._samplerate):
+                    return None
+                self._loop_primed = True
+            out = np.zeros(frames, np.float32)
+            done = 0
+            while done < frames and self._loop:
+                chunk = self._loop[0]
+                n = min(len(chunk), frames - done)
+                out[done : done + n] = chunk[:n]
+                done += n
+                if n == len(chunk):
+                    self._loop.popleft()
+                else:
+                    self._loop[0] = chunk[n:]
+            self._loop_frames -= done
+            if done < frames:
+                self._loop_primed = False
         return out
 
 
@@ -652,7 +714,7 @@ class SimDevice:
                 stream.free()
 
     def _reader(self) -> None:
-        self._record_loop("tx.monitor", lambda ch, data: ch._played.add(data))
+        self._record_loop("tx.monitor", lambda ch, data: ch._from_output(data))
 
     def _tap(self) -> None:
         # Also keeps rx's monitor at low latency, which the daemon's capture relies on.
@@ -848,6 +910,8 @@ def _command(sim: AudioSim, cmd: Mapping[str, Any]) -> None:
         if "clip_gain_db" in cmd:
             gain = cmd["clip_gain_db"]
             channel.clip_gain_db = None if gain is None else float(gain)
+        if "loopback" in cmd:
+            channel.loopback = bool(cmd["loopback"])
     elif op == "queue":
         channel.queue(np.asarray(cmd["samples"], dtype=np.float32))
     else:
@@ -861,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
       {"op": "source", "device": "radio1", "channel": 0, "kind": "tone",
        "frequency": 1000, "rms_dbfs": -20}            (kinds: silence, tone, noise, speech)
       {"op": "fault", "device": "radio1", "channel": 0, "silence": true, "hum_hz": 50,
-       "clip_gain_db": 12}                            (null clears hum or clipping)
+       "clip_gain_db": 12, "loopback": true}          (null clears hum or clipping)
       {"op": "queue", "device": "radio1", "channel": 0, "samples": [0.1, ...]}
       {"op": "unplug" | "replug" | "freeze" | "thaw", "device": "radio1"}
     Stops on end of input, SIGTERM or SIGINT.

@@ -169,6 +169,7 @@ class SimConsole:
                 port=link.port,
                 loop=self._modbus_loop,
             )
+        self.tty_channels = [c for c, section in config.channels.items() if section.tty]
         self._alarms = dict(config.alarms)
         self._alarm_channels = {
             alarm_id: (alarm.module, alarm.channel, alarm.kind)
@@ -215,6 +216,20 @@ class SimConsole:
                 if present
                 else WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
             )
+
+    def tty_call(self, channel_id: str, text: str, *, baud: float = 45.45) -> float:
+        """A caller's TTY types `text` on the channel's line; returns its length in seconds."""
+        from gateway.dsp import TtyEncoder
+
+        channel = self.audio_channels[channel_id]
+        assert self.audio is not None
+        audio = TtyEncoder(sample_rate=self.audio.samplerate, baud=baud).encode(text)
+        channel.queue(audio * 0.5)  # about -12 dBFS, a typical line level
+        return len(audio) / self.audio.samplerate
+
+    def _tty_from_control(self, channel_id: str, text: Any) -> None:
+        if text:
+            self.tty_call(channel_id, str(text))
 
     def start(self) -> None:
         if self.audio is not None:
@@ -288,6 +303,8 @@ class SimConsole:
                 "hum": lambda: setattr(audio, "hum_hz", float(value) if value else None),
                 "clip": lambda: setattr(audio, "clip_gain_db", float(value) if value else None),
                 "talk": lambda: self.carrier(device, bool(value)),
+                "loopback": lambda: setattr(audio, "loopback", bool(value)),
+                "tty": lambda: self._tty_from_control(device, value),
             }
         radio = self.radios.get(device)
         if radio is not None:

@@ -168,6 +168,13 @@ class TrafficPrinter:
                     self._acknowledge_later(body["source_id"])
             elif what.startswith("module."):
                 what = f"{what} {data['message']}"
+            elif what == "tty.text":
+                if not data["line"]:
+                    return None  # characters as they arrive: CAD shows them; one line here
+                what = f"tty.text LINE: {data['text']}"
+                self._reply_tty(body["source_id"])
+            elif what.startswith("tty."):
+                what = f"{what} {json.dumps(data)}"
             elif what == "recall.saved":
                 what = f"{what} {data['seconds']:.1f} s ({data['reason']}) -> {data['path']}"
             return f"{body['source_id']:<12} event #{body['seq']} {what}"
@@ -177,6 +184,22 @@ class TrafficPrinter:
             target = parts[1] if len(parts) == 4 else "gateway"
             return f"{target:<12} response {parts[-1]}: {body['status']} {detail}"
         return f"{topic} {body}"
+
+    def _reply_tty(self, channel: str) -> None:
+        """The call taker answers a TTY caller from CAD."""
+
+        def reply() -> None:
+            text = "911 WHAT IS YOUR ADDRESS GA"
+            say("cad", f"{channel:<12} request tty: {text}")
+            self.client.publish(
+                f"{self.prefix}/channels/{channel}/request/tty",
+                json.dumps({"text": text, "transaction": "tty-reply"}),
+                qos=1,
+            )
+
+        timer = threading.Timer(0.5, reply)
+        timer.daemon = True
+        timer.start()
 
     def _acknowledge_later(self, alarm_id: str) -> None:
         """CAD's operator acknowledges a latched alarm a moment after it restores."""
@@ -292,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 assert proc.stdout is not None
                 threading.Thread(target=relay, args=(proc.stdout, who), daemon=True).start()
             threading.Thread(
-                target=cad_requests, args=(port, prefix, list(config.channels), stop), daemon=True
+                target=cad_requests,
+                args=(port, prefix, [c for c, s in config.channels.items() if s.radio], stop),
+                daemon=True,
             ).start()
             deadline = None if args.duration is None else time.monotonic() + args.duration
             while not stop.wait(0.2):

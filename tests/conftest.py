@@ -10,6 +10,7 @@ import pytest
 
 from tests.contract import check_messages
 from tests.mqtt_tools import Broker, Daemon, Subscriber
+from tests.sim_tools import ConsoleUnderTest, start_config
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,25 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in made:
         daemon.stop()
+
+
+@pytest.fixture
+def start_sim_console(
+    tmp_path: Path,
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+) -> Iterator[Callable[..., ConsoleUnderTest]]:
+    """Start a console (simulated devices in-process, the daemon as a subprocess) from a
+    config text; every console started is stopped after the test."""
+    stops: list[Callable[[], None]] = []
+
+    def make(gid: str, text: str, before_daemon: Callable[[Any], None] | None = None) -> Any:
+        cut, stop = start_config(
+            tmp_path, gid, text, daemon_factory, subscriber_factory, before_daemon=before_daemon
+        )
+        stops.append(stop)
+        return cut
+
+    yield make
+    for stop in stops:
+        stop()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port
-from tests.sim_tools import ConsoleUnderTest, config_header, start_config
+from tests.mqtt_tools import Broker, free_port
+from tests.sim_tools import ConsoleUnderTest, config_header
 
 NOMINAL = "{ trouble_short = 0, normal = 2500, alarm = 3750, trouble_open = 5000 }"
 
@@ -81,13 +81,8 @@ nominal = {NOMINAL}
 
 @pytest.fixture
 def alarm_console(
-    tmp_path: Path,
-    broker: Broker,
-    daemon_factory: Callable[..., Daemon],
-    subscriber_factory: Callable[..., Subscriber],
-) -> Iterator[Callable[..., ConsoleUnderTest]]:
-    stops: list[Callable[[], None]] = []
-
+    tmp_path: Path, broker: Broker, start_sim_console: Callable[..., ConsoleUnderTest]
+) -> Callable[..., ConsoleUnderTest]:
     def make(extra: str = "", before_start: Callable[[Any], None] | None = None) -> Any:
         gid, text = alarm_config(tmp_path, broker, extra)
 
@@ -96,17 +91,12 @@ def alarm_console(
             if before_start is not None:
                 before_start(console)
 
-        cut, stop = start_config(
-            tmp_path, gid, text, daemon_factory, subscriber_factory, before_daemon=wire
-        )
-        stops.append(stop)
+        cut = start_sim_console(gid, text, before_daemon=wire)
         for alarm in ("door", "generator", "bouncy", "closed-loop", "panic"):
             cut.wait_state(alarm, scope="alarms", module_online=True)
         return cut
 
-    yield make
-    for stop in stops:
-        stop()
+    return make
 
 
 def alarm_events(cut: ConsoleUnderTest, alarm: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from hw_sim.audio import Silence, Tone, WhiteNoise
-from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
-from tests.sim_tools import ConsoleUnderTest, config_header, start_config
+from tests.mqtt_tools import Broker, free_port, wait_for
+from tests.sim_tools import ConsoleUnderTest, config_header
 
 
 def audio_config(tmp_path: Path, broker: Broker) -> tuple[str, str]:
@@ -58,24 +58,15 @@ recall_on_fault_s = 5
 
 @pytest.fixture
 def audio_console(
-    tmp_path: Path,
-    broker: Broker,
-    daemon_factory: Callable[..., Daemon],
-    subscriber_factory: Callable[..., Subscriber],
-) -> Iterator[Callable[[], ConsoleUnderTest]]:
-    stops: list[Callable[[], None]] = []
-
+    tmp_path: Path, broker: Broker, start_sim_console: Callable[..., ConsoleUnderTest]
+) -> Callable[[], ConsoleUnderTest]:
     def make() -> ConsoleUnderTest:
-        gid, text = audio_config(tmp_path, broker)
-        cut, stop = start_config(tmp_path, gid, text, daemon_factory, subscriber_factory)
-        stops.append(stop)
+        cut = start_sim_console(*audio_config(tmp_path, broker))
         for channel in ("radio", "line"):
             wait_audio(cut, channel, lambda a: a["device"] == "online" and a["rms_dbfs"] > -70)
         return cut
 
-    yield make
-    for stop in stops:
-        stop()
+    return make
 
 
 def audio_states(cut: ConsoleUnderTest, channel: str) -> list[dict[str, Any]]:

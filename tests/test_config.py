@@ -32,7 +32,7 @@ def test_sim_config_is_valid() -> None:
 def test_example_config_is_valid_but_for_its_site_files() -> None:
     # It names /etc/consolegw files a real console has; here only those may be missing.
     config = load_config(ROOT / "config" / "example.toml", check_files=False)
-    assert len(config.channels) == 3
+    assert len(config.channels) == 4
     result = check(ROOT / "config" / "example.toml")
     assert result.returncode == 2 and "file not found: /etc/consolegw/" in result.stderr
 
@@ -181,3 +181,20 @@ def test_config_error_type(tmp_path: Path) -> None:
     path.write_text("[mqtt]\nkeepalive_s = 1\n")
     with pytest.raises(ConfigError, match=r"mqtt\.keepalive_s"):
         load_config(path)
+
+
+def test_unusable_state_dir_is_a_one_line_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[gateway]\nstate_dir = "{blocker}/state"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "gateway.state_dir" in result.stderr and "Traceback" not in result.stderr

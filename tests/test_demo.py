@@ -13,11 +13,11 @@ from tests.mqtt_tools import ROOT
 @pytest.mark.slow
 def test_demo_shows_the_system_working() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hw_sim.demo", "--duration", "50"],
+        [sys.executable, "-m", "hw_sim.demo", "--duration", "60"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=150,
         check=False,
     )
     out = result.stdout
@@ -38,6 +38,10 @@ def test_demo_shows_the_system_working() -> None:
         "FAULT cleared dead_audio",
         "recall.saved",
         "response recall: ok",
+        "tty.detected",
+        "tty.text LINE: HELLO 911 MY HUSBAND FELL AND CANNOT GET UP GA",
+        "request tty: 911 WHAT IS YOUR ADDRESS GA",
+        "the caller's TTY prints: 911 WHAT IS YOUR ADDRESS GA",
         "ALARM.RAISED Generator failure",
         "alarm.restored",
         "request ack",

@@ -7,11 +7,11 @@ port or USB interface fight over PTT, and closing a port drops its lines under t
 the hardware while it reports online.
 
 Checks are a registry (`register_check`) run in registration order; each returns one result
-per target (channel, module...). The audio work adds its tone-loopback and TTY-loopback checks
-with the same call, next to its own code:
+per target (channel, module...): `daemon`, `ptt`, `modbus`, then the audio loop-back checks
+`tone` and `tty`, which play on a channel's output and measure what a loop-back cable (or a
+radio in repeat) brings back on its input. A new check is one more call:
 
-    register_check("tone", "1 kHz tone out, measured on the loop-back input", run_tone,
-                   keys_transmitters=True)
+    register_check("name", "what it proves", run, keys_transmitters=False)
 """
 
 from __future__ import annotations
@@ -20,23 +20,36 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
+import numpy as np
+from numpy.typing import NDArray
 
 from drivers.errors import DeviceError
-from gateway.config import Cm108RadioSection, Config, SerialRadioSection
+from gateway.config import (
+    AudioDeviceSection,
+    ChannelSection,
+    ChannelTtySection,
+    Cm108RadioSection,
+    Config,
+    SerialRadioSection,
+)
 from gateway.events import utc_timestamp
 from gateway.tools import ToolError
+
+if TYPE_CHECKING:
+    from drivers.audio import AudioCapture, AudioPlayback
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -661,6 +674,584 @@ async def check_modbus(ctx: DiagContext) -> list[CheckResult]:
     return results
 
 
+# -- audio loop-back checks -----------------------------------------------------------------
+#
+# A loop-back (a cable from the channel's audio output to its input, or the radio in a repeat
+# mode) sends what the console plays straight back to its capture. These checks play a
+# known signal on the output the daemon would use and measure what returns on the input.
+
+TONE_HZ = 1000.0
+TONE_DBFS = -20.0
+"""RMS level of the test tone: well clear of clipping, well above any sane noise floor."""
+TONE_S = 1.5
+TONE_RAMP_S = 0.01
+"""Raised-cosine on and off: no clicks spreading energy across the band."""
+LEAD_S = 0.3
+"""Input heard before playing: its noise floor, and proof that no 1 kHz tone is there yet."""
+TAIL_S = 1.5
+"""Longest wait, once the signal has played out, for its end to come back: the loop's round
+trip (a TTY message ends in 0.3 s of mark, which covers the decoder's own delay)."""
+BAND_HZ = 20.0
+"""Half width of the narrow band the tone's level is measured in."""
+EDGE_S = 0.1
+"""Left out at each end of the returned tone: its ramps and the envelope's smear."""
+MIN_TONE_S = 0.5
+"""Shortest returned tone that can be measured."""
+MIN_SNR_DB = 20.0
+MAX_GAIN_DB = 12.0
+"""Loss or gain beyond this round the loop is a mis-set level (mixer, cable, pad)."""
+CLIP = 0.999
+TTY_MESSAGE = "DIAG TTY 1234"
+"""Letters, figures and spaces (both shifts), 3.1 s at 45.45 baud."""
+TTY_BAUD = 45.45
+AUDIO_OPEN_TIMEOUT_S = 15.0
+"""Opening may scan for the device in a child process first."""
+NO_LOOPBACK = "no loopback: check the loopback cable / output device"
+
+
+class _AudioFailure(Exception):
+    """A reason to FAIL the audio check at hand (device not opened, lost, stalled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPath:
+    """Where a channel's audio check plays and listens: the output the daemon plays TTY
+    replies on (the capture device and column unless [channels.X.tty] names another), and
+    the channel's capture column."""
+
+    capture_id: str
+    capture: AudioDeviceSection
+    column: int
+    output_id: str
+    output: AudioDeviceSection
+    output_column: int
+
+    @property
+    def description(self) -> str:
+        return (
+            f"out {self.output_id} col {self.output_column} -> in {self.capture_id} "
+            f"col {self.column}"
+        )
+
+
+def audio_path(config: Config, channel: ChannelSection) -> AudioPath | None:
+    """The channel's loop-back path, or None when it has no audio."""
+    audio = channel.audio
+    if audio is None:
+        return None
+    # getattr: configs from before the TTY output settings existed have no such fields.
+    out_id = getattr(channel.tty, "output_device", None) or audio.device
+    out_column = getattr(channel.tty, "output_column", None)
+    return AudioPath(
+        capture_id=audio.device,
+        capture=config.audio.devices[audio.device],
+        column=audio.column,
+        output_id=str(out_id),
+        output=config.audio.devices[str(out_id)],
+        output_column=audio.column if out_column is None else int(out_column),
+    )
+
+
+def _dbfs(mean_square: float) -> float:
+    return 10.0 * math.log10(max(mean_square, 1e-12))
+
+
+def band_power(samples: NDArray[np.float32], rate: int, hz: float) -> tuple[float, float]:
+    """Mean-square power within `hz` +- BAND_HZ and outside it (noise and distortion): a
+    Hann-windowed spectrum, so neither leaks into the other by more than ~-90 dB."""
+    x = samples.astype(np.float64)
+    x -= x.mean()  # a DC offset is no noise of the loop
+    window = np.hanning(len(x))
+    weight = float(np.sum(window**2))
+    if len(x) < 16 or weight == 0.0:
+        return 0.0, 0.0
+    spectrum = np.abs(np.fft.rfft(x * window)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
+    band = (np.abs(freqs - hz) <= BAND_HZ) & (freqs > 0) & (freqs < rate / 2)
+    tone = 2.0 * float(spectrum[band].sum()) / (len(x) * weight)
+    total = float(np.sum((x * window) ** 2)) / weight
+    return tone, max(total - tone, 0.0)
+
+
+def tone_envelope(samples: NDArray[np.float32], rate: int, hz: float) -> NDArray[np.float64]:
+    """RMS of the `hz` component, sample by sample over a sliding 5 ms (quadrature mixing)."""
+    n = np.arange(len(samples))
+    mixed = samples.astype(np.float64) * np.exp(-2j * math.pi * hz * n / rate)
+    width = max(1, round(rate * 0.005))
+    smooth = np.convolve(mixed, np.ones(width) / width, mode="same")
+    envelope: NDArray[np.float64] = math.sqrt(2.0) * np.abs(smooth)
+    return envelope
+
+
+@dataclass(frozen=True, slots=True)
+class ToneMeasurement:
+    found: bool
+    onset: int | None
+    """Sample index where the returned tone reached half its amplitude."""
+    length_s: float
+    level_dbfs: float
+    """Tone RMS in the narrow band, over the returned tone's steady part (or everything after
+    playing when none came back)."""
+    rest_dbfs: float
+    """Everything else over the same span: noise, hum, distortion."""
+    snr_db: float
+    before_dbfs: float
+    """1 kHz level before playing."""
+    before_snr_db: float
+    floor_dbfs: float
+    """Total RMS before playing."""
+    peak: float
+    """Largest sample magnitude over the steady part."""
+
+
+def measure_tone(
+    samples: NDArray[np.float32], rate: int, *, start: int, hz: float = TONE_HZ
+) -> ToneMeasurement:
+    """Find and measure a tone at `hz` that started (on the output) at sample `start`."""
+    before = samples[:start]
+    before_tone, before_rest = band_power(before, rate, hz)
+    floor = _dbfs(float(np.mean(np.square(before, dtype=np.float64)))) if len(before) else -120.0
+    envelope = tone_envelope(samples, rate, hz)
+    after = envelope[start:]
+    quiet = float(np.median(envelope[:start])) if start > 0 else 0.0
+    peak_env = float(after.max()) if len(after) else 0.0
+    found = peak_env >= max(10.0 * quiet, 10.0 ** (-75.0 / 20.0))
+    onset: int | None = None
+    length_s = 0.0
+    span = samples[start:]
+    if found:
+        above = np.flatnonzero(after >= peak_env / 2.0)
+        onset = start + int(above[0])
+        end = start + int(above[-1])
+        length_s = (end - onset) / rate
+        edge = int(EDGE_S * rate)
+        span = samples[onset + edge : max(onset + edge, end - edge)]
+    tone, rest = band_power(span, rate, hz)
+    return ToneMeasurement(
+        found=found,
+        onset=onset,
+        length_s=round(length_s, 3),
+        level_dbfs=_dbfs(tone),
+        rest_dbfs=_dbfs(rest),
+        snr_db=_dbfs(tone) - _dbfs(rest),
+        before_dbfs=_dbfs(before_tone),
+        before_snr_db=_dbfs(before_tone) - _dbfs(before_rest),
+        floor_dbfs=floor,
+        peak=float(np.abs(span).max()) if len(span) else 0.0,
+    )
+
+
+def _tone_signal(rate: int) -> NDArray[np.float32]:
+    n = int(TONE_S * rate)
+    t = np.arange(n) / rate
+    amplitude = math.sqrt(2.0) * 10.0 ** (TONE_DBFS / 20.0)
+    signal = amplitude * np.sin(2.0 * math.pi * TONE_HZ * t)
+    ramp = int(TONE_RAMP_S * rate)
+    if ramp > 0:
+        shape = 0.5 - 0.5 * np.cos(math.pi * (np.arange(ramp) + 0.5) / ramp)
+        signal[:ramp] *= shape
+        signal[-ramp:] *= shape[::-1]
+    out: NDArray[np.float32] = signal.astype(np.float32)
+    return out
+
+
+@dataclass
+class _Take:
+    """What the input heard around one play."""
+
+    rate: int
+    samples: NDArray[np.float32]
+    play_index: int
+    """Captured samples when play() was called: the signal cannot return before this."""
+    play_at: float
+    """time.monotonic() when play() was called."""
+    blocks: list[tuple[int, float]]
+    """(first sample index, capture timestamp) of each block, for timing."""
+    gaps: int
+    """Discontinuities (audio lost) after the first block."""
+
+    def time_of(self, index: int) -> float:
+        """Estimated capture time (time.monotonic()) of sample `index`."""
+        first, stamp = self.blocks[0]
+        for block_first, block_stamp in self.blocks:
+            if block_first > index:
+                break
+            first, stamp = block_first, block_stamp
+        return stamp + (index - first) / self.rate
+
+
+@contextlib.asynccontextmanager
+async def _open_path(path: AudioPath) -> AsyncIterator[tuple[AudioCapture, AudioPlayback]]:
+    """Capture and playback streams on the path; both closed on every way out."""
+    from drivers.audio import AudioCapture, AudioPlayback
+
+    cap, out = path.capture, path.output
+    capture = AudioCapture(
+        device=cap.device,
+        hostapi=cap.hostapi,
+        samplerate=cap.samplerate,
+        channels=cap.channels,
+        blocksize=cap.blocksize,
+        latency=cap.latency_s,
+        queue_seconds=10.0,
+    )
+    playback = AudioPlayback(
+        device=out.device,
+        hostapi=out.hostapi,
+        samplerate=out.samplerate,
+        channels=out.channels,
+        latency=out.latency_s,
+    )
+    try:
+        for label, stream in (("input", capture), ("output", playback)):
+            device_id = path.capture_id if stream is capture else path.output_id
+            try:
+                async with asyncio.timeout(AUDIO_OPEN_TIMEOUT_S):
+                    await stream.open()
+            except (DeviceError, TimeoutError) as exc:
+                raise _AudioFailure(
+                    f"cannot open audio {label} {device_id} ({stream.description}): "
+                    f"{exc or 'timed out'}"
+                ) from None
+        yield capture, playback
+    finally:
+        # Each close hands its stream to a worker thread before its first await, so a
+        # cancellation arriving during one close still lets the other start.
+        try:
+            await playback.close()
+        finally:
+            await capture.close()
+
+
+async def _loop_through(
+    capture: AudioCapture,
+    playback: AudioPlayback,
+    path: AudioPath,
+    signal: NDArray[np.float32],
+    *,
+    listen: Callable[[NDArray[np.float32]], bool] | None,
+    lead_s: float,
+    tail_s: float,
+) -> _Take:
+    """Hear `lead_s` of input, play `signal` on the output, and keep hearing until `listen`
+    (given each new input block) says done, or `tail_s` after the signal has played out."""
+    rate = path.capture.samplerate
+    chunks: list[NDArray[np.float32]] = []
+    blocks: list[tuple[int, float]] = []
+    frames = 0
+    gaps = 0
+
+    async def hear() -> NDArray[np.float32]:
+        nonlocal frames, gaps
+        block = await capture.read()
+        column: NDArray[np.float32] = block.frames[:, path.column].copy()
+        if block.discontinuity and blocks:
+            gaps += 1
+        blocks.append((frames, block.timestamp))
+        chunks.append(column)
+        frames += len(column)
+        return column
+
+    budget = lead_s + len(signal) / path.output.samplerate + tail_s + 10.0
+    async with asyncio.timeout(budget):
+        while frames < lead_s * rate:
+            await hear()
+        play_index, play_at = frames, time.monotonic()
+        play = asyncio.create_task(playback.play(signal, column=path.output_column))
+        try:
+            played_at: float | None = None
+            while True:
+                column = await hear()
+                done = listen(column) if listen is not None else False
+                if play.done():
+                    play.result()  # raises what play raised (device lost...)
+                    if played_at is None:
+                        played_at = time.monotonic()
+                    if done or time.monotonic() - played_at >= tail_s:
+                        break
+        finally:
+            if not play.done():
+                play.cancel()
+                await asyncio.wait([play], timeout=1.0)
+    return _Take(
+        rate=rate,
+        samples=np.concatenate(chunks),
+        play_index=play_index,
+        play_at=play_at,
+        blocks=blocks,
+        gaps=gaps,
+    )
+
+
+async def _through_path(
+    check: str,
+    channel_id: str,
+    path: AudioPath,
+    signal: NDArray[np.float32],
+    *,
+    listen: Callable[[NDArray[np.float32]], bool] | None,
+    lead_s: float,
+    tail_s: float,
+    data: dict[str, Any],
+) -> _Take | CheckResult:
+    """Run one play-and-listen on the path; a FAIL result when the path cannot be used."""
+    try:
+        async with _open_path(path) as (capture, playback):
+            return await _loop_through(
+                capture, playback, path, signal, listen=listen, lead_s=lead_s, tail_s=tail_s
+            )
+    except _AudioFailure as exc:
+        return CheckResult(check, channel_id, "FAIL", str(exc), data)
+    except DeviceError as exc:
+        return CheckResult(check, channel_id, "FAIL", f"audio lost during the test: {exc}", data)
+    except TimeoutError:
+        return CheckResult(
+            check, channel_id, "FAIL", "audio stalled during the test (no blocks)", data
+        )
+    except ValueError as exc:  # e.g. a column the output device does not have
+        return CheckResult(check, channel_id, "FAIL", f"cannot play: {exc}", data)
+
+
+class _ToneWatch:
+    """Tells the loop when the tone has come back and gone again (so it can stop early)."""
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._peak = 0.0
+        self._quiet = 0
+
+    def __call__(self, block: NDArray[np.float32]) -> bool:
+        # The tone's amplitude in this block: one DFT term at exactly TONE_HZ (Hann window),
+        # whatever the block size and rate.
+        n = len(block)
+        if n < 16:
+            return False
+        window = np.hanning(n)
+        phase = np.exp(-2j * math.pi * TONE_HZ * np.arange(n) / self._rate)
+        level = 2.0 * abs(complex(np.sum(block * window * phase))) / float(window.sum())
+        self._peak = max(self._peak, level)
+        if self._peak < math.sqrt(2.0) * 10.0 ** ((TONE_DBFS - MAX_GAIN_DB - 6.0) / 20.0):
+            return False  # nothing like the tone yet
+        self._quiet = self._quiet + len(block) if level < self._peak / 4.0 else 0
+        return self._quiet >= 0.2 * self._rate
+
+
+def _audio_targets(ctx: DiagContext) -> list[tuple[str, AudioPath | None]]:
+    """The wanted channels in config order, with their audio path (None: no audio)."""
+    assert ctx.config is not None
+    config = ctx.config
+    return [(c, audio_path(config, s)) for c, s in config.channels.items() if ctx.wanted(c)]
+
+
+def _no_audio(check: str, targets: list[tuple[str, AudioPath | None]]) -> list[CheckResult]:
+    """One SKIP per channel without audio; a single one when no channel has any."""
+    if not any(path for _, path in targets):
+        return [CheckResult(check, "-", "SKIP", "no channel with audio configured")]
+    return []
+
+
+def _judge_tone(channel_id: str, m: ToneMeasurement, data: dict[str, Any]) -> CheckResult:
+    def fail(detail: str) -> CheckResult:
+        return CheckResult("tone", channel_id, "FAIL", detail, data)
+
+    if m.before_dbfs > -70.0 and m.before_snr_db >= 10.0:
+        return fail(
+            f"a 1 kHz tone was already on the input before playing ({m.before_dbfs:.1f} dBFS): "
+            "something else feeds it; run again when it is quiet"
+        )
+    if not m.found:
+        return fail(
+            f"{NO_LOOPBACK} (nothing came back at 1 kHz: {m.level_dbfs:.1f} dBFS, "
+            f"input floor {m.floor_dbfs:.1f} dBFS)"
+        )
+    if m.length_s < MIN_TONE_S:
+        return fail(
+            f"the tone came back for only {m.length_s:g} s of {TONE_S:g} s: intermittent "
+            "path (loose cable, VOX or squelch in the loop)"
+        )
+    gain = round(m.level_dbfs - TONE_DBFS, 1) + 0.0  # + 0.0: no "-0.0"
+    if m.peak >= CLIP:
+        return fail(
+            f"the tone came back clipped ({gain:+.1f} dB): lower the input gain (alsamixer) "
+            "or pad the loopback"
+        )
+    if m.snr_db < MIN_SNR_DB:
+        return fail(
+            f"the tone came back at {m.level_dbfs:.1f} dBFS with a SNR of only "
+            f"{m.snr_db:.1f} dB (need {MIN_SNR_DB:g}): noise, hum or distortion on the path"
+        )
+    if abs(gain) > MAX_GAIN_DB:
+        way = "loss" if gain < 0 else "gain"
+        return fail(
+            f"the tone came back at {m.level_dbfs:.1f} dBFS: {way} of {abs(gain):.1f} dB round "
+            f"the loop (more than {MAX_GAIN_DB:g}): check the output and input levels "
+            "(alsamixer) and the cable"
+        )
+    delay = data.get("round_trip_ms")
+    timing = f", round trip {delay:g} ms" if delay is not None else ""
+    return CheckResult(
+        "tone",
+        channel_id,
+        "PASS",
+        f"1 kHz at {TONE_DBFS:g} dBFS came back at {m.level_dbfs:.1f} dBFS "
+        f"({gain:+.1f} dB), SNR {m.snr_db:.1f} dB{timing}",
+        data,
+    )
+
+
+async def _tone_one(ctx: DiagContext, channel_id: str, path: AudioPath) -> CheckResult:
+    data: dict[str, Any] = {"path": path.description, "played_dbfs": TONE_DBFS, "hz": TONE_HZ}
+    ctx.progress(f"tone: {channel_id}: 1 kHz at {TONE_DBFS:g} dBFS, {path.description}")
+    take = await _through_path(
+        "tone",
+        channel_id,
+        path,
+        _tone_signal(path.output.samplerate),
+        listen=_ToneWatch(path.capture.samplerate),
+        lead_s=LEAD_S,
+        tail_s=TAIL_S,
+        data=data,
+    )
+    if isinstance(take, CheckResult):
+        return take
+    m = measure_tone(take.samples, take.rate, start=take.play_index)
+    data.update(
+        level_dbfs=round(m.level_dbfs, 2),
+        gain_db=round(m.level_dbfs - TONE_DBFS, 2) + 0.0,
+        snr_db=round(m.snr_db, 1),
+        rest_dbfs=round(m.rest_dbfs, 1),
+        floor_dbfs=round(m.floor_dbfs, 1),
+        tone_s=m.length_s,
+        round_trip_ms=None
+        if m.onset is None
+        else round((take.time_of(m.onset) - take.play_at) * 1000.0),
+        discontinuities=take.gaps,
+    )
+    return _judge_tone(channel_id, m, data)
+
+
+async def check_tone(ctx: DiagContext) -> list[CheckResult]:
+    targets = _audio_targets(ctx)
+    results = _no_audio("tone", targets)
+    for channel_id, path in targets if not results else []:
+        if path is None:
+            results.append(CheckResult("tone", channel_id, "SKIP", "no audio configured"))
+        else:
+            results.append(await _tone_one(ctx, channel_id, path))
+    return results
+
+
+class _TtyWatch:
+    """Decodes the input as it comes; done once the whole message has been read."""
+
+    def __init__(self, rate: int, *, unshift_on_space: bool) -> None:
+        from gateway.dsp import TtyDecoder
+
+        self.decoder = TtyDecoder(sample_rate=rate, unshift_on_space=unshift_on_space)
+        self.chars: list[str] = []
+        self.baud: float | None = None
+
+    def take(self, events: Iterable[Any]) -> None:
+        from gateway.dsp import TtyChar, TtyDetected
+
+        for event in events:
+            if isinstance(event, TtyChar):
+                self.chars.append(event.char)
+            elif isinstance(event, TtyDetected):
+                self.baud = event.baud
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chars)
+
+    def __call__(self, block: NDArray[np.float32]) -> bool:
+        self.take(self.decoder.feed(block))
+        return TTY_MESSAGE in self.text
+
+
+async def _tty_one(
+    ctx: DiagContext, channel_id: str, path: AudioPath, tty: ChannelTtySection
+) -> CheckResult:
+    from gateway.dsp import TtyEncoder
+
+    data: dict[str, Any] = {"path": path.description, "sent": TTY_MESSAGE, "baud": TTY_BAUD}
+    level = float(getattr(tty, "reply_level_dbfs", -12.0))
+    data["played_dbfs"] = level
+    encoder = TtyEncoder(
+        sample_rate=path.output.samplerate,
+        baud=TTY_BAUD,
+        amplitude=math.sqrt(2.0) * 10.0 ** (level / 20.0),
+    )
+    ctx.progress(f"tty: {channel_id}: {TTY_MESSAGE!r} at {TTY_BAUD:g} baud, {path.description}")
+    watch = _TtyWatch(path.capture.samplerate, unshift_on_space=tty.unshift_on_space)
+    take = await _through_path(
+        "tty",
+        channel_id,
+        path,
+        encoder.encode(TTY_MESSAGE),
+        listen=watch,
+        lead_s=LEAD_S,
+        tail_s=TAIL_S,
+        data=data,
+    )
+    if isinstance(take, CheckResult):
+        return take
+    if TTY_MESSAGE not in watch.text:
+        watch.take(watch.decoder.flush())
+    decoded = watch.text.strip()
+    before, after = take.samples[: take.play_index], take.samples[take.play_index :]
+    floor = _dbfs(float(np.mean(np.square(before, dtype=np.float64))))
+    heard = _dbfs(float(np.mean(np.square(after, dtype=np.float64))))
+    data.update(
+        decoded=decoded,
+        detected_baud=None if watch.baud is None else round(watch.baud, 2),
+        floor_dbfs=round(floor, 1),
+        level_dbfs=round(heard, 1),
+        discontinuities=take.gaps,
+    )
+    if decoded == TTY_MESSAGE:
+        return CheckResult(
+            "tty",
+            channel_id,
+            "PASS",
+            f"sent {TTY_MESSAGE!r} and decoded it back, at {heard:.1f} dBFS over a "
+            f"{floor:.1f} dBFS floor",
+            data,
+        )
+    if not decoded:
+        if heard - floor < 6.0:
+            reason = f"{NO_LOOPBACK} (input stayed at {heard:.1f} dBFS)"
+        else:
+            reason = (
+                f"audio came back ({heard:.1f} dBFS over a {floor:.1f} dBFS floor) but no TTY "
+                "was decoded: distortion, level or filtering on the path (run the tone check)"
+            )
+        return CheckResult("tty", channel_id, "FAIL", reason, data)
+    return CheckResult(
+        "tty",
+        channel_id,
+        "FAIL",
+        f"decoded {decoded!r}, sent {TTY_MESSAGE!r}: errors on the path (level, noise, "
+        "dropouts; run the tone check)",
+        data,
+    )
+
+
+async def check_tty(ctx: DiagContext) -> list[CheckResult]:
+    assert ctx.config is not None
+    targets = _audio_targets(ctx)
+    results = _no_audio("tty", targets)
+    for channel_id, path in targets if not results else []:
+        tty = ctx.config.channels[channel_id].tty
+        if path is None:
+            results.append(CheckResult("tty", channel_id, "SKIP", "no audio configured"))
+        elif tty is None:
+            results.append(CheckResult("tty", channel_id, "SKIP", "no TTY on this channel"))
+        else:
+            results.append(await _tty_one(ctx, channel_id, path, tty))
+    return results
+
+
 register_check(
     "daemon",
     "the daemon is not running on this hardware (asks the broker for its status)",
@@ -674,6 +1265,16 @@ register_check(
     keys_transmitters=True,
 )
 register_check("modbus", "each configured Modbus IO module answers one poll", check_modbus)
+register_check(
+    "tone",
+    "1 kHz tone played on each audio channel's output, measured on its input (needs a loopback)",
+    check_tone,
+)
+register_check(
+    "tty",
+    "a TTY message played on each TTY channel's output, decoded on its input (needs a loopback)",
+    check_tty,
+)
 
 
 # -- running --------------------------------------------------------------------------------

@@ -1,23 +1,42 @@
 """`consolegw diag` against simulated hardware served in-process (no daemon): the checks go
-through the shipped drivers over RFC 2217, the USB simulator and Modbus TCP."""
+through the shipped drivers over RFC 2217, the USB simulator, Modbus TCP and PortAudio (the
+simulated sound card is a private PulseAudio server behind an ALSA device, hw_sim.audio)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
+from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers import audio
+from drivers.audio import AudioCapture, AudioPlayback
 from gateway.cli import main
 from gateway.config import Config, load_config
-from gateway.tools.diag import CHECKS, CheckResult, DiagContext, register_check, run_diag
+from gateway.tools.diag import (
+    CHECKS,
+    TONE_DBFS,
+    TTY_MESSAGE,
+    CheckResult,
+    DiagContext,
+    band_power,
+    register_check,
+    run_diag,
+    tone_envelope,
+)
+from hw_sim.audio import Silence, Tone
 from hw_sim.console import Cm108SimRadio, SerialSimRadio, SimConsole
 from tests.mqtt_tools import Broker
-from tests.tools.helpers import tools_config
+from tests.tools.helpers import tools_config, until
 
 KEY = "0.3"
 
@@ -105,7 +124,9 @@ def test_faults_fail_with_a_reason(sim, capsys):
     assert results[("ptt", "police")]["status"] == "PASS"
     assert results[("modbus", "io1")]["status"] == "FAIL"
     assert "no valid answer" in results[("modbus", "io1")]["detail"]
-    assert report["summary"] == {"PASS": 2, "FAIL": 3, "SKIP": 0}
+    # No channel has audio here: the tone and TTY checks say so once each.
+    assert results[("tone", "-")]["status"] == results[("tty", "-")]["status"] == "SKIP"
+    assert report["summary"] == {"PASS": 2, "FAIL": 3, "SKIP": 2}
 
 
 def test_carrier_present_is_not_keyed_over(sim, capsys):
@@ -151,6 +172,9 @@ def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
     assert "daemon is online" in results[("daemon", "-")]["detail"]
     assert results[("ptt", "-")]["status"] == "SKIP"
     assert results[("modbus", "-")]["status"] == "SKIP"
+    for check in ("tone", "tty"):
+        assert results[(check, "-")]["status"] == "SKIP"
+        assert "daemon is online" in results[(check, "-")]["detail"]
     assert _keyed_history(console, "fire") == []
 
 
@@ -199,3 +223,183 @@ async def test_registry_takes_new_checks(sim):
     assert seen == ["confirmed=True"] and len(questions) == 1 and "fire" in questions[0]
     with pytest.raises(ValueError, match="already registered"):
         register_check("ptt", "again", loopback)
+
+
+# -- audio loop-back checks -----------------------------------------------------------------
+
+RATE = 8000
+
+
+@pytest.fixture
+def audio_console(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, Config, SimConsole, str]]:
+    """The tools' console plus a simulated stereo card: fire on column 0, ems (with TTY) on
+    column 1, police without audio. The card's name is new in every test, so that no stale
+    PortAudio entry of an earlier test's card can be opened instead."""
+    card = f"diag{uuid.uuid4().hex[:8]}"
+    extra = f"""
+[audio.devices.card]
+device = "consolegw_sim_{card}"
+hostapi = "ALSA"
+channels = 2
+
+[channels.fire.audio]
+device = "card"
+column = 0
+
+[channels.ems.audio]
+device = "card"
+column = 1
+
+[channels.ems.tty]
+"""
+    gid, text = tools_config(tmp_path, broker, extra=extra)
+    path = tmp_path / f"{gid}.toml"
+    path.write_text(text)
+    config = load_config(path)
+    console = SimConsole(config)
+    console.start()
+    try:
+        # What the daemon's environment gets: PortAudio must see the simulated card. This
+        # process initialised PortAudio long ago, hence the rescan.
+        for key, value in console.env.items():
+            monkeypatch.setenv(key, value)
+        asyncio.run(audio.rescan_devices())
+        yield path, config, console, f"consolegw_sim_{card}"
+    finally:
+        console.stop()
+
+
+def _tone_level(samples: NDArray[np.float32]) -> float:
+    """Level of the 1 kHz test tone in a recording: 1.2 s from 0.1 s after it starts."""
+    envelope = tone_envelope(samples, RATE, 1000.0)
+    onset = int(np.flatnonzero(envelope >= envelope.max() / 2.0)[0])
+    tone, _ = band_power(samples[onset + RATE // 10 : onset + 13 * RATE // 10], RATE, 1000.0)
+    return 10.0 * math.log10(tone)
+
+
+def test_audio_loopback_passes(audio_console, capsys):
+    path, _, console, _ = audio_console
+    ems = console.audio_channels["ems"]
+    ems.loopback = True
+    ems.sent(clear=True)
+    code, report = _diag(capsys, "-c", str(path), "--checks", "tone,tty", "--only", "ems,police")
+    results = _results(report)
+    tone = results[("tone", "ems")]
+    assert tone["status"] == "PASS", tone
+    # Within 1 dB of what the simulated card really carried to the input (its own tap), and
+    # that is the tone as played: the simulated loop has no loss.
+    carried = _tone_level(ems.sent())
+    assert abs(carried - TONE_DBFS) < 0.5
+    assert abs(tone["data"]["level_dbfs"] - carried) < 1.0
+    assert abs(tone["data"]["gain_db"]) < 1.0 and tone["data"]["snr_db"] > 30.0
+    assert 0 < tone["data"]["round_trip_ms"] < 3000
+    assert "came back at -2" in tone["detail"]
+    tty = results[("tty", "ems")]
+    assert tty["status"] == "PASS", tty
+    assert tty["data"]["decoded"] == TTY_MESSAGE
+    for check in ("tone", "tty"):
+        assert results[(check, "police")]["status"] == "SKIP"
+        assert results[(check, "police")]["detail"] == "no audio configured"
+    assert ("tone", "fire") not in results  # --only
+    assert code == 0
+
+
+@pytest.mark.parametrize("check", ["tone", "tty"])
+def test_audio_without_loopback_fails(audio_console, capsys, check):
+    path, _, console, _ = audio_console
+    assert console.audio_channels["ems"].loopback is False  # nothing comes back
+    code, report = _diag(capsys, "-c", str(path), "--checks", check, "--only", "ems,police")
+    results = _results(report)
+    assert code == 1 and report["result"] == "FAIL"
+    result = results[(check, "ems")]
+    assert result["status"] == "FAIL", result
+    assert result["detail"].startswith("no loopback: check the loopback cable"), result
+    assert results[(check, "police")]["status"] == "SKIP"
+    if check == "tone":
+        assert result["data"]["round_trip_ms"] is None
+    else:
+        assert result["data"]["decoded"] == ""
+    # The test signal really went out on the card's output.
+    played = console.audio_channels["ems"].played()
+    assert float(np.abs(played).max()) > 0.1
+
+
+def test_tone_level_way_off_and_lost_device(audio_console, capsys):
+    path, _, console, card = audio_console
+    fire = console.audio_channels["fire"]
+    fire.loopback = True
+    fire.clip_gain_db = 15.0  # an input gain far too high (not enough to clip a -20 dBFS tone)
+    code, report = _diag(capsys, "-c", str(path), "--checks", "tone", "--only", "fire")
+    result = _results(report)[("tone", "fire")]
+    assert code == 1 and result["status"] == "FAIL", result
+    assert "gain of 15" in result["detail"] and abs(result["data"]["gain_db"] - 15.0) < 1.0
+
+    assert console.audio is not None
+    console.audio.unplug(card.removeprefix("consolegw_sim_"))
+    code, report = _diag(capsys, "-c", str(path), "--checks", "tone", "--only", "fire")
+    result = _results(report)[("tone", "fire")]
+    assert code == 1 and result["status"] == "FAIL", result
+    assert result["detail"].startswith("cannot open audio input card"), result
+
+
+async def test_cancelled_tone_check_closes_its_streams(audio_console):
+    """Ctrl-C (SIGINT) cancels the run like this; SIGTERM/SIGHUP too (diag._stoppable)."""
+    _, config, console, _ = audio_console
+    fire = console.audio_channels["fire"]
+    fire.loopback = True
+    task = asyncio.create_task(run_diag(config=config, checks=["tone"], only=["fire"]))
+    await until(lambda: float(np.abs(fire.played()).max(initial=0.0)) > 0.1, what="the tone")
+    assert len(audio._owners) == 2  # capture and playback open (private: no public count)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(lambda: not audio._owners, what="both streams closed")
+    # The output went quiet: the playback stream is gone, not left running.
+    await until(lambda: not np.any(fire.played()[-RATE // 10 :]), what="a silent output")
+
+
+async def test_sim_loopback_returns_what_was_played(audio_console):
+    """hw_sim's loop-back: played audio comes back on the same column, sample for sample;
+    the output's idle silence leaves the column's source as it was."""
+    _, _, console, card = audio_console
+    fire, ems = console.audio_channels["fire"], console.audio_channels["ems"]
+    fire.source = Silence()
+    ems.source = Tone(frequency=440.0, rms_dbfs=-30.0)
+    fire.loopback = ems.loopback = True
+    rng = np.random.default_rng(7)
+    pattern = (rng.uniform(0.05, 0.9, RATE // 4) * rng.choice([-1.0, 1.0], RATE // 4)).astype(
+        np.float32
+    )
+    # Nothing older than these sources may reach the capture: wait until the card carries them.
+    await until(
+        lambda: not np.any(fire.sent()[-RATE // 4 :]) and np.any(ems.sent()[-RATE // 4 :]),
+        what="silence on column 0",
+    )
+    capture = AudioCapture(device=card, hostapi="ALSA", samplerate=RATE, channels=2)
+    playback = AudioPlayback(device=card, hostapi="ALSA", samplerate=RATE, channels=2)
+    blocks: list[NDArray[np.float32]] = []
+    await capture.open()
+    try:
+        await playback.open()
+        try:
+            await playback.play(pattern, column=0)
+            async with asyncio.timeout(10.0):
+                while len(blocks) * 160 < 2 * RATE:
+                    blocks.append((await capture.read()).frames)
+        finally:
+            await playback.close()
+    finally:
+        await capture.close()
+    heard = np.concatenate(blocks)
+    column0, column1 = heard[:, 0], heard[:, 1]
+    starts = [
+        i
+        for i in np.flatnonzero(column0 == pattern[0])
+        if np.array_equal(column0[i : i + len(pattern)], pattern)
+    ]
+    assert len(starts) == 1  # it came back once, whole, with no hole
+    assert np.count_nonzero(column0) == len(pattern)  # and nothing else did
+    level = 10.0 * math.log10(float(np.mean(np.square(column1[RATE // 2 :], dtype=np.float64))))
+    assert abs(level - -30.0) < 0.5

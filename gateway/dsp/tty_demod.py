@@ -1,0 +1,770 @@
+"""FSK front end and character framing for the TTY decoder (internal to gateway.dsp.tty).
+
+Signal path, all in numpy and all causal; any split of the input into blocks gives the
+same numbers (taps applied one at a time, mixer phases anchored at hop starts):
+
+1. `FrontEnd`: a complex band-pass FIR (centred on 1600 Hz) decimates the input to about
+   2000 complex samples/s. Every hop (128 samples, 64 ms) a Hann periodogram gives the
+   noise floor, whether TTY tones are present (and whether only an idle mark is), and the
+   mark and space frequencies (the peaks within +-6 % of 1400 and 1800 Hz, so a TTY whose
+   tones are off is tracked; a tone not measured yet in a burst is inferred from the
+   other). Each tone is mixed to 0 Hz with the frequency found one hop earlier and
+   accumulated into a running sum, so the integrate-and-dump output of a bit ending at
+   any sample n is C[n] - C[n - bit]: a matched filter per bit evaluated at every timing
+   phase for the price of one subtraction.
+2. `Tracker` (one per baud rate): a start bit is hunted where the space tone clearly
+   dominates a bit window; the frame timing is then the offset, within about one bit, that
+   maximises the frame log-likelihood (idle and stop bits mark, start bit space, data bits
+   free, non-coherent soft values). Once characters come back to back, the next one is
+   looked for where their rhythm puts it, and that prior is weighed in (a character with
+   few transitions, such as LTRS, is otherwise easily pulled off by noise). Soft values use
+   amplitude-weighted envelopes (threshold correction), so a line that attenuates one tone
+   more than the other keeps the optimum threshold; each frame carries the log-likelihood
+   ratios of its data bits for the character decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+C64 = npt.NDArray[np.complex64]
+C128 = npt.NDArray[np.complex128]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+MARK_HZ: Final = 1400.0
+SPACE_HZ: Final = 1800.0
+CENTER_HZ: Final = 1600.0
+BAUD_45: Final = 1000.0 / 22.0  # 45.45 baud: 22 ms bits
+BAUD_50: Final = 50.0
+TOLERANCE: Final = 0.06  # search +-6 % around each nominal tone (TTYs are within 5 %)
+
+TARGET_RATE: Final = 2000.0  # decimated complex sample rate (approximately)
+HOP: Final = 128  # decimated samples per analysis hop (64 ms at 2000/s)
+NFFT: Final = 256  # periodogram length (7.8 Hz bins)
+AVG_HOPS: Final = 8  # periodograms averaged for frequency and floor estimates (~0.5 s)
+PAIR_TOLERANCE_HZ: Final = 15.0  # a held tone this far from its partner's implied one is stale
+PEAK_SIGNIFICANCE: Final = 6.0  # tone peak over median floor before a frequency is trusted
+PRESENCE_RATIO: Final = 8.0  # tone bin over median floor (2-hop average): "tone present"
+FLOOR_HALF_BAND: Final = 450.0  # Hz around the centre used for the noise floor median
+RECENT_HOPS: Final = 16  # hunting for start bits needs tones within the last ~1 s
+HISTORY_S: Final = 12.0  # decimated history kept for re-decoding the start of a burst
+MIN_NOISE: Final = 1e-12  # floor on the noise estimate (digital silence is not 0 dB SNR)
+
+
+class Buf:
+    """A growable 1-D array addressed by absolute index, trimmed from the front."""
+
+    def __init__(self, dtype: npt.DTypeLike, start: int = 0, cap: int = 8192) -> None:
+        self.a = np.zeros(cap, dtype=dtype)
+        self.base = start
+        self.n = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + self.n
+
+    def append(self, v: npt.NDArray[np.generic]) -> None:
+        k = len(v)
+        if self.n + k > len(self.a):
+            cap = max(2 * len(self.a), self.n + k)
+            new = np.zeros(cap, dtype=self.a.dtype)
+            new[: self.n] = self.a[: self.n]
+            self.a = new
+        self.a[self.n : self.n + k] = v
+        self.n += k
+
+    def truncate(self, end: int) -> None:
+        """Drop everything from absolute index `end` on."""
+        self.n = max(0, min(self.n, end - self.base))
+
+    def trim(self, keep_from: int) -> None:
+        """Forget data before `keep_from` (only when that frees at least half the array)."""
+        drop = keep_from - self.base
+        if drop > 0 and drop >= len(self.a) // 2 and drop <= self.n:
+            self.a[: self.n - drop] = self.a[drop : self.n].copy()
+            self.n -= drop
+            self.base += drop
+
+    def get(self, start: int, stop: int) -> npt.NDArray[Any]:
+        return self.a[start - self.base : stop - self.base]
+
+    def take(self, idx: I64) -> npt.NDArray[Any]:
+        return self.a[idx - self.base]
+
+
+def _design_taps(fs: float, decim: int) -> tuple[F32, int]:
+    """Polyphase taps of a complex band-pass around CENTER_HZ (Hamming windowed sinc).
+
+    Returned as an (L, 2) float32 matrix [real, imag] in input order, so that one output is
+    window(x) @ taps. The output is not mixed down: sampled at fs/decim, the band around
+    CENTER_HZ simply appears at its alias, and the tone mixers use absolute frequencies,
+    which alias the same way.
+    """
+    length = 8 * decim
+    k = np.arange(length, dtype=np.float64)
+    cutoff = 800.0 / fs
+    h = np.sinc(2 * cutoff * (k - (length - 1) / 2)) * np.hamming(length)
+    h /= h.sum()
+    w = 2 * math.pi * CENTER_HZ / fs
+    # Output m is sum_k h[k] e^{jwk} x[n - k] with n = m*D + L - 1; row j holds x[m*D + j].
+    g = h[::-1] * np.exp(1j * w * (length - 1 - k))
+    taps = np.stack([g.real, g.imag], axis=1).astype(np.float32)
+    return taps, length
+
+
+def alias(f: float, fs2: float) -> float:
+    """Where absolute frequency `f` appears in a complex signal sampled at `fs2`."""
+    return float(np.mod(f + fs2 / 2, fs2) - fs2 / 2)
+
+
+def _window_mean(rows_data: F64, first: int, k: int) -> F64:
+    """Mean of the (up to) k rows ending at each row from `first` on, newest first.
+
+    Always summed in the same order, so a hop's value does not depend on how many hops
+    were analysed together (a running cumulative sum would round differently).
+    """
+    n = len(rows_data) - first
+    pad = max(0, k - 1 - first)  # the stream's first hops have fewer rows before them
+    if pad:
+        rows_data = np.concatenate([np.zeros((pad, rows_data.shape[1])), rows_data])
+    lo = first + pad
+    out = rows_data[lo:].copy()
+    for j in range(1, k):
+        out += rows_data[lo - j : lo - j + n]  # adding the zero padding is exact
+    count = np.minimum(np.arange(first + 1, first + 1 + n), k)
+    mean: F64 = out / count[:, None]
+    return mean
+
+
+@dataclass(slots=True)
+class HopParams:
+    """Per-hop analysis results, applied to the samples of the *next* hop (causal)."""
+
+    mark_hz: F64
+    space_hz: F64
+    noise: F64  # per-sample complex noise variance at the decimated rate
+    present: B
+
+
+class FrontEnd:
+    """Decimation, per-hop spectral analysis and per-tone running sums."""
+
+    def __init__(self, sample_rate: float) -> None:
+        self.fs = float(sample_rate)
+        self.decim = max(1, round(self.fs / TARGET_RATE))
+        self.fs2 = self.fs / self.decim
+        self.taps, self.ntaps = _design_taps(self.fs, self.decim)
+        self.phases = self.ntaps // self.decim
+        # Input samples not yet consumed; output m uses input [m*D, m*D + L).
+        self._x = np.zeros(0, dtype=np.float32)
+        # Decimated complex band signal; NFFT zeros before index 0 so early windows exist.
+        self.y = Buf(np.complex64, start=-NFFT)
+        self.y.append(np.zeros(NFFT, dtype=np.complex64))
+        # Running sums of each tone mixed to 0 Hz (complex128: no drift over hours).
+        self.cm = Buf(np.complex128, start=-NFFT)
+        self.cs = Buf(np.complex128, start=-NFFT)
+        self.cm.append(np.zeros(NFFT, dtype=np.complex128))
+        self.cs.append(np.zeros(NFFT, dtype=np.complex128))
+        self._anchor = [(0, 0.0), (0, 0.0)]  # per tone: (hop, mixer phase at its start)
+        self._fixed_until = 0  # samples before this use _fixed_hz (a burst re-read)
+        self._fixed_hz = (MARK_HZ, SPACE_HZ)
+        # Per-hop parameters; hop h covers decimated samples [h*HOP, (h+1)*HOP), and the
+        # parameters of hop h come from the analysis of hop h-1.
+        self.p_mark = Buf(np.float64)
+        self.p_space = Buf(np.float64)
+        self.p_noise = Buf(np.float64)
+        self.p_present = Buf(np.bool_)
+        self.p_recent = Buf(np.bool_)  # tones present in any of the last RECENT_HOPS hops
+        self.p_tones = Buf(np.bool_)  # both tone frequencies clearly measured
+        self.p_idle = Buf(np.bool_)  # steady idle mark: the carrier held between characters
+        self.p_mark.append(np.array([MARK_HZ]))
+        self.p_space.append(np.array([SPACE_HZ]))
+        self.p_noise.append(np.array([np.inf]))
+        self.p_present.append(np.array([False]))
+        self.p_recent.append(np.array([False]))
+        self.p_tones.append(np.array([False]))
+        self.p_idle.append(np.array([False]))
+        self._since_present = RECENT_HOPS
+        self._hops_done = 0
+        self._win = np.hanning(NFFT + 2)[1:-1].astype(np.float32)
+        self._win_pow = float(np.sum(self._win.astype(np.float64) ** 2))
+        # FFT bins covering CENTER_HZ +- FLOOR_HALF_BAND, in order of absolute frequency.
+        step = self.fs2 / NFFT
+        nu = np.fft.fftfreq(NFFT, d=1.0 / self.fs2)
+        shift = CENTER_HZ - alias(CENTER_HZ, self.fs2)
+        absf = nu + shift
+        band = np.nonzero(np.abs(absf - CENTER_HZ) <= FLOOR_HALF_BAND + 2 * step)[0]
+        band = band[np.argsort(absf[band])]
+        self._band = band.astype(np.int64)
+        self._band_f = absf[band]
+        self._floor_sel = np.nonzero(np.abs(self._band_f - CENTER_HZ) <= FLOOR_HALF_BAND)[0]
+        self._mark_sel = self._sel_near(MARK_HZ)
+        self._space_sel = self._sel_near(SPACE_HZ)
+        self._step = step
+        self._hist = np.zeros((0, len(band)), dtype=np.float64)  # last AVG_HOPS-1 spectra
+        self._est_mark = MARK_HZ
+        self._est_space = SPACE_HZ
+
+    def _sel_near(self, nominal: float) -> I64:
+        """Bins within TOLERANCE of `nominal`, and one more each side.
+
+        The extra bins let a tone near the edge of the range (5 % off, between the last
+        two bins) still show as a local maximum rather than a slope running off the edge.
+        """
+        f, pad = self._band_f, self.fs2 / NFFT
+        ok = (f >= nominal * (1 - TOLERANCE) - pad) & (f <= nominal * (1 + TOLERANCE) + pad)
+        return np.nonzero(ok)[0].astype(np.int64)
+
+    # -- time base ----------------------------------------------------------------------
+
+    def time_of(self, m: float) -> float:
+        """Stream time in seconds of decimated index `m` (filter delay removed)."""
+        return (m * self.decim + (self.ntaps - 1) / 2) / self.fs
+
+    @property
+    def avail(self) -> int:
+        """One past the last decimated index whose running sums exist."""
+        return self.cm.end
+
+    # -- processing -----------------------------------------------------------------------
+
+    def process(self, x: F32) -> None:
+        """Consume input samples; extend y, the hop parameters and the running sums."""
+        buf = np.concatenate([self._x, x]) if len(self._x) else x
+        d, length = self.decim, self.ntaps
+        count = (len(buf) - length) // d + 1 if len(buf) >= length else 0
+        if count <= 0:
+            self._x = buf.copy()
+            return
+        # One tap at a time (not BLAS): the same sums in the same order whatever the block
+        # size, so a stream cut into any blocks decodes exactly as one block.
+        re = np.zeros(count, dtype=np.float32)
+        im = np.zeros(count, dtype=np.float32)
+        for j in range(length):
+            col = buf[j : j + (count - 1) * d + 1 : d]
+            re += col * self.taps[j, 0]
+            im += col * self.taps[j, 1]
+        y = np.empty(count, dtype=np.complex64)
+        y.real = re
+        y.imag = im
+        self._x = buf[count * d :].copy()
+        start = self.y.end
+        self.y.append(y)
+        self._analyse_hops()
+        self._accumulate(start, self.y.end)
+        keep = self.y.end - int(HISTORY_S * self.fs2)
+        for sbuf in (self.y, self.cm, self.cs):
+            sbuf.trim(keep)
+        keep_hop = keep // HOP - 2
+        for pbuf in (
+            self.p_mark,
+            self.p_space,
+            self.p_noise,
+            self.p_present,
+            self.p_recent,
+            self.p_tones,
+            self.p_idle,
+        ):
+            pbuf.trim(keep_hop)
+
+    def _analyse_hops(self) -> None:
+        """Periodograms for every hop completed; parameters for the hops that follow."""
+        done = self.y.end // HOP
+        first = self._hops_done
+        if first == 0 and done >= 1:
+            # Hop 0's window reaches into the zeros before the stream: no estimate from it.
+            self.p_mark.append(np.array([MARK_HZ]))
+            self.p_space.append(np.array([SPACE_HZ]))
+            self.p_noise.append(np.array([np.inf]))
+            for pb in (self.p_present, self.p_recent, self.p_tones, self.p_idle):
+                pb.append(np.array([False]))
+            first = self._hops_done = 1
+        if done <= first:
+            return
+        seg = self.y.get((first + 1) * HOP - NFFT, done * HOP)
+        frames = np.lib.stride_tricks.sliding_window_view(seg, NFFT)[::HOP]
+        spec = np.fft.fft(frames * self._win, axis=1)[:, self._band]
+        power = (spec.real.astype(np.float64) ** 2) + spec.imag.astype(np.float64) ** 2
+        allp = np.concatenate([self._hist, power], axis=0)
+        avg8 = _window_mean(allp, len(self._hist), AVG_HOPS)
+        avg2 = _window_mean(allp, len(self._hist), 2)
+        self._hist = allp[-(AVG_HOPS - 1) :]
+
+        mid = len(self._floor_sel) // 2
+        floor8 = np.partition(avg8[:, self._floor_sel], mid, axis=1)[:, mid]
+        floor2 = np.partition(avg2[:, self._floor_sel], mid, axis=1)[:, mid]
+        # The long average is steadier; the short one follows a floor that rises (speech
+        # starting after silence) at once. Medians of averages of ~4 and ~2 exponentials.
+        floor = np.maximum(floor8, floor2 * (0.93 / 0.84))
+        floor = np.maximum(floor, MIN_NOISE * 0.93 * self._win_pow)
+        mark_f, mark_sig = self._track(avg8, floor, self._mark_sel)
+        space_f, space_sig = self._track(avg8, floor, self._space_sel)
+        mark, space = self._hold(mark_f, mark_sig, space_f, space_sig)
+        # The median of an average of ~4 independent exponential bins is ~0.93 of its mean.
+        noise = floor / (0.93 * self._win_pow)
+        present, idle = self._presence(avg2, floor, mark, space)
+        self.p_mark.append(mark)
+        self.p_space.append(space)
+        self.p_noise.append(noise)
+        self.p_present.append(present)
+        self.p_tones.append(mark_sig & space_sig)
+        self.p_idle.append(idle)
+        idx = np.arange(len(present))
+        last = np.maximum.accumulate(np.where(present, idx, -1 - self._since_present))
+        since = idx - last
+        self.p_recent.append(since < RECENT_HOPS)
+        self._since_present = int(since[-1])
+        self._hops_done = done
+
+    def _track(self, avg: F64, floor: F64, sel: I64) -> tuple[F64, B]:
+        """Peak frequency among `sel` per hop, and whether it is significant.
+
+        Significant: a local maximum inside the search range (not a slope running off its
+        edge) standing PEAK_SIGNIFICANCE above the floor.
+        """
+        sub = avg[:, sel]
+        rows = np.arange(len(sub))
+        k = np.argmax(sub, axis=1)
+        sig = (sub[rows, k] > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < len(sel) - 1)
+        kk = np.minimum(np.maximum(k, 1), len(sel) - 2)
+        lft = np.log(sub[rows, kk - 1] + 1e-300)
+        mid = np.log(sub[rows, kk] + 1e-300)
+        rgt = np.log(sub[rows, kk + 1] + 1e-300)
+        den = lft - 2 * mid + rgt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.where(den < 0, 0.5 * (lft - rgt) / den, 0.0)
+        f: F64 = self._band_f[sel[kk]] + np.minimum(np.maximum(delta, -0.5), 0.5) * self._step
+        return f, sig
+
+    def _hold(self, mark_f: F64, mark_sig: B, space_f: F64, space_sig: B) -> tuple[F64, F64]:
+        """Tone frequencies per hop: the latest significant measurement of each.
+
+        A tone not measured yet in this burst (the space during the mark lead-in) would
+        keep a value from before it, the nominal frequency or a noise peak, and read the
+        first start bit with a mixer up to 90 Hz off, losing it. So a held value that
+        does not go with the other tone, just measured, is replaced by the partner that
+        tone implies: 400 Hz apart, scaled halfway between a common shift and a common
+        ratio (a TTY 5 % off is then within 10 Hz either way).
+        """
+        mark = np.empty_like(mark_f)
+        space = np.empty_like(space_f)
+        m, sp = self._est_mark, self._est_space
+        for r in range(len(mark_f)):
+            ms, ss = bool(mark_sig[r]), bool(space_sig[r])
+            if ms:
+                m = float(mark_f[r])
+            if ss:
+                sp = float(space_f[r])
+            if ms and not ss:
+                guess = m + (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (m / MARK_HZ - 1.0))
+                if abs(sp - guess) > PAIR_TOLERANCE_HZ:
+                    sp = guess
+            elif ss and not ms:
+                guess = sp - (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (sp / SPACE_HZ - 1.0))
+                if abs(m - guess) > PAIR_TOLERANCE_HZ:
+                    m = guess
+            mark[r], space[r] = m, sp
+        self._est_mark, self._est_space = m, sp
+        return mark, space
+
+    def _tone_power(self, avg2: F64, f: F64) -> F64:
+        """Power in the three bins around frequency f (per hop)."""
+        rows = np.arange(len(avg2))
+        k = np.rint((f - self._band_f[0]) / self._step).astype(np.int64)
+        last = len(self._band_f) - 1
+        k = np.minimum(np.maximum(k, 1), last - 1)  # the tones are well inside the band
+        out: F64 = avg2[rows, k - 1] + avg2[rows, k] + avg2[rows, k + 1]
+        return out
+
+    def _presence(self, avg2: F64, floor: F64, mark: F64, space: F64) -> tuple[B, B]:
+        """Per hop: either tone present; and a steady idle mark (the TTY holding its carrier).
+
+        Idle mark is the mark tone alone, holding a good share of the band: a voice with a
+        harmonic on the mark frequency spreads its power over many others.
+        """
+        p_m = self._tone_power(avg2, mark)
+        p_s = self._tone_power(avg2, space)
+        present: B = np.maximum(p_m, p_s) > 3 * PRESENCE_RATIO * floor
+        band = avg2.sum(axis=1)
+        idle: B = (p_m > 3 * PRESENCE_RATIO * floor) & (p_s < 9 * floor) & (p_m > 0.3 * band)
+        return present, idle
+
+    def _freqs(self, pbuf: Buf, fixed: float, hops: I64) -> F64:
+        """Tone frequency per hop: fixed inside a re-read burst, else as tracked."""
+        f: F64 = pbuf.take(hops).astype(np.float64)
+        if self._fixed_until > 0:
+            f = np.where(hops * HOP < self._fixed_until, fixed, f)
+        return f
+
+    def _accumulate(self, start: int, stop: int) -> None:
+        """Running sums for y[start:stop] with the per-hop tone frequencies.
+
+        The mixer phase is anchored at hop starts (phase at a hop start plus the hop's
+        frequency times the offset into the hop), so it is the same number however the
+        input was split into blocks.
+        """
+        if stop <= start:
+            return
+        h0, h1 = start // HOP, (stop - 1) // HOP
+        hops = np.arange(h0, h1 + 1, dtype=np.int64)
+        for tone in (0, 1):
+            csum = self.cm if tone == 0 else self.cs
+            pbuf = self.p_mark if tone == 0 else self.p_space
+            fixed = self._fixed_hz[tone]
+            anchor_hop, anchor_phase = self._anchor[tone]
+            assert anchor_hop == h0
+            w = (2 * math.pi / self.fs2) * self._freqs(pbuf, fixed, hops)
+            starts = np.cumsum(np.concatenate([[anchor_phase], w * HOP]))  # phase at hop starts
+            n = np.arange(start, stop, dtype=np.int64)
+            k = n // HOP - h0
+            phase = starts[k] + w[k] * (n - (n // HOP) * HOP)
+            ph32 = np.mod(phase, 2 * math.pi).astype(np.float32)
+            mix = np.empty(len(ph32), dtype=np.complex64)  # cos/sin: far cheaper than exp
+            mix.real = np.cos(ph32)
+            mix.imag = -np.sin(ph32)
+            u = self.y.get(start, stop) * mix
+            c0 = csum.a[csum.n - 1]
+            c = np.cumsum(np.concatenate([[c0], u]), dtype=np.complex128)[1:]
+            csum.append(c)
+            if stop == (h1 + 1) * HOP:
+                self._anchor[tone] = (h1 + 1, float(starts[-1]))
+            else:
+                self._anchor[tone] = (h1, float(starts[-2]))
+
+    def recompute(self, start: int, split: int, mark_hz: float, space_hz: float) -> None:
+        """Redo the running sums from `start` on, with fixed tone frequencies up to `split`.
+
+        Used when a burst is detected, so its first characters are read with the tone
+        frequencies measured when it was recognised rather than those of its first hops.
+        Both ends are rounded out to hop boundaries.
+        """
+        stop = self.cm.end
+        start = max(start, self.cm.base + 1)
+        start = -(-start // HOP) * HOP
+        if start >= stop:
+            return
+        self._fixed_until = -(-split // HOP) * HOP
+        self._fixed_hz = (mark_hz, space_hz)
+        self.cm.truncate(start)
+        self.cs.truncate(start)
+        self._anchor = [(start // HOP, 0.0), (start // HOP, 0.0)]
+        self._accumulate(start, stop)
+
+
+@dataclass(slots=True)
+class Frame:
+    """One character frame as read by a tracker (decimated sample indices)."""
+
+    start: int  # first sample of the start bit
+    end: int  # one past the first stop bit
+    decided: int  # data needed up to (excluding) this index to decide the frame
+    code: int
+    start_ok: bool
+    stop_ok: bool
+    snr: float  # mean on-tone bit energy over the noise of a bit window
+    min_snr: float  # the same for the weakest of the 7 bits
+    leak: float  # off-tone over on-tone energy, summed over the 7 bits
+    llr: F32  # log-likelihood ratios of the 5 data bits (positive = mark = 1)
+    n_mark: int  # bits read as mark, and the mean envelope of each tone on its own bits
+    mark_env: float
+    space_env: float
+
+    @property
+    def valid(self) -> bool:
+        return self.start_ok and self.stop_ok
+
+
+TRIGGER_SNR: Final = 2.5  # start-bit window energy over the noise of a bit window
+START_REL: Final = 0.1  # start-bit energy relative to the frame's mean bit energy
+TRIGGER_LLR: Final = 3.0  # how clearly a window must read as space to start a frame
+LEARN_SNR: Final = 3.0  # frames that teach the threshold correction the tone levels
+LEARN_LEAK: Final = 0.5
+RHYTHM_NATS: Final = 5.0  # prior for a start exactly one period after a back-to-back one
+# Timing score weights over the 8 windows (idle, start, 5 data, stop): |q| of the data bits
+# plus q of the idle and stop bits (mark) minus q of the start bit (space).
+_DATA_W: Final = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=np.float32)
+_FIXED_W: Final = np.array([1, -1, 0, 0, 0, 0, 0, 1], dtype=np.float32)
+
+
+class Tracker:
+    """Start-bit hunting and frame timing for one baud rate."""
+
+    def __init__(self, fe: FrontEnd, baud: float) -> None:
+        self.fe = fe
+        self.baud = baud
+        self.nbf = fe.fs2 / baud
+        self.nb = round(self.nbf)
+        # Bit-window end offsets from the start-bit start, for bits -1 (idle before) .. 6.
+        self.offs = np.array([round((i + 1) * self.nbf) - 1 for i in range(-1, 7)], np.int64)
+        self.frame_len = round(7 * self.nbf)
+        self.next_scan = round(6.5 * self.nbf)
+        self.next_floor = round(6.75 * self.nbf)
+        # Envelopes of the bit-long integrate-and-dump of each tone, ending at each sample.
+        self._grids: dict[int, I64] = {}  # index grids of the timing search, by width
+        self.rm = Buf(np.float32, start=fe.cm.base + self.nb)
+        self.rs = Buf(np.float32, start=fe.cm.base + self.nb)
+        self.reset(0)
+
+    def reset(self, position: int) -> None:
+        self.scan = position  # next start candidate to examine
+        self.floor = position  # earliest start accepted by the timing search
+        self.trigger: int | None = None
+        self._due = False  # the pending search was placed by the rhythm, not by a trigger
+        self.amp_m = 0.0  # threshold-correction amplitudes (|S| units); 0 = unknown
+        self.amp_s = 0.0
+        self.last_start: int | None = None
+        self.period = 0.0  # start-to-start spacing of back-to-back characters
+        self.period_n = 0  # how many consecutive spacings agreed with it
+        self.misses = 0  # consecutive frames with a bad start or stop bit
+
+    def _rhythm(self, t0: int) -> None:
+        """Learn the spacing of back-to-back characters (1 to 2 stop bits, no idle)."""
+        if self.last_start is not None:
+            gap = t0 - self.last_start
+            if 7 * self.nbf - self.nb / 2 <= gap <= 8.6 * self.nbf:
+                if self.period_n and abs(gap - self.period) <= 0.3 * self.nb:
+                    self.period += 0.25 * (gap - self.period)
+                    self.period_n += 1
+                else:
+                    self.period = float(gap)
+                    self.period_n = 1
+            else:
+                self.period_n = 0
+        self.last_start = t0
+
+    def _scale(self, noise: float, level: float) -> float:
+        """Factor from soft values q to log-likelihood ratios."""
+        if noise <= 0:
+            return 0.0
+        if self.amp_m > 0 and self.amp_s > 0:
+            return 2.0 / noise
+        return 2.0 * level / noise  # amplitudes not learnt yet: use the envelope level
+
+    def invalidate(self, start: int) -> None:
+        """The running sums changed from `start` on: drop envelopes that used them."""
+        self.rm.truncate(start)
+        self.rs.truncate(start)
+
+    def _update(self) -> None:
+        fe, nb = self.fe, self.nb
+        lo, hi = self.rm.end, fe.avail
+        if lo < fe.cm.base + nb:  # history trimmed past us (long gap): restart the envelopes
+            lo = fe.cm.base + nb
+            self.rm = Buf(np.float32, start=lo)
+            self.rs = Buf(np.float32, start=lo)
+        if hi > lo:
+            self.rm.append(np.abs(fe.cm.get(lo, hi) - fe.cm.get(lo - nb, hi - nb)))
+            self.rs.append(np.abs(fe.cs.get(lo, hi) - fe.cs.get(lo - nb, hi - nb)))
+            keep = fe.cm.base + nb
+            self.rm.trim(keep)
+            self.rs.trim(keep)
+
+    def _q(self, rm: F32, rs: F32) -> F32:
+        """Soft values, positive = mark (threshold-corrected once amplitudes are known)."""
+        am, as_ = self.amp_m, self.amp_s
+        if am > 0 and as_ > 0:
+            out: F32 = am * rm - as_ * rs - np.float32(0.5 * (am * am - as_ * as_))
+            return out
+        return rm - rs
+
+    def run(self, limit: int, masked: bool) -> list[Frame]:
+        """Read every frame that can be decided with data before `limit`.
+
+        `masked`: hunt for start bits only where tones were seen recently (no detection yet).
+        """
+        self._update()
+        nb = self.nb
+        frames: list[Frame] = []
+        while True:
+            if self.trigger is None:
+                if self.period_n >= 2 and self.last_start is not None:
+                    # Back-to-back characters: look where the next one is due, trigger or not
+                    # (a start bit that noise weakened must not send the hunt into the data).
+                    self.trigger = round(self.last_start + self.period)
+                    self._due = True
+                else:
+                    hit = self._hunt(limit, masked)
+                    if hit is None:
+                        return frames
+                    self.trigger = hit
+                    self._due = False
+            trig = self.trigger
+            if self._due:
+                lo, hi = trig - nb // 2, trig + nb // 2
+            else:
+                lo, hi = trig - nb // 2, trig + (3 * nb) // 2
+            lo = max(lo, self.floor, self.rm.base + 2)
+            hi = max(hi, lo)
+            need = hi + int(self.offs[-1]) + 1
+            if need > limit:
+                return frames
+            frame = self._read(lo, hi, need)
+            self.trigger = None
+            if frame is None:  # idle mark where a character was due: the stream paused
+                self.period_n = 0
+                self.last_start = None
+                self.scan = self.floor = max(lo, trig - nb // 2)
+                continue
+            frames.append(frame)
+            if not masked and frame.valid and frame.snr >= LEARN_SNR and frame.leak <= LEARN_LEAK:
+                self.learn(frame)  # here, not by the caller: the same for any block size
+            t0 = frame.start
+            on_beat = (
+                self.period_n >= 2
+                and self.last_start is not None
+                and abs(t0 - self.last_start - self.period) <= nb // 4
+            )
+            self.misses = 0 if frame.valid else self.misses + 1
+            if frame.valid or (on_beat and self.misses < 2):
+                self._rhythm(t0)
+                self.scan = t0 + self.next_scan
+                self.floor = t0 + self.next_floor
+            else:
+                # Start or stop bit wrong and not where the rhythm says: most likely a
+                # misframe (a data bit taken for a start bit). Hunt again half a bit on.
+                self.period_n = 0
+                self.last_start = None
+                self.scan = self.floor = t0 + nb // 2
+
+    def _hunt(self, limit: int, masked: bool) -> int | None:
+        """First position from `scan` whose bit window clearly reads as a start bit."""
+        fe, nb = self.fe, self.nb
+        base = self.rm.base
+        lo = max(self.scan, base + 1)
+        hi = limit - nb + 1  # windows [t, t + nb) must be complete
+        if hi <= lo:
+            return None
+        a, b = lo + nb - 1 - base, hi + nb - 1 - base  # window-end indices
+        rm = self.rm.a[a:b]
+        rs = self.rs.a[a:b]
+        hops = (np.arange(lo + nb - 1, hi + nb - 1) // HOP) - fe.p_noise.base
+        noise = fe.p_noise.a[hops] * nb
+        q = self._q(rm, rs)
+        if self.amp_m > 0 and self.amp_s > 0:
+            llr = q * (2.0 / noise)
+        else:
+            llr = q * (2.0 * np.maximum(rm, rs) / noise)
+        # A start bit: the space tone clearly dominates a bit window, well above noise.
+        cond = (llr < -TRIGGER_LLR) & (rs * rs > TRIGGER_SNR * noise)
+        if masked:
+            cond &= fe.p_recent.a[hops + (fe.p_noise.base - fe.p_recent.base)]
+        hit = np.flatnonzero(cond)
+        if len(hit) == 0:
+            self.scan = hi
+            return None
+        return lo + int(hit[0])
+
+    def _read(self, lo: int, hi: int, need: int) -> Frame | None:
+        """The most likely frame starting in [lo, hi]; None if idle mark is likelier (due only)."""
+        fe, nb = self.fe, self.nb
+        width = hi + 1 - lo
+        grid = self._grids.get(width)
+        if grid is None:
+            grid = np.arange(width, dtype=np.int64)[:, None] + self.offs[None, :]
+            self._grids[width] = grid
+        idx = grid + (lo - self.rm.base)
+        rm = self.rm.a[idx]
+        rs = self.rs.a[idx]
+        q = self._q(rm, rs)
+        # Log-likelihood of each timing (up to a scale): idle mark before, start bit space,
+        # data bits either way, stop bit mark.
+        score = np.abs(q) @ _DATA_W + q @ _FIXED_W
+        if self.period_n >= 2 and self.last_start is not None:
+            # Back-to-back characters: the next start is one period on, to a sample or two.
+            # Weigh that against the bits (log-likelihood units) so a character with few
+            # transitions (LTRS, all mark) is not pulled off by noise.
+            noise = float(fe.p_noise.a[lo // HOP - fe.p_noise.base]) * nb
+            mid = width // 2
+            level = float(np.maximum(rm[mid, 1:8], rs[mid, 1:8]).sum()) / 7.0
+            scale = 0.5 * self._scale(noise, level)
+            if scale > 0:
+                off = (lo - self.last_start - self.period) + np.arange(width)
+                score = score * scale + RHYTHM_NATS * np.exp(-0.08 * off * off)
+        best = int(score.argmax())
+        qb = q[best]
+        if self._due:
+            ql = qb.tolist()
+            frame_ll = ql[0] - ql[1] + sum(abs(v) for v in ql[2:7]) + ql[7]
+            if sum(ql) >= frame_ll:
+                return None  # all mark reads at least as well as a frame: no character here
+        return self._frame(lo + best, qb, rm[best], rs[best], need)
+
+    def rate_fit(self, anchors: list[int], search: int, limit: int) -> F64:
+        """How much tone each anchor's frame puts into this rate's bit grid, per sample.
+
+        For each anchor (a character start found at either rate) the 8 bit windows of a
+        frame at this rate (idle mark, start space, 5 data bits on whichever tone is
+        stronger, stop mark) are laid from every start within `search` samples of it, and
+        the best sum of on-tone envelopes is divided by the 8 bit times it spans: the mean
+        tone amplitude the grid captures. On the right grid every window sits on one bit
+        and captures it all; on the other rate's grid the bit edges drift 2 ms per bit, so
+        a window that straddles a mark/space edge (one k bits after the start edge lands
+        2k ms off) loses part of both tones. The grids are fitted to the observed edges,
+        and no character lines both up. NaN where the data needed are not there (before
+        `limit` and still in history), so the answer does not depend on how far input has
+        come.
+        """
+        self._update()
+        base, nb = self.rm.base, self.nb
+        out = np.full(len(anchors), np.nan)
+        span = np.arange(-search, search + 1, dtype=np.int64)
+        end = min(self.rm.end, limit)
+        for j, a in enumerate(anchors):
+            if a - search - 1 - nb < base or a + search + int(self.offs[-1]) >= end:
+                continue
+            idx = (a + span - base)[:, None] + self.offs[None, :]
+            m = self.rm.a[idx]
+            s = self.rs.a[idx]
+            on = m[:, 0] + s[:, 1] + np.maximum(m[:, 2:7], s[:, 2:7]).sum(axis=1) + m[:, 7]
+            out[j] = float(on.max()) / (8 * self.nbf)
+        return out
+
+    def _frame(self, t0: int, q: F32, rm: F32, rs: F32, need: int) -> Frame:
+        ql, ml, sl = q.tolist(), rm.tolist(), rs.tolist()  # 8 values: plain floats are faster
+        bits = [v > 0 for v in ql[1:8]]  # start, 5 data, stop
+        code = sum(1 << i for i in range(5) if bits[1 + i])
+        n_mark = sum(bits)
+        env_m = sum(m for m, b in zip(ml[1:8], bits, strict=True) if b)
+        env_s = sum(v for v, b in zip(sl[1:8], bits, strict=True) if not b)
+        on = [(m if b else v) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
+        off = [(v if b else m) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
+        on_sum, off_sum = sum(on), sum(off)
+        noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
+        llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
+        return Frame(
+            start=t0,
+            end=t0 + self.frame_len,
+            decided=need,
+            code=code,
+            # A start bit must hold space-tone energy like the frame's other bits (a frame
+            # begun in the silence or noise before a carrier is not a character).
+            start_ok=not bits[0]
+            and sl[1] ** 2 >= START_REL * on_sum / 7.0
+            and (self.amp_s > 0 or sl[1] ** 2 > TRIGGER_SNR * noise),
+            stop_ok=bits[6],
+            snr=on_sum / 7.0 / noise if noise > 0 else 0.0,
+            min_snr=min(on) / noise if noise > 0 else 0.0,
+            leak=off_sum / on_sum if on_sum > 0 else 1.0,
+            llr=llr,
+            n_mark=n_mark,
+            mark_env=env_m / n_mark if n_mark else 0.0,
+            space_env=env_s / (7 - n_mark) if n_mark < 7 else 0.0,
+        )
+
+    def learn(self, frame: Frame) -> None:
+        """Update the threshold-correction amplitudes from a frame judged to be signal."""
+        beta = 0.15
+        if frame.n_mark:
+            v = frame.mark_env
+            self.amp_m = v if self.amp_m <= 0 else (1 - beta) * self.amp_m + beta * v
+        if frame.n_mark < 7:
+            v = frame.space_env
+            self.amp_s = v if self.amp_s <= 0 else (1 - beta) * self.amp_s + beta * v

@@ -1,0 +1,370 @@
+"""TTY/TDD on a channel: callers' text to CAD as it arrives, call takers' replies back.
+
+The channel's captured audio feeds a streaming decoder (gateway.dsp.tty). Events:
+- tty.detected when a TTY is recognised (45.45 or 50 baud, tone frequencies measured);
+- tty.text with the characters decoded in one audio block (`line` false), as they arrive,
+  and with each whole line (`line` true) when the caller ends it or the TTY goes quiet;
+- tty.ended when the tones stop.
+The `tty` request encodes the call taker's text and plays it on the channel's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field, field_validator
+
+from drivers.audio import AudioPlayback
+from drivers.errors import DeviceError
+from gateway.audio import ChannelAudio
+from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.config import AudioDeviceSection, ChannelTtySection
+from gateway.dsp import TtyChar, TtyDecoder, TtyDetected, TtyEncoder, TtyEnded, TtyEvent
+from gateway.errors import CommandError
+from gateway.events import EventData, Payload, register_event_type, utc_timestamp
+from gateway.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+_MAX_REPLY_CHARS = 2000
+_ECHO_GUARD_S = 0.3
+"""After our reply, the line's echo still arrives this long (path latency included)."""
+
+
+class TtyDetectedData(EventData):
+    baud: float
+    mark_hz: float
+    space_hz: float
+
+
+class TtyTextData(EventData):
+    text: str
+    line: bool = Field(description="False: characters as they arrive; true: a whole line")
+
+
+class TtyEndedData(EventData):
+    characters: int = Field(description="Characters decoded in this TTY session")
+
+
+class TtySentData(EventData):
+    text: str
+    baud: float
+    seconds: float
+
+
+register_event_type("tty.detected", TtyDetectedData)
+register_event_type("tty.text", TtyTextData)
+register_event_type("tty.ended", TtyEndedData)
+register_event_type("tty.sent", TtySentData)
+
+
+class TtyState(Payload):
+    """`<prefix>/channels/<id>/tty`, retained: is a TTY on the line, and what it said last."""
+
+    channel: str
+    active: bool
+    baud: float | None
+    last_line: str | None
+    ts: str
+
+
+class TtyRequest(Request):
+    text: str = Field(min_length=1, max_length=_MAX_REPLY_CHARS)
+    baud: float | None = Field(default=None, description="45.45 or 50; default the config's")
+
+    @field_validator("baud")
+    @classmethod
+    def _baud(cls, value: float | None) -> float | None:
+        if value is not None and value not in (45.45, 50.0):
+            raise ValueError("must be 45.45 or 50")
+        return value
+
+
+class ChannelTty:
+    """Decodes one channel's audio and answers on its output."""
+
+    def __init__(
+        self,
+        *,
+        channel_id: str,
+        config: ChannelTtySection,
+        audio: ChannelAudio,
+        samplerate: int,
+        player: Player,
+        publisher: Publisher,
+    ) -> None:
+        self.channel_id = channel_id
+        self._cfg = config
+        self._sr = samplerate
+        self._player = player
+        self._pub = publisher
+        self._decoder = TtyDecoder(sample_rate=samplerate, unshift_on_space=config.unshift_on_space)
+        self._line: list[str] = []
+        self._chars = 0
+        self._baud: float | None = None
+        self._active = False
+        self._last_line: str | None = None
+        self._state_topic = publisher.topic_for("channel", channel_id, "tty")
+        self._sending = False
+        self._deaf_until = 0.0
+        audio.sample_listeners.append(self.feed)
+
+    def publish_state(self) -> None:
+        state = TtyState(
+            channel=self.channel_id,
+            active=self._active,
+            baud=self._baud,
+            last_line=self._last_line,
+            ts=utc_timestamp(),
+        )
+        self._pub.set_state(self._state_topic, state)
+
+    def feed(self, samples: NDArray[np.float32]) -> None:
+        if self._sending or time.monotonic() < self._deaf_until:
+            # Half duplex: our own reply comes back through the line's hybrid. The decoder
+            # hears silence meanwhile (zeros, so its stream time stays right).
+            samples = np.zeros_like(samples)
+        events = self._decoder.feed(samples)
+        if events:
+            self._handle(events)
+
+    def _handle(self, events: list[TtyEvent]) -> None:
+        arrived: list[str] = []
+        for event in events:
+            if isinstance(event, TtyDetected):
+                self._active, self._baud, self._chars = True, round(event.baud, 2), 0
+                log.info(
+                    "channel %s: TTY detected, %g baud (mark %.0f Hz, space %.0f Hz)",
+                    self.channel_id,
+                    event.baud,
+                    event.mark_hz,
+                    event.space_hz,
+                )
+                data = TtyDetectedData(
+                    baud=round(event.baud, 2),
+                    mark_hz=round(event.mark_hz, 1),
+                    space_hz=round(event.space_hz, 1),
+                )
+                self._pub.emit("channel", self.channel_id, "tty.detected", data, keep=True)
+                self.publish_state()
+            elif isinstance(event, TtyChar):
+                self._chars += 1
+                if event.char in "\r\n":
+                    self._flush_chars(arrived)
+                    self._end_line()
+                else:
+                    arrived.append(event.char)
+                    self._line.append(event.char)
+            elif isinstance(event, TtyEnded):
+                self._flush_chars(arrived)
+                self._end_line()
+                self._active = False
+                log.info("channel %s: TTY ended (%d characters)", self.channel_id, self._chars)
+                ended = TtyEndedData(characters=self._chars)
+                self._pub.emit("channel", self.channel_id, "tty.ended", ended, keep=True)
+                self.publish_state()
+        self._flush_chars(arrived)
+
+    def _flush_chars(self, arrived: list[str]) -> None:
+        if arrived:
+            text = "".join(arrived)
+            arrived.clear()
+            data = TtyTextData(text=text, line=False)
+            self._pub.emit("channel", self.channel_id, "tty.text", data, keep=True)
+
+    def _end_line(self) -> None:
+        line = "".join(self._line).strip()
+        self._line.clear()
+        if line:
+            self._last_line = line
+            data = TtyTextData(text=line, line=True)
+            self._pub.emit("channel", self.channel_id, "tty.text", data, keep=True)
+            self.publish_state()
+
+    async def send(self, text: str, baud: float | None) -> dict[str, Any]:
+        rate = baud or self._cfg.reply_baud
+        encoder = TtyEncoder(
+            sample_rate=self._sr,
+            baud=rate,
+            amplitude=min(1.0, 10 ** (self._cfg.reply_level_dbfs / 20) * np.sqrt(2)),
+        )
+        audio = encoder.encode(text.upper())
+        seconds = len(audio) / self._sr
+        log.info(
+            "channel %s: sending TTY reply (%d chars, %.1f s)", self.channel_id, len(text), seconds
+        )
+        self._sending = True
+        try:
+            await self._player.play(audio)
+        finally:
+            self._sending = False
+            self._deaf_until = time.monotonic() + _ECHO_GUARD_S
+        data = TtySentData(text=text.upper(), baud=rate, seconds=round(seconds, 2))
+        self._pub.emit("channel", self.channel_id, "tty.sent", data, keep=True)
+        return {"text": text.upper(), "baud": rate, "seconds": round(seconds, 2)}
+
+
+class Player:
+    """Plays on one column of an output device, opening it when first needed.
+
+    A device that fails is closed and reopened on the next play; the requester gets an
+    error for the play that failed, never a hung request.
+    """
+
+    def __init__(self, *, device: AudioDeviceSection, column: int, shared: SharedOutput) -> None:
+        self._device = device
+        self._column = column
+        self._shared = shared
+
+    async def play(self, samples: NDArray[np.float32]) -> None:
+        playback = await self._shared.get()
+        try:
+            await playback.play(samples, column=self._column)
+        except DeviceError as exc:
+            await self._shared.reset()
+            raise CommandError(f"audio output failed: {exc}") from None
+
+
+class SharedOutput:
+    """One AudioPlayback per output device, shared by the channels that play on it."""
+
+    def __init__(self, *, device_id: str, config: AudioDeviceSection) -> None:
+        self.device_id = device_id
+        self._cfg = config
+        self._playback: AudioPlayback | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> AudioPlayback:
+        async with self._lock:
+            if self._playback is None:
+                playback = AudioPlayback(
+                    device=self._cfg.device,
+                    hostapi=self._cfg.hostapi,
+                    samplerate=self._cfg.samplerate,
+                    channels=self._cfg.channels,
+                    latency=self._cfg.latency_s,
+                )
+                try:
+                    await playback.open()
+                except DeviceError as exc:
+                    raise CommandError(
+                        f"audio output {self.device_id} unavailable: {exc}"
+                    ) from None
+                self._playback = playback
+            return self._playback
+
+    async def reset(self) -> None:
+        async with self._lock:
+            if self._playback is not None:
+                await self._playback.close()
+                self._playback = None
+
+    async def close(self) -> None:
+        await self.reset()
+
+
+def build_tty(
+    *,
+    channels: dict[str, tuple[ChannelTtySection, ChannelAudio, str, int]],
+    devices: dict[str, AudioDeviceSection],
+    publisher: Publisher,
+) -> tuple[dict[str, ChannelTty], dict[str, SharedOutput]]:
+    """`channels`: id -> (tty config, its ChannelAudio, capture device id, capture column)."""
+    outputs: dict[str, SharedOutput] = {}
+    ttys: dict[str, ChannelTty] = {}
+    for channel_id, (section, audio, device_id, column) in channels.items():
+        if not section.enabled:
+            continue
+        out_id = section.output_device or device_id
+        out_column = section.output_column if section.output_column is not None else column
+        shared = outputs.setdefault(out_id, SharedOutput(device_id=out_id, config=devices[out_id]))
+        ttys[channel_id] = ChannelTty(
+            channel_id=channel_id,
+            config=section,
+            audio=audio,
+            samplerate=devices[device_id].samplerate,
+            player=Player(device=devices[out_id], column=out_column, shared=shared),
+            publisher=publisher,
+        )
+    return ttys, outputs
+
+
+def register_tty_commands(router: CommandRouter, ttys: dict[str, ChannelTty]) -> None:
+    async def tty(params: TtyRequest, ctx: RequestContext) -> dict[str, Any]:
+        channel = ttys.get(ctx.target)
+        if channel is None:
+            raise CommandError(f"channel {ctx.target} has no TTY configured")
+        return await channel.send(params.text, params.baud)
+
+    router.register(
+        "channels",
+        "tty",
+        TtyRequest,
+        tty,
+        description="Send text as TTY/TDD (Baudot) on the channel's audio output; answers "
+        "once it has been played.",
+    )
+
+
+# -- the `consolegw tty` command -----------------------------------------------------------
+
+
+def decode_file(path: str) -> tuple[str, list[str]]:
+    """Decode a WAV file; returns (text, diagnostics)."""
+    import wave
+
+    with wave.open(path, "rb") as recording:
+        rate = recording.getframerate()
+        width = recording.getsampwidth()
+        channels = recording.getnchannels()
+        raw = recording.readframes(recording.getnframes())
+    if width == 2:
+        samples = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 1:
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 4:
+        samples = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit samples are not supported")
+    if channels > 1:
+        samples = samples.reshape(-1, channels)[:, 0]
+    decoder = TtyDecoder(sample_rate=rate)
+    events = decoder.feed(samples) + decoder.flush()
+    text: list[str] = []
+    notes = [f"{path}: {len(samples) / rate:.1f} s at {rate} Hz"]
+    for event in events:
+        if isinstance(event, TtyDetected):
+            notes.append(
+                f"TTY detected at {event.time:.2f} s: {event.baud:g} baud, mark "
+                f"{event.mark_hz:.0f} Hz, space {event.space_hz:.0f} Hz"
+            )
+        elif isinstance(event, TtyChar):
+            text.append(event.char)
+        elif isinstance(event, TtyEnded):
+            notes.append(f"TTY ended at {event.time:.2f} s")
+    return "".join(text), notes
+
+
+def encode_file(text: str, path: str, *, baud: float, samplerate: int = 8000) -> float:
+    import wave
+
+    audio = TtyEncoder(sample_rate=samplerate, baud=baud).encode(text.upper())
+    with wave.open(path, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(samplerate)
+        pcm = np.clip(np.rint(audio * 32767), -32768, 32767).astype("<i2")
+        out.writeframes(pcm.tobytes())
+    return len(audio) / samplerate
+
+
+async def close_outputs(outputs: dict[str, SharedOutput]) -> None:
+    for output in outputs.values():
+        with contextlib.suppress(Exception):
+            await output.close()
