@@ -71,6 +71,9 @@ class AudioLevels(Payload):
     hum_dbfs: float | None = Field(description="50/60 Hz hum with harmonics, last second")
     clipped: int = Field(description="Samples at full scale in the last second")
     active: bool = Field(description="Audio activity (VOX) with attack and hang times")
+    overflows: int = Field(
+        default=0, description="Blocks lost on this channel's card (input overflow, slow reader)"
+    )
     device: Literal["online", "offline"]
     ts: str
 
@@ -157,6 +160,7 @@ class ChannelAudio:
         self._cos_quiet_s = 0.0
         self._vox_no_cos_s = 0.0
         self._online = False
+        self.overflows = 0
         self._last_publish = 0.0
         self._state_topic = publisher.topic_for("channel", channel_id, "audio")
         self.sample_listeners: list[Callable[[NDArray[np.float32]], None]] = []
@@ -328,6 +332,7 @@ class ChannelAudio:
             hum_dbfs=None if self._hum_dbfs is None else round(self._hum_dbfs, 2),
             clipped=int(sum(int(c.clipped[col]) for c in chunks)),
             active=self.active,
+            overflows=self.overflows,
             device="online" if self._online else "offline",
             ts=utc_timestamp(),
         )
@@ -395,6 +400,7 @@ class AudioCard:
         self._cfg = config
         self.channels = channels
         self.capture: AudioCapture | None = None
+        self._lost_logged = -60.0
 
     async def run(self) -> None:
         backoff = 0.5
@@ -447,6 +453,13 @@ class AudioCard:
                 for channel in self.channels:
                     channel.add_gap(block.index - expected)
             expected = block.index + n
+            lost = capture.stats.input_overflows + capture.stats.queue_drops
+            if lost != self.channels[0].overflows:
+                for channel in self.channels:
+                    channel.overflows = lost
+                if time.monotonic() - self._lost_logged >= 60.0:  # a line a minute at most
+                    self._lost_logged = time.monotonic()
+                    log.warning("audio device %s: %d blocks lost so far", self.device_id, lost)
             # Wall-clock time of the block's last sample, from its monotonic timestamp.
             end_wall = time.time() - (time.monotonic() - block.timestamp) + n / capture.samplerate
             for channel in self.channels:
