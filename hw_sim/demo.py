@@ -51,7 +51,10 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     conf = workdir / "mosquitto.conf"
     # As root, mosquitto would switch to its own user and lose access to our temp folder.
     user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}")
+    # set_tcp_nodelay: what the README asks of a console's broker (PTT latency).
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{user}"
+    )
     proc = subprocess.Popen(
         [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
