@@ -144,16 +144,6 @@ def _window_mean(rows_data: F64, first: int, k: int) -> F64:
     return mean
 
 
-@dataclass(slots=True)
-class HopParams:
-    """Per-hop analysis results, applied to the samples of the *next* hop (causal)."""
-
-    mark_hz: F64
-    space_hz: F64
-    noise: F64  # per-sample complex noise variance at the decimated rate
-    present: B
-
-
 class FrontEnd:
     """Decimation, per-hop spectral analysis and per-tone running sums."""
 
