@@ -267,10 +267,11 @@ async def test_close_unkeys_before_disconnecting(
     t0 = time.monotonic()
     await radio.close()
     await radio.close()  # safe twice
-    events = _names(sim.events(since=t0))
-    assert events.index(("keyed", False)) < events.index(("connected", False)), events
+    # The server notices the drop on its own thread: wait for it, then read its log.
     # Then the server closes its port: normal polarity stays unkeyed, inverted keys (hazard).
     assert sim.wait_blocking(lambda s: not s.connected, WAIT_S).keyed is invert
+    events = _names(sim.events(since=t0))
+    assert events.index(("keyed", False)) < events.index(("connected", False)), events
 
 
 async def test_open_of_a_dead_port_fails_fast(make_radio: RadioFactory) -> None:
