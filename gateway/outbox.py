@@ -53,9 +53,6 @@ class _Pending:
 @dataclass(frozen=True, slots=True)
 class _Commit:
     last_seq: int
-    inserted: int
-    deleted: int
-    dropped: int
     dropped_total: int
     depth: int
 
@@ -270,7 +267,7 @@ class Outbox:
             db.execute("ROLLBACK")
             raise
         last = pending[-1].seq if pending else 0
-        return _Commit(last, inserted, deleted, dropped, dropped_total, depth - dropped)
+        return _Commit(last, dropped_total, depth - dropped)
 
     def _notify(self, commit: _Commit) -> None:
         loop = self._loop

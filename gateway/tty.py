@@ -217,8 +217,7 @@ class Player:
     error for the play that failed, never a hung request.
     """
 
-    def __init__(self, *, device: AudioDeviceSection, column: int, shared: SharedOutput) -> None:
-        self._device = device
+    def __init__(self, *, column: int, shared: SharedOutput) -> None:
         self._column = column
         self._shared = shared
 
@@ -289,7 +288,7 @@ def build_tty(
             config=section,
             audio=audio,
             samplerate=devices[device_id].samplerate,
-            player=Player(device=devices[out_id], column=out_column, shared=shared),
+            player=Player(column=out_column, shared=shared),
             publisher=publisher,
         )
     return ttys, outputs

@@ -171,10 +171,6 @@ class SimConsole:
             )
         self.tty_channels = [c for c, section in config.channels.items() if section.tty]
         self._alarms = dict(config.alarms)
-        self._alarm_channels = {
-            alarm_id: (alarm.module, alarm.channel, alarm.kind)
-            for alarm_id, alarm in config.alarms.items()
-        }
         self.audio: AudioSim | None = None
         self.audio_channels: dict[str, SimChannel] = {}
         self._audio_devices: dict[str, str] = {}  # config device id -> simulated card name
@@ -260,12 +256,12 @@ class SimConsole:
 
     def set_alarm_input(self, alarm_id: str, value: bool | float) -> None:
         """Drive the input an alarm is wired to: a contact closed (True) or an analog value."""
-        module_id, channel, kind = self._alarm_channels[alarm_id]
-        module = self.modules[module_id]
-        if kind == "digital":
-            module.set_input(channel, bool(value))
+        alarm = self._alarms[alarm_id]
+        module = self.modules[alarm.module]
+        if alarm.kind == "digital":
+            module.set_input(alarm.channel, bool(value))
         else:
-            module.set_analog(channel, int(value))
+            module.set_analog(alarm.channel, int(value))
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """One fault-injection or query operation; the control port's whole protocol."""
@@ -276,7 +272,7 @@ class SimConsole:
                 "radios": {k: {"keyed": r.keyed} for k, r in self.radios.items()},
                 "modules": sorted(self.modules),
                 "links": sorted(self.links),
-                "alarms": sorted(self._alarm_channels),
+                "alarms": sorted(self._alarms),
             }
         device = str(request.get("device"))
         value = request.get("value")
@@ -318,7 +314,7 @@ class SimConsole:
                 "replug": radio.replug,
                 "state": lambda: None,
             }
-        if device in self._alarm_channels:
+        if device in self._alarms:
             return {"input": lambda: self.set_alarm_input(device, value)}
         module = self.modules.get(device)
         if module is not None:
