@@ -37,9 +37,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import threading
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
@@ -103,16 +105,24 @@ class _Rfc2217Port(rfc2217.Serial):
     """pyserial's RFC 2217 client, with SET-CONTROL answers tracked and waits that do not sleep.
 
     pyserial 3.5 waits for every acknowledgement with `time.sleep(0.05)` polls and keeps only
-    pass/fail of the last SET-CONTROL. We keep a count of answers and the last state each one
-    reported, and wake waiters from the reader thread. Private pyserial attributes are reached
-    through `_raw` (they are not in the type stubs); pyserial is pinned below 4.
+    pass/fail of the last SET-CONTROL. The server answers SET-CONTROL requests in order, so we
+    number them: each write claims the answer numbers after those already due, under the write
+    lock (numbering order is wire order), and the reader thread counts answers as they come
+    and wakes waiters. Two threads may then have requests out at once (the event loop's PTT
+    command and the I/O thread's read) and each waits for its own answers, not for whichever
+    comes next. Private pyserial attributes are reached through `_raw` (they are not in the
+    type stubs); pyserial is pinned below 4.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._answer_count = 0
-        self._answers: dict[str, tuple[int, bool]] = {}
+        self._answer_count = 0  # answers received
+        self._answers_due = 0  # answers claimed by requests sent
+        self._answers: deque[tuple[int, str, bool]] = deque(maxlen=64)  # (number, kind, level)
         self._link_lost = False
+        self._nowait_writes = True
+        # Event-loop futures waiting for an answer count: (count, loop, future).
+        self._loop_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         super().__init__()
 
     @property
@@ -128,6 +138,7 @@ class _Rfc2217Port(rfc2217.Serial):
             with self._cond:
                 self._link_lost = True
                 self._cond.notify_all()
+                self._wake_loop_waiters()
 
     def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
         if suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SERVER_SET_CONTROL:
@@ -136,8 +147,9 @@ class _Rfc2217Port(rfc2217.Serial):
                 self._answer_count += 1
                 meaning = _ANSWERS.get(suboption[2]) if len(suboption) >= 3 else None
                 if meaning is not None:
-                    self._answers[meaning[0]] = (self._answer_count, meaning[1])
+                    self._answers.append((self._answer_count, *meaning))
                 self._cond.notify_all()
+                self._wake_loop_waiters()
             return
         super()._telnet_process_subnegotiation(suboption)  # type: ignore[misc]
         with self._cond:
@@ -165,8 +177,12 @@ class _Rfc2217Port(rfc2217.Serial):
         sock = self._raw._socket
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked writer, which lets go the lock
+            # Under the write lock: `send_control_nowait` writes to the bare descriptor, whose
+            # number must not be closed (and perhaps reused by another file) under it.
+            with self._raw._write_lock:
+                self._nowait_writes = False
+                sock.close()
         thread = self._raw._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
@@ -186,26 +202,120 @@ class _Rfc2217Port(rfc2217.Serial):
         return state
 
     def send_control(self, values: Sequence[int], *, poll_modem: bool = False) -> int:
-        """Send SET-CONTROL values (and a modem-state poll) in one write; return the answer
-        count before sending, for `wait_answers` and `answers_since`."""
-        with self._cond:
-            if self._link_lost:
-                raise serial.SerialException("connection lost")
-            start = self._answer_count
+        """Send SET-CONTROL values (and a modem-state poll) in one write. Returns the number
+        of answers due before these, for `wait_answers` and `answers_in`."""
         data = b"".join(_subnegotiation(rfc2217.SET_CONTROL, v) for v in values)
         if poll_modem:
             data = _subnegotiation(rfc2217.NOTIFY_MODEMSTATE) + data
-        self._raw._internal_raw_write(data)
+        with self._raw._write_lock:  # what pyserial's _internal_raw_write does, plus the claim
+            start = self._claim_answers(len(values))
+            sock = self._raw._socket
+            if sock is None:
+                raise serial.SerialException("port closed")
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                raise serial.SerialException(f"write failed: {exc}") from exc
         return start
 
+    def _claim_answers(self, count: int) -> int:
+        """Number the answers to `count` requests about to be written (write lock held)."""
+        with self._cond:
+            if self._link_lost:
+                raise serial.SerialException("connection lost")
+            start = self._answers_due
+            if self.waits_for_answers:
+                self._answers_due += count
+            return start
+
+    def forget_unanswered(self) -> None:
+        """After a timed-out wait: the server will not answer what is still due (a server
+        that ignores some requests). Without this every later wait would end one early."""
+        with self._cond:
+            self._answers_due = self._answer_count
+
+    def send_control_nowait(self, values: Sequence[int]) -> int | None:
+        """Send SET-CONTROL values from a thread that must never block (the event loop).
+
+        Returns the number of answers due before these (as `send_control` does), or None,
+        having sent nothing, when sending could block: another write holds the lock, the socket
+        buffer is full, or `stop_nowait_writes` was called.
+        """
+        lock = self._raw._write_lock
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            sock = self._raw._socket
+            # pyserial opens the socket with a timeout, so its descriptor is non-blocking.
+            if not self._nowait_writes or sock is None or sock.gettimeout() is None:
+                return None
+            data = b"".join(_subnegotiation(rfc2217.SET_CONTROL, v) for v in values)
+            with self._cond:
+                if self._link_lost:
+                    raise serial.SerialException("connection lost")
+            try:
+                written = os.write(sock.fileno(), data)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                raise serial.SerialException(f"write failed: {exc}") from exc
+            if written < len(data):
+                # Only a server that has stopped reading leaves so little room. Half a
+                # command is on the wire: drop the connection rather than finish it late
+                # (the server then closes its port, which drops the lines).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                raise serial.SerialException("socket buffer full: the server is not reading")
+            return self._claim_answers(len(values))  # still under the lock: wire order
+        finally:
+            lock.release()
+
+    def answers_future(self, start: int, count: int) -> asyncio.Future[None]:
+        """A future of the running event loop, done once the `count` answers after `start`
+        arrived; it fails with SerialException if the connection is lost first."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._loop_waiters.append((start + count, loop, future))
+            self._wake_loop_waiters()
+        return future
+
+    def _wake_loop_waiters(self) -> None:
+        """Hand finished answer waits to their loops. Called with `_cond` held."""
+        pending = []
+        for target, loop, future in self._loop_waiters:
+            if future.done():  # cancelled by a timeout
+                continue
+            if self._answer_count >= target:
+                error = None
+            elif self._link_lost:
+                error = "connection lost"
+            else:
+                pending.append((target, loop, future))
+                continue
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, error)
+        self._loop_waiters = pending
+
+    def stop_nowait_writes(self) -> None:
+        """From now on `send_control_nowait` sends nothing: writes made before this returns
+        are on the wire ahead of any later write (the unkey on close)."""
+        with self._raw._write_lock:
+            self._nowait_writes = False
+
     def wait_answers(self, start: int, count: int, timeout: float) -> bool:
-        """Wait until `count` answers arrived after `start`. False on timeout."""
+        """Wait until the `count` answers after `start` arrived. False on timeout."""
         return self.wait_until(lambda: self._answer_count >= start + count, timeout)
 
-    def answers_since(self, start: int) -> dict[str, bool]:
-        """What the answers received after `start` said, by kind ("rts", "dtr", "flow")."""
+    def answers_in(self, start: int, count: int) -> dict[str, bool]:
+        """What the `count` answers after `start` said (those received), by kind ("rts",
+        "dtr", "flow"); a later answer of a kind wins."""
         with self._cond:
-            return {kind: level for kind, (seq, level) in self._answers.items() if seq > start}
+            return {
+                kind: level
+                for number, kind, level in self._answers
+                if start < number <= start + count
+            }
 
     def _set_lines_now(self) -> None:
         values = [_ON["dtr"] if self.dtr else _OFF["dtr"], _ON["rts"] if self.rts else _OFF["rts"]]
@@ -213,10 +323,9 @@ class _Rfc2217Port(rfc2217.Serial):
         if self.waits_for_answers and not self.wait_answers(start, 2, self._raw._network_timeout):
             raise serial.SerialException("no answer to SET-CONTROL DTR/RTS")
 
-    @property
-    def answer_count(self) -> int:
-        """SET-CONTROL answers received so far."""
-        return self._answer_count
+    def answered(self, start: int, count: int) -> int:
+        """How many of the `count` answers after `start` arrived."""
+        return max(0, min(self._answer_count - start, count))
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait for predicate() (run under the answer lock). False on timeout; raises
@@ -291,7 +400,8 @@ class SerialRadio:
         self._cos_invert = cos_invert
         self._executor: ThreadPoolExecutor | None = None
         self._closing: asyncio.Future[None] | None = None
-        # Touched only from the executor thread (the flags are read elsewhere as plain bools).
+        # Changed only on the executor thread. The event loop reads them as plain references
+        # (set_ptt); the RFC 2217 port's write lock orders its writes against close.
         self._port: serial.SerialBase | None = None
         self._rfc: _Rfc2217Port | None = None
         self._read_back = False
@@ -338,7 +448,32 @@ class SerialRadio:
             log.warning("%s: close still pending after %g s", self._url, _CLOSE_TIMEOUT_S)
 
     async def set_ptt(self, keyed: bool) -> None:
+        rfc = self._rfc if self._port is not None else None
+        if rfc is not None and self._executor is not None:
+            # The SET-CONTROL goes out from here, a few bytes on a non-blocking socket, and
+            # its answer comes back through a loop future: no hop to the I/O thread (and no
+            # waiting behind a poll that is using it) between the request and the line.
+            values = self._control_values(keyed)
+            try:
+                start = rfc.send_control_nowait(values)
+            except serial.SerialException as exc:
+                raise self._lost(exc) from exc
+            if start is not None:
+                if rfc.waits_for_answers:
+                    await self._await_answers(rfc.answers_future(start, len(values)))
+                return
         await self._run(self._set_ptt_sync, keyed)
+
+    async def _await_answers(self, answered: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.timeout(self._io_timeout_s):
+                await answered
+        except TimeoutError:
+            raise self._lost(serial.SerialException("no answer to SET-CONTROL")) from None
+        except serial.SerialException as exc:
+            raise self._lost(exc) from exc
+        finally:
+            answered.cancel()  # dropped from the waiters at the next answer
 
     async def read_lines(self) -> RadioLines:
         return await self._run(self._read_lines_sync)
@@ -435,13 +570,17 @@ class SerialRadio:
         # The flow-control query goes last: once it is answered, so is all the server answers.
         requests = [*(_REQ[line] for line in self._ptt_lines), _REQ_FLOW]
         start = port.send_control(requests, poll_modem=True)
-        all_answered = port.wait_until(
-            lambda: (
-                port.answer_count - start >= len(requests) or "flow" in port.answers_since(start)
-            ),
+        count = len(requests)
+        # The answers that do come are numbered from the first request, whichever the server
+        # skips; the flow answer (last) says the server is done.
+        port.wait_until(
+            lambda: port.answered(start, count) >= count or "flow" in port.answers_in(start, count),
             min(self._io_timeout_s, _PROBE_TIMEOUT_S),
-        ) and port.answer_count - start >= len(requests)
-        answers = port.answers_since(start)
+        )
+        all_answered = port.answered(start, count) >= count
+        answers = port.answers_in(start, count)
+        if not all_answered:
+            port.forget_unanswered()
         self._read_back = all(line in answers for line in self._ptt_lines)
         # A server that answers every request (whatever it says) can be pinged with the query.
         self._ping = all_answered or "flow" in answers
@@ -484,15 +623,20 @@ class SerialRadio:
         except (OSError, ValueError) as exc:
             raise self._lost(exc) from exc
 
-    def _drive(self, port: serial.SerialBase, keyed: bool, timeout: float) -> None:
+    def _control_values(self, keyed: bool) -> list[int]:
+        """The RFC 2217 SET-CONTROL values that put the PTT lines at a state."""
         levels = self._levels(keyed)
+        return [_ON[line] if levels[line] else _OFF[line] for line in self._ptt_lines]
+
+    def _drive(self, port: serial.SerialBase, keyed: bool, timeout: float) -> None:
         if self._rfc is not None:
-            values = [_ON[line] if levels[line] else _OFF[line] for line in self._ptt_lines]
+            values = self._control_values(keyed)
             rfc = self._rfc
             start = rfc.send_control(values)
             if rfc.waits_for_answers and not rfc.wait_answers(start, len(values), timeout):
                 raise serial.SerialException("no answer to SET-CONTROL")
             return
+        levels = self._levels(keyed)
         for line in self._ptt_lines:
             if line == "rts":
                 port.rts = levels[line]
@@ -525,7 +669,7 @@ class SerialRadio:
             raise serial.SerialException(f"no answer within {self._io_timeout_s:g} s")
         ptt: bool | None = None
         if self._read_back:
-            answers = port.answers_since(start)
+            answers = port.answers_in(start, len(requests))
             if not all(line in answers for line in self._ptt_lines):
                 raise serial.SerialException(f"bad PTT read-back answer {answers!r}")
             ptt = self._keyed_from(answers)
@@ -539,6 +683,8 @@ class SerialRadio:
         port, self._port = self._port, None
         if port is None:
             return
+        if self._rfc is not None:
+            self._rfc.stop_nowait_writes()  # so the unkey below is the last line command
         try:
             if port.is_open:
                 self._drive(port, False, min(self._io_timeout_s, 1.0))
@@ -565,6 +711,15 @@ def _close_quietly(port: serial.SerialBase) -> None:
         port.close()
     except Exception as exc:
         log.debug("closing %s: %s", port.port, exc)
+
+
+def _resolve(future: asyncio.Future[None], error: str | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(serial.SerialException(error))
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -24,7 +24,8 @@ connects and closes it when the client goes:
 
 Fault injection: `unplug()` / `replug()`, `set_cos_stuck()`, `set_cos_flapping()`,
 `set_ptt_no_follow()` (the RTS/DTR outputs freeze: the radio's keyed state no longer follows
-what the client sets, and the read-back shows it).
+what the client sets, and the read-back shows it), `set_answer_delay()` (a slow or congested
+serial server: everything it sends leaves late, in order, while commands still act at once).
 """
 
 from __future__ import annotations
@@ -240,6 +241,8 @@ class SimulatedSerialRadio:
         self._send_failed = False
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self._answer_delay = 0.0
+        self._outgoing: deque[tuple[float, bytes]] = deque()  # (due time, data)
         self._commands: list[tuple[Callable[[], None], threading.Event]] = []
         with self._lock:
             self._update_cos()
@@ -397,6 +400,15 @@ class SimulatedSerialRadio:
         with self._lock:
             self._no_follow = bool(enabled)
 
+    def set_answer_delay(self, seconds: float) -> None:
+        """Hold everything the server sends (answers, modem state) for `seconds` (0 stops):
+        a slow or congested serial server. Commands from the client still act on arrival."""
+        if not math.isfinite(seconds) or not 0 <= seconds <= 60:
+            raise ValueError(f"seconds must be in 0..60, got {seconds!r}")
+        with self._lock:
+            self._answer_delay = float(seconds)
+            self._wake()
+
     def unplug(self) -> None:
         """Pull the cable: drop the connection and refuse new ones until replug()."""
 
@@ -505,10 +517,26 @@ class SimulatedSerialRadio:
         with self._lock:
             if self._client is None:
                 return
+            if self._answer_delay > 0 or self._outgoing:
+                self._outgoing.append((time.monotonic() + self._answer_delay, data))
+                self._wake()
+                return
             try:
                 self._client.sendall(data)
             except OSError:
                 self._send_failed = True  # the serving thread drops the client
+
+    def _send_due(self) -> None:
+        """Send the held data whose time has come (serving thread)."""
+        with self._lock:
+            now = time.monotonic()
+            while self._outgoing and self._outgoing[0][0] <= now and self._client is not None:
+                _, data = self._outgoing.popleft()
+                try:
+                    self._client.sendall(data)
+                except OSError:
+                    self._send_failed = True
+                    self._drop_client()
 
     def _wake(self) -> None:
         if self._wake_w is not None:
@@ -555,6 +583,7 @@ class SimulatedSerialRadio:
             self._client = None
             self._manager = None
             self._send_failed = False
+            self._outgoing.clear()
             self._log("connected", False)
             if not self._no_follow:
                 self._set_level("rts", False)
@@ -625,14 +654,15 @@ class SimulatedSerialRadio:
                 if self._stopping:
                     return
                 listener, client, wake = self._listener, self._client, self._wake_r
-                next_flap = self._next_flap
+                timers = [self._next_flap, self._outgoing[0][0] if self._outgoing else None]
+                next_timer = min((t for t in timers if t is not None), default=None)
             assert wake is not None
             readable: list[socket.socket] = [wake]
             if listener is not None:
                 readable.append(listener)
             if client is not None:
                 readable.append(client)
-            timeout = None if next_flap is None else max(0.0, next_flap - time.monotonic())
+            timeout = None if next_timer is None else max(0.0, next_timer - time.monotonic())
             ready, _, _ = select.select(readable, [], [], timeout)
             if wake in ready:
                 with contextlib.suppress(OSError):
@@ -642,6 +672,7 @@ class SimulatedSerialRadio:
             if client is not None and client in ready:
                 self._receive(client)
             self._flap()
+            self._send_due()
 
 
 def _resolve(future: asyncio.Future[SimState], state: SimState) -> None:

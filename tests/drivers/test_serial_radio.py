@@ -187,6 +187,42 @@ async def test_reads_and_keying_do_not_sleep(
     assert min(key_costs) < 0.025
 
 
+async def test_keying_does_not_wait_behind_a_read_on_a_slow_server(
+    make_sim: SimFactory, make_radio: RadioFactory
+) -> None:
+    """A slow serial server holds its answers 1 s. The PTT command reaches the line at once,
+    while the read sent before it still waits; and each call waits for its own answer, not
+    for whichever comes next (the read's answer must not end the command's wait)."""
+    sim = make_sim(ptt_line="rts", cos_line="cd")
+    radio = make_radio(url=sim.url, ptt_lines=("rts",), cos_line="cd", io_timeout_s=3.0)
+    await radio.open()
+    sim.set_answer_delay(1.0)
+    read = asyncio.create_task(radio.read_lines())
+    await asyncio.sleep(0.4)  # its requests are at the server; the answers are held
+    key = asyncio.create_task(radio.set_ptt(True))
+    keyed_at = (await sim.wait_keyed(True, timeout_s=WAIT_S)) and time.monotonic()
+    assert not read.done(), "the line changed only after the earlier read was answered"
+    lines = await asyncio.wait_for(read, WAIT_S)
+    assert lines.ptt is False  # read back before the command: what the server saw then
+    await asyncio.wait_for(key, WAIT_S)
+    # Its answer left the server 1 s after the command arrived; the read's, 0.6 s after.
+    assert time.monotonic() - keyed_at >= 0.9
+    sim.set_answer_delay(0)
+    assert (await radio.read_lines()).ptt is True
+
+
+async def test_keying_times_out_when_the_server_never_answers(
+    make_sim: SimFactory, make_radio: RadioFactory
+) -> None:
+    sim = make_sim(ptt_line="rts")
+    radio = make_radio(url=sim.url, ptt_lines=("rts",), io_timeout_s=0.3)
+    await radio.open()
+    sim.set_answer_delay(30)
+    with pytest.raises(DeviceLost, match="no answer"):
+        await radio.set_ptt(True)
+    assert sim.keyed  # the command arrived; only its answer is missing
+
+
 async def test_read_back_shows_an_output_that_does_not_follow(
     make_sim: SimFactory, make_radio: RadioFactory
 ) -> None:
