@@ -65,7 +65,8 @@ class ChannelMonitor:
         self._radio = radio
         self._pub = publisher
         self._clock = clock
-        self._io_lock = asyncio.Lock()
+        self._io_lock = asyncio.Lock()  # one read at a time; PTT commands do not take it
+        self._commands = 0  # PTT commands sent, so a poll can tell one overlapped its read
         self._online = False
         self._ptt_commanded = False
         self._ptt_hw = False  # reported PTT: read back, or commanded where no read-back
@@ -194,22 +195,28 @@ class ChannelMonitor:
             return await self._radio.read_lines()
 
     async def _key(self, keyed: bool, reason: str) -> None:
-        """Drive PTT and report what the hardware says. Raises DeviceLost."""
-        async with self._io_lock:
-            if keyed and not self._ptt_commanded:
-                self._keyed_at = self._clock()
-            elif not keyed:
-                self._keyed_at = None
-            self._ptt_commanded = keyed
-            try:
-                await self._io_set_ptt(keyed)
-            except TimeoutError:
-                raise DeviceLost("PTT command timed out") from None
-            if self._radio is not None and self._radio.can_read_back_ptt:
-                lines = await self._read_locked()
-                self._apply_readback(lines, reason)
-            else:
-                self._set_reported_ptt(keyed, reason)
+        """Drive PTT and report what the hardware says. Raises DeviceLost.
+
+        The command does not wait for a poll in progress (that would add its round trip to
+        the PTT latency); the driver orders the two, and `_commands` tells the poll that
+        its read-back may predate the command.
+        """
+        if keyed and not self._ptt_commanded:
+            self._keyed_at = self._clock()
+        elif not keyed:
+            self._keyed_at = None
+        self._ptt_commanded = keyed
+        self._commands += 1
+        try:
+            await self._io_set_ptt(keyed)
+        except TimeoutError:
+            raise DeviceLost("PTT command timed out") from None
+        if self._radio is not None and self._radio.can_read_back_ptt:
+            async with self._io_lock:
+                lines = await self._read_locked()  # asked after the command: reflects it
+            self._apply_readback(lines, reason)
+        else:
+            self._set_reported_ptt(keyed, reason)
 
     async def _read_locked(self) -> RadioLines:
         try:
@@ -360,7 +367,12 @@ class ChannelMonitor:
         next_tick = self._clock()
         while True:
             async with self._io_lock:
+                commands = self._commands
                 lines = await self._read_locked()
+                if self._commands != commands:
+                    # A PTT command went out during this read: its read-back may be older
+                    # than the command, so it neither reports PTT nor raises a mismatch.
+                    lines = RadioLines(cos=lines.cos, ptt=None)
                 now = self._clock()
                 self._track_cos(lines.cos, now)
                 self._check_readback(lines, now)
@@ -434,9 +446,9 @@ class ChannelMonitor:
         if not self._ptt_commanded and self._ptt_hw and now - self._last_reassert >= 1.0:
             # Read-back says keyed although we unkeyed: command it again, the line may recover.
             self._last_reassert = now
+            self._commands += 1
             with contextlib.suppress(DeviceError, TimeoutError):
-                async with self._io_lock:
-                    await self._io_set_ptt(False)
+                await self._io_set_ptt(False)
 
     def _check_cos_faults(self, now: float) -> None:
         window = self._cfg.cos_flap_window_s

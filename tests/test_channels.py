@@ -173,6 +173,21 @@ def test_ptt_readback_mismatch(console_factory):
     assert cut.serial("fire").keyed
 
 
+def test_ptt_on_a_slow_serial_server(console_factory):
+    """Answers held 0.3 s by the server, so a COS poll is always waiting for one. A PTT
+    command goes out without waiting for it, and that poll's read-back, older than the
+    command, must not be taken for a PTT line that does not follow (ptt_mismatch)."""
+    cut = console_factory()
+    cut.serial("fire").sim.set_answer_delay(0.3)
+    for state, keyed in (("on", True), ("off", False), ("on", True), ("off", False)):
+        reply = cut.ptt("fire", state)
+        assert reply["status"] == "ok" and reply["data"]["ptt"] is keyed
+        assert cut.serial("fire").keyed is keyed
+        time.sleep(0.5)  # past the read-back grace: a stale read-back would now raise
+    assert not [e for e in cut.sub.events("fault.raised") if e["data"]["fault"] == "ptt_mismatch"]
+    assert not cut.sub.events("fault.raised"), cut.sub.events("fault.raised")
+
+
 def test_unplug_while_keyed_then_replug(console_factory):
     cut = console_factory()
     assert cut.ptt("fire", "on")["data"]["ptt"] is True
