@@ -117,6 +117,9 @@ def test_broker_outage_of_10_s_while_events_flow(
         ]
         assert len(during) > 30, "events made during the outage were delivered afterwards"
         assert "MQTT connection lost" in cut.daemon.log()
+        # Requests are served on the new connection too.
+        assert cut.ptt("fire", "on")["data"]["ptt"] is True and radio.keyed
+        assert cut.ptt("fire", "off")["data"]["ptt"] is False and not radio.keyed
         check_messages(cut.sub.snapshot())
     finally:
         stop.set()
