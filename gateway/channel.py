@@ -186,6 +186,7 @@ class ChannelMonitor:
 
     async def _io_set_ptt(self, keyed: bool) -> None:
         assert self._radio is not None
+        self._commands += 1
         async with asyncio.timeout(_IO_TIMEOUT_S):
             await self._radio.set_ptt(keyed)
 
@@ -206,7 +207,6 @@ class ChannelMonitor:
         elif not keyed:
             self._keyed_at = None
         self._ptt_commanded = keyed
-        self._commands += 1
         try:
             await self._io_set_ptt(keyed)
         except TimeoutError:
@@ -446,7 +446,6 @@ class ChannelMonitor:
         if not self._ptt_commanded and self._ptt_hw and now - self._last_reassert >= 1.0:
             # Read-back says keyed although we unkeyed: command it again, the line may recover.
             self._last_reassert = now
-            self._commands += 1
             with contextlib.suppress(DeviceError, TimeoutError):
                 await self._io_set_ptt(False)
 
