@@ -3,7 +3,8 @@
 Examples: `python -m hw_sim.ctl fire-north carrier on`, `python -m hw_sim.ctl police-east
 unplug`, `python -m hw_sim.ctl ems-south cos_flap 6`, `python -m hw_sim.ctl generator-fail
 input on` (an alarm's contact), `python -m hw_sim.ctl io-1 silent on` (a module stops
-answering), `python -m hw_sim.ctl panel-bus unplug` (a Modbus link), `python -m hw_sim.ctl - list`.
+answering), `python -m hw_sim.ctl io-1 input on --channel 3` (a module's input), `python -m
+hw_sim.ctl panel-bus unplug` (a Modbus link), `python -m hw_sim.ctl - list`.
 """
 
 from __future__ import annotations
@@ -31,26 +32,22 @@ def _value(text: str | None) -> Any:
         return True
     if lowered in ("off", "false", "no", "0"):
         return False
-    return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text  # the text a simulated TTY caller types
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw_sim.ctl", description=__doc__)
     parser.add_argument("device", help="channel id, or - for `list`")
+    # Not a fixed list: the simulator knows which actions each device has, and answers an
+    # unknown one with those it knows.
+    parser.add_argument("action", help="e.g. carrier, unplug, audio_dead, input, silent, list")
     parser.add_argument(
-        "action",
-        choices=[
-            "carrier",
-            "cos_stuck",
-            "cos_flap",
-            "ptt_no_follow",
-            "unplug",
-            "replug",
-            "state",
-            "list",
-        ],
+        "value", nargs="?", help="on/off, a number (Hz, dB, seconds), or text for tty"
     )
-    parser.add_argument("value", nargs="?", help="on/off, or Hz for cos_flap (off stops it)")
+    parser.add_argument("--channel", type=int, help="an IO module's input or output number")
     parser.add_argument("--port", type=int, default=7399)
     args = parser.parse_args(argv)
     try:
