@@ -90,7 +90,7 @@ class MqttLink:
         backoff = 0.5
         outage_since: float | None = None
         while not self._stopping.is_set():
-            self.session = self._outbox.next_session()
+            self.session = await self._outbox.next_session()
             try:
                 await self._connection(outage_since)
                 outage_since = None

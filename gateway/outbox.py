@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('session', 0), ('dropped', 0);
 """
 _RETRY_S = 1.0
+_SESSION_COMMIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Outbox:
         # Shared with the writer thread, under _cond:
         self._pending: list[_Pending] = []
         self._acked: list[int] = []
+        self._session_update: int | None = None  # a session number to commit
         self._stopping = False
         self._busy = False  # the writer holds a batch it has not committed yet
         # Event-loop side:
@@ -80,6 +82,7 @@ class Outbox:
         self._committed_seq = 0
         self._depth = 0
         self._dropped = 0
+        self._session = 0
         self._full = False
         self._new_rows = asyncio.Event()
         self._progress = asyncio.Event()
@@ -96,12 +99,16 @@ class Outbox:
         writer.executescript(_SCHEMA)
         self._seq = self._committed_seq = _meta(writer, "seq")
         self._dropped = _meta(writer, "dropped")
+        self._session = _meta(writer, "session")
         (self._depth,) = writer.execute("SELECT COUNT(*) FROM outbox").fetchone()
         self._full = self._depth >= self._max_events
         self._reader = self._connect()
         self._stopping = False
         self._thread = threading.Thread(
-            target=self._writer_main, args=(writer, self._depth), name="outbox-writer", daemon=True
+            target=self._writer_main,
+            args=(writer, self._depth, self._dropped),
+            name="outbox-writer",
+            daemon=True,
         )
         self._thread.start()
         if self._depth:
@@ -152,14 +159,18 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def next_session(self) -> int:
-        """Increment and return the persistent connection counter (committed at once)."""
-        (session,) = (
-            self._require_reader()
-            .execute("UPDATE meta SET value = value + 1 WHERE key = 'session' RETURNING value")
-            .fetchone()
-        )
-        return int(session)
+    async def next_session(self) -> int:
+        """Increment and return the persistent connection counter, once it is committed
+        (by the writer thread, so its fsync stays off the event loop). If the disk cannot
+        take it in time, the number is returned anyway: connecting matters more."""
+        self._session += 1
+        with self._cond:
+            self._session_update = self._session
+            self._cond.notify()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SESSION_COMMIT_S):
+                await self.flushed()
+        return self._session
 
     def append(self, topic: str, build: Callable[[int], bytes], *, keep: bool = False) -> int:
         """Queue an event; `build(seq)` makes its payload. Returns the sequence number.
@@ -185,26 +196,34 @@ class Outbox:
         while True:
             self._progress.clear()  # before the check: a commit landing after it wakes us
             with self._cond:
-                idle = not self._pending and not self._acked and not self._busy
+                idle = not self._has_work() and not self._busy
             if self._committed_seq >= target and idle:
                 return
             await self._progress.wait()
 
     # -- the writer thread -----------------------------------------------------------------
 
-    def _writer_main(self, db: sqlite3.Connection, depth: int) -> None:
+    def _has_work(self) -> bool:
+        """Anything queued for the writer (call with _cond held)."""
+        return bool(self._pending or self._acked or self._session_update is not None)
+
+    def _writer_main(self, db: sqlite3.Connection, depth: int, dropped: int) -> None:
         failing = False
         while True:
             with self._cond:
-                while not self._pending and not self._acked and not self._stopping:
+                while not self._has_work() and not self._stopping:
                     self._cond.wait()
                 pending, self._pending = self._pending, []
                 acked, self._acked = self._acked, []
+                session, self._session_update = self._session_update, None
                 stopping = self._stopping
-                self._busy = bool(pending or acked)
-            if pending or acked:
+                work = bool(pending or acked or session is not None)
+                self._busy = work
+            if work:
                 try:
-                    commit = self._write(db, pending, acked, depth)
+                    commit = self._write(
+                        db, pending, acked, session=session, depth=depth, dropped_total=dropped
+                    )
                 except sqlite3.Error as exc:
                     # Disk full or I/O error: keep everything in memory and try again.
                     if not failing:
@@ -213,24 +232,33 @@ class Outbox:
                     with self._cond:
                         self._pending[:0] = pending
                         self._acked[:0] = acked
+                        if self._session_update is None:
+                            self._session_update = session
                         self._busy = False
                         self._cond.wait(_RETRY_S)
                     continue
                 if failing:
                     log.warning("outbox writes again")
                     failing = False
-                depth = commit.depth
+                depth, dropped = commit.depth, commit.dropped_total
                 with self._cond:
                     self._busy = False
                 self._notify(commit)
             if stopping:
                 with self._cond:
-                    if not self._pending and not self._acked:
+                    if not self._has_work():
                         break
         db.close()
 
     def _write(
-        self, db: sqlite3.Connection, pending: list[_Pending], acked: list[int], depth: int
+        self,
+        db: sqlite3.Connection,
+        pending: list[_Pending],
+        acked: list[int],
+        *,
+        session: int | None,
+        depth: int,
+        dropped_total: int,
     ) -> _Commit:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -246,9 +274,10 @@ class Outbox:
                     [(p.seq, p.topic, p.payload, int(p.keep)) for p in pending],
                 ).rowcount
                 db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (pending[-1].seq,))
+            if session is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'session'", (session,))
             depth += inserted - deleted
             excess = depth - self._max_events
-            dropped_total = _meta(db, "dropped")
             if excess > 0:
                 # Drop the oldest droppable events beyond the bound; alarms and faults stay.
                 dropped = max(

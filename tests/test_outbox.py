@@ -110,10 +110,10 @@ def test_sigkill_mid_stream_leaves_contiguous_seqs(tmp_path: Path) -> None:
 
 async def test_session_counter_persists(tmp_path: Path) -> None:
     box = make(tmp_path / "o.db")
-    assert box.next_session() == 1
-    assert box.next_session() == 2
+    assert await box.next_session() == 1
+    assert await box.next_session() == 2
     box.close()
-    assert make(tmp_path / "o.db").next_session() == 3
+    assert await make(tmp_path / "o.db").next_session() == 3
 
 
 async def test_bound_drops_oldest_plain_events_but_keeps_alarms(tmp_path: Path) -> None:
