@@ -33,7 +33,7 @@ from drivers.modbus_io import (
     SupervisedLine,
 )
 from drivers.modbus_presets import preset
-from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import AlarmSection, ModbusLinkSection, ModbusModuleSection
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
@@ -119,10 +119,6 @@ class ModuleState(Payload):
 
 
 class AckRequest(Request):
-    pass
-
-
-class StatusRequest(Request):
     pass
 
 

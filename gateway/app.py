@@ -13,7 +13,7 @@ from typing import Any
 from gateway.alarms import build_alarm_system, register_alarm_commands
 from gateway.audio import build_audio, register_audio_commands
 from gateway.channel import ChannelMonitor, register_channel_commands
-from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import Config
 from gateway.errors import ConsoleGwError
 from gateway.events import GatewayStartedData, GatewayState, OutboxData, utc_timestamp
@@ -36,10 +36,6 @@ def package_version() -> str:
 
 
 class RebirthRequest(Request):
-    pass
-
-
-class StatusRequest(Request):
     pass
 
 

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
-from gateway.commands import CommandRouter, Request, RequestContext
+from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import ChannelSection
 from gateway.errors import CommandError
 from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timestamp
@@ -42,10 +42,6 @@ class PttRequest(Request):
     duration_s: float | None = Field(
         default=None, gt=0, description="Lease length; capped at the channel's max_lease_s"
     )
-
-
-class StatusRequest(Request):
-    pass
 
 
 class ChannelMonitor:
@@ -71,7 +67,6 @@ class ChannelMonitor:
         self._ptt_commanded = False
         self._ptt_hw = False  # reported PTT: read back, or commanded where no read-back
         self._ptt_changed_at = 0.0
-        self._tx_started: float | None = None
         self._lease_until: float | None = None
         self._lease_holder: str | None = None
         self._timed_out = False  # refuse re-keying until the requester releases
@@ -121,11 +116,6 @@ class ChannelMonitor:
             state = "receiving"
         else:
             state = "idle"
-        remaining = None
-        if self._ptt_hw and self._tx_started is not None:
-            remaining = round(
-                max(0.0, self._tx_started + self._cfg.tx_timeout_s - self._clock()), 3
-            )
         return ChannelState(
             channel=self.channel_id,
             name=self._cfg.name or self.channel_id,
@@ -135,9 +125,16 @@ class ChannelMonitor:
             cos=self._cos,
             device="none" if self._radio is None else ("online" if self._online else "offline"),
             faults=sorted(self.faults),
-            tx_remaining_s=remaining,
+            tx_remaining_s=self._tx_remaining(),
             ts=utc_timestamp(),
         )
+
+    def _tx_remaining(self) -> float | None:
+        """Seconds before the time-out timer unkeys, while the radio transmits."""
+        if not self._ptt_hw:
+            return None
+        left: float = self._ptt_changed_at + self._cfg.tx_timeout_s - self._clock()
+        return round(max(0.0, left), 3)
 
     def _publish_state(self) -> None:
         self._pub.set_state(self._state_topic, self.snapshot())
@@ -168,10 +165,6 @@ class ChannelMonitor:
             return
         self._ptt_hw = keyed
         self._ptt_changed_at = self._clock()
-        if keyed:
-            self._tx_started = self._clock()
-        else:
-            self._tx_started = None
         log.info("channel %s: PTT %s (%s)", self.channel_id, "ON" if keyed else "off", reason)
         self._pub.emit(
             "channel",
@@ -270,12 +263,11 @@ class ChannelMonitor:
         return reply
 
     def _ptt_reply(self) -> dict[str, Any]:
-        snap = self.snapshot()
         return {
-            "ptt": snap.ptt,
-            "ptt_readback": snap.ptt_readback,
-            "tx_remaining_s": snap.tx_remaining_s,
-            "faults": snap.faults,
+            "ptt": self._ptt_hw,
+            "ptt_readback": bool(self._radio and self._radio.can_read_back_ptt),
+            "tx_remaining_s": self._tx_remaining(),
+            "faults": sorted(self.faults),
         }
 
     async def request_status(self, params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:

@@ -35,6 +35,10 @@ class Request(BaseModel):
     transaction: Any = None
 
 
+class StatusRequest(Request):  # `status`, which every scope answers: no parameters
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     target: str
@@ -172,7 +176,9 @@ class CommandRouter:
             command=name,
             client=None if params.transaction is None else str(params.transaction),
         )
-        lock = self._locks.setdefault((scope, target), asyncio.Lock())
+        lock = self._locks.get((scope, target))
+        if lock is None:
+            lock = self._locks[(scope, target)] = asyncio.Lock()
         async with lock:
             data = await command.handler(params, context)
         return ResponsePayload(status="ok", data=data)

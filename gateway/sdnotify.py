@@ -19,10 +19,6 @@ class SystemdNotifier:
         self._path = path or None
         self._warned = False
 
-    @property
-    def enabled(self) -> bool:
-        return self._path is not None
-
     @staticmethod
     def watchdog_interval() -> float | None:
         """Half the WatchdogSec systemd asked for, or None when no watchdog is armed."""
