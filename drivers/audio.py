@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import numpy as np
 import sounddevice as sd
@@ -405,9 +405,15 @@ class _StreamOwner:
         if was_open:
             log.info("audio %s %s closed", self._direction, self.description)
 
-    async def __aenter__(self) -> _StreamOwner:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
+
+    async def _raise_lost(self, reason: str) -> NoReturn:
+        """Report a lost stream once, close it, and raise DeviceLost."""
+        self._log_lost(reason)
+        await self.close()
+        raise DeviceLost(f"audio {self._direction} {self.description}: {reason}")
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -717,10 +723,7 @@ class AudioCapture(_StreamOwner):
             if not self._is_open:
                 raise _ClosedError(f"audio input {self.description} was closed")
             if self._lost is not None:
-                reason = self._lost
-                self._log_lost(reason)
-                await self.close()
-                raise DeviceLost(f"audio input {self.description}: {reason}")
+                await self._raise_lost(self._lost)
             self._event.clear()
             if self._buf or self._lost is not None:
                 continue
@@ -744,10 +747,6 @@ class AudioCapture(_StreamOwner):
             return await self.read()
         except _ClosedError:
             raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> AudioCapture:
-        await self.open()
-        return self
 
 
 # --- playback ------------------------------------------------------------------------------
@@ -911,10 +910,7 @@ class AudioPlayback(_StreamOwner):
         if not self._is_open:
             raise RuntimeError(f"audio output {self.description} is not open")
         if self._lost is not None:
-            reason = self._lost
-            self._log_lost(reason)
-            await self.close()
-            raise DeviceLost(f"audio output {self.description}: {reason}")
+            await self._raise_lost(self._lost)
         if len(data) == 0:
             return
         loop = asyncio.get_running_loop()
@@ -936,15 +932,8 @@ class AudioPlayback(_StreamOwner):
             item.cancelled = True
             raise
         if self._lost is not None:
-            reason = self._lost
-            self._log_lost(reason)
-            await self.close()
-            raise DeviceLost(f"audio output {self.description}: {reason}")
+            await self._raise_lost(self._lost)
         self._plays += 1
-
-    async def __aenter__(self) -> AudioPlayback:
-        await self.open()
-        return self
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

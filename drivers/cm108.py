@@ -190,7 +190,6 @@ class CM108Radio:
         self._lock = threading.Lock()  # guards _inputs and _lost (reader thread vs loop)
         self._executor: ThreadPoolExecutor | None = None
         self._dev: Any = None
-        self._ep_in = 0
         self._detached = False
         self._inputs = bytes(_REPORT_SIZE)
         self._lost: str | None = None
@@ -332,7 +331,7 @@ class CM108Radio:
             usb.util.claim_interface(dev, HID_INTERFACE)
             # SAFETY: the first transfer to the chip drives PTT to the unkeyed level.
             self._write_ptt(dev, False)
-            self._ep_in = self._interrupt_in(dev)
+            ep_in = self._interrupt_in(dev)
             self._seed_inputs(dev)
         except DeviceUnavailable:
             self._release(dev)
@@ -345,7 +344,7 @@ class CM108Radio:
         self._where = where
         reader = threading.Thread(
             target=self._reader_main,
-            args=(dev, self._ep_in, stop),
+            args=(dev, ep_in, stop),
             name=f"cm108-reader {where}",
             daemon=True,
         )

@@ -27,17 +27,17 @@ from typing import Literal, TypeVar
 from drivers.modbus_io import (
     AnalogPoint,
     BitPoint,
+    BitTable,
     CounterPoint,
     InputMap,
     Point,
     RegisterBitPoint,
+    RegisterTable,
     WordOrder,
 )
 
 __all__ = ["PRESETS", "ModulePreset", "generic_preset", "preset"]
 
-BitTable = Literal["coil", "discrete_input"]
-RegisterTable = Literal["input_register", "holding_register"]
 _T = TypeVar("_T")
 
 

@@ -161,9 +161,7 @@ class _Rfc2217Port(rfc2217.Serial):
         super()._reconfigure_port()  # type: ignore[misc]
 
     def rfc2217_set_control(self, value: bytes) -> None:
-        start = self.send_control([value[0]])
-        if self.waits_for_answers and not self.wait_answers(start, 1, self._raw._network_timeout):
-            raise serial.SerialException(f"no answer to SET-CONTROL {value[0]}")
+        self.control([value[0]], self._raw._network_timeout, f"SET-CONTROL {value[0]}")
 
     def rfc2217_send_purge(self, value: bytes) -> None:
         item = self._raw._rfc2217_options["purge"]
@@ -305,7 +303,7 @@ class _Rfc2217Port(rfc2217.Serial):
 
     def wait_answers(self, start: int, count: int, timeout: float) -> bool:
         """Wait until the `count` answers after `start` arrived. False on timeout."""
-        return self.wait_until(lambda: self._answer_count >= start + count, timeout)
+        return self.wait_until(lambda: self.all_answered(start, count), timeout)
 
     def answers_in(self, start: int, count: int) -> dict[str, bool]:
         """What the `count` answers after `start` said (those received), by kind ("rts",
@@ -319,13 +317,17 @@ class _Rfc2217Port(rfc2217.Serial):
 
     def _set_lines_now(self) -> None:
         values = [_ON["dtr"] if self.dtr else _OFF["dtr"], _ON["rts"] if self.rts else _OFF["rts"]]
-        start = self.send_control(values)
-        if self.waits_for_answers and not self.wait_answers(start, 2, self._raw._network_timeout):
-            raise serial.SerialException("no answer to SET-CONTROL DTR/RTS")
+        self.control(values, self._raw._network_timeout, "SET-CONTROL DTR/RTS")
 
-    def answered(self, start: int, count: int) -> int:
-        """How many of the `count` answers after `start` arrived."""
-        return max(0, min(self._answer_count - start, count))
+    def control(self, values: Sequence[int], timeout: float, what: str) -> None:
+        """Send SET-CONTROL values and wait for their answers (if the server gives any)."""
+        start = self.send_control(values)
+        if self.waits_for_answers and not self.wait_answers(start, len(values), timeout):
+            raise serial.SerialException(f"no answer to {what}")
+
+    def all_answered(self, start: int, count: int) -> bool:
+        """Whether the `count` answers after `start` all arrived."""
+        return self._answer_count >= start + count
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait for predicate() (run under the answer lock). False on timeout; raises
@@ -405,7 +407,7 @@ class SerialRadio:
         self._port: serial.SerialBase | None = None
         self._rfc: _Rfc2217Port | None = None
         self._read_back = False
-        self._ping = False
+        self._poll_requests: list[int] = []  # SET-CONTROL requests sent with each read
         self._lost_logged = False
 
     @property
@@ -564,7 +566,8 @@ class SerialRadio:
 
     def _probe(self, port: _Rfc2217Port) -> None:
         """Find out whether the server answers read-back requests, and check we are unkeyed."""
-        self._read_back = self._ping = False
+        self._read_back = False
+        self._poll_requests = []
         if not port.waits_for_answers:
             return
         # The flow-control query goes last: once it is answered, so is all the server answers.
@@ -574,16 +577,20 @@ class SerialRadio:
         # The answers that do come are numbered from the first request, whichever the server
         # skips; the flow answer (last) says the server is done.
         port.wait_until(
-            lambda: port.answered(start, count) >= count or "flow" in port.answers_in(start, count),
+            lambda: port.all_answered(start, count) or "flow" in port.answers_in(start, count),
             min(self._io_timeout_s, _PROBE_TIMEOUT_S),
         )
-        all_answered = port.answered(start, count) >= count
+        all_answered = port.all_answered(start, count)
         answers = port.answers_in(start, count)
         if not all_answered:
             port.forget_unanswered()
         self._read_back = all(line in answers for line in self._ptt_lines)
-        # A server that answers every request (whatever it says) can be pinged with the query.
-        self._ping = all_answered or "flow" in answers
+        # What each read asks along with the modem state: the read-back, or else the flow
+        # query as a ping, for a server that answers every request (whatever it says).
+        if self._read_back:
+            self._poll_requests = [_REQ[line] for line in self._ptt_lines]
+        elif all_answered or "flow" in answers:
+            self._poll_requests = [_REQ_FLOW]
         if self._read_back and self._keyed_from(answers):
             log.warning("%s: PTT reads back KEYED right after open", self._url)
         if self._cos_line is not None and port.modem_state is None:
@@ -630,11 +637,7 @@ class SerialRadio:
 
     def _drive(self, port: serial.SerialBase, keyed: bool, timeout: float) -> None:
         if self._rfc is not None:
-            values = self._control_values(keyed)
-            rfc = self._rfc
-            start = rfc.send_control(values)
-            if rfc.waits_for_answers and not rfc.wait_answers(start, len(values), timeout):
-                raise serial.SerialException("no answer to SET-CONTROL")
+            self._rfc.control(self._control_values(keyed), timeout, "SET-CONTROL")
             return
         levels = self._levels(keyed)
         for line in self._ptt_lines:
@@ -658,12 +661,7 @@ class SerialRadio:
             raise self._lost(exc) from exc
 
     def _read_rfc2217(self, port: _Rfc2217Port) -> RadioLines:
-        if self._read_back:
-            requests = [_REQ[line] for line in self._ptt_lines]
-        elif self._ping:
-            requests = [_REQ_FLOW]
-        else:
-            requests = []
+        requests = self._poll_requests
         start = port.send_control(requests, poll_modem=True)
         if requests and not port.wait_answers(start, len(requests), self._io_timeout_s):
             raise serial.SerialException(f"no answer within {self._io_timeout_s:g} s")
