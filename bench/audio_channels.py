@@ -85,8 +85,8 @@ def run(audio: np.ndarray, channels: list[ChannelAudio], per_card: int) -> float
             for local, channel in enumerate(members):
                 channel.add_samples(frames[:, local], now)
             for chunk in analyzer.feed(frames):
-                for local, channel in enumerate(members):
-                    channel.on_chunk(chunk, local)
+                for channel in members:
+                    channel.on_chunk(chunk)  # its column on this card is its config's
             hum = analyzer.take_hum()
             if hum is not None:
                 for local, channel in enumerate(members):

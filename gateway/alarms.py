@@ -413,6 +413,19 @@ class ModuleMonitor:
         return {"output": name, "state": state}
 
 
+def modbus_link(section: ModbusLinkSection) -> ModbusLink:
+    """A (not yet connected) Modbus link as configured."""
+    return ModbusLink(
+        host=section.host,
+        port=section.port,
+        serial_port=section.serial_port,
+        baudrate=section.baudrate,
+        parity=section.parity,
+        stopbits=section.stopbits,
+        timeout_s=section.timeout_s,
+    )
+
+
 def build_alarm_system(
     *,
     links: dict[str, ModbusLinkSection],
@@ -422,15 +435,7 @@ def build_alarm_system(
 ) -> tuple[dict[str, ModbusLink], dict[str, ModuleMonitor], dict[str, AlarmPoint]]:
     """Links, module monitors and alarm points for a config; modules on one link share it."""
     link_objects = {
-        link_id: ModbusLink(
-            host=section.host,
-            port=section.port,
-            serial_port=section.serial_port,
-            baudrate=section.baudrate,
-            parity=section.parity,
-            stopbits=section.stopbits,
-            timeout_s=section.timeout_s,
-        )
+        link_id: modbus_link(section)
         for link_id, section in links.items()
         if any(m.link == link_id for m in modules.values())
     }

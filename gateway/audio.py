@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from drivers.audio import AudioCapture
+from drivers.audio import AudioCapture, AudioPlayback
 from drivers.errors import DeviceLost, DeviceUnavailable
 from gateway.channel import ChannelMonitor
 from gateway.commands import CommandRouter, Request, RequestContext
@@ -82,6 +82,21 @@ class RecallRequest(Request):
     seconds: float = Field(default=30.0, gt=0, le=3600)
 
 
+def to_pcm16(samples: NDArray[np.floating[Any]]) -> NDArray[np.int16]:
+    """Float samples (full scale 1.0) as 16-bit PCM, rounded and clipped."""
+    pcm: NDArray[np.int16] = np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)
+    return pcm
+
+
+def write_wav16(path: Path | str, pcm: NDArray[np.int16], samplerate: int) -> None:
+    """A mono 16-bit WAV file."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(samplerate)
+        out.writeframes(pcm.astype("<i2").tobytes())
+
+
 class RingBuffer:
     """The last N samples of one channel, as int16 (half the memory of float32)."""
 
@@ -95,7 +110,7 @@ class RingBuffer:
         return self._filled
 
     def append(self, samples: NDArray[np.float32]) -> None:
-        data = np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)
+        data = to_pcm16(samples)
         n = len(data)
         size = len(self._buf)
         if n >= size:
@@ -199,13 +214,13 @@ class ChannelAudio:
         """Blocks were lost: keep the recall's timeline right with silence in their place."""
         self.ring.append(np.zeros(min(frames, self._sr), dtype=np.float32))
 
-    def on_chunk(self, chunk: Chunk, column: int) -> None:
+    def on_chunk(self, chunk: Chunk) -> None:
         self._recent.append(chunk)
-        for db in chunk.frame_dbfs[:, column]:
+        for db in chunk.frame_dbfs[:, self.column]:
             self._on_frame(float(db))
         self._second.append(chunk)
         if len(self._second) * chunk.frames >= self._sr:
-            self._on_second(column)
+            self._on_second()
             self._second = []
         if self._clock() - self._last_publish >= 1.0:
             self._publish()
@@ -294,7 +309,8 @@ class ChannelAudio:
         elif cos or not self.active:
             self.clear("audio_no_cos", "audio and carrier agree again")
 
-    def _on_second(self, column: int) -> None:
+    def _on_second(self) -> None:
+        column = self.column
         clipped = int(sum(int(c.clipped[column]) for c in self._second))
         frames = sum(c.frames for c in self._second)
         if clipped >= self._cfg.clip_fraction * frames:
@@ -361,11 +377,7 @@ class ChannelAudio:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start_wall))
         millis = int((start_wall % 1) * 1000)
         path = self._recall_dir / f"{self.channel_id}-{stamp}{millis:03d}Z-{reason}.wav"
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(self._sr)
-            out.writeframes(samples.astype("<i2").tobytes())
+        write_wav16(path, samples, self._sr)
         sidecar = {
             "channel": self.channel_id,
             "start_ts": utc_timestamp(start_wall),
@@ -379,6 +391,30 @@ class ChannelAudio:
         data = RecallData(path=str(path), seconds=round(length, 3), reason=reason)
         self._pub.emit("channel", self.channel_id, "recall.saved", data)
         return {**sidecar, "path": str(path)}
+
+
+def capture_for(config: AudioDeviceSection, *, queue_seconds: float = 2.0) -> AudioCapture:
+    """A (not yet open) capture stream on a configured audio device."""
+    return AudioCapture(
+        device=config.device,
+        hostapi=config.hostapi,
+        samplerate=config.samplerate,
+        channels=config.channels,
+        blocksize=config.blocksize,
+        latency=config.latency_s,
+        queue_seconds=queue_seconds,
+    )
+
+
+def playback_for(config: AudioDeviceSection) -> AudioPlayback:
+    """A (not yet open) playback stream on a configured audio device."""
+    return AudioPlayback(
+        device=config.device,
+        hostapi=config.hostapi,
+        samplerate=config.samplerate,
+        channels=config.channels,
+        latency=config.latency_s,
+    )
 
 
 def _prune(directory: Path, channel_id: str) -> None:
@@ -399,21 +435,13 @@ class AudioCard:
         self.device_id = device_id
         self._cfg = config
         self.channels = channels
-        self.capture: AudioCapture | None = None
         self._lost_logged = -60.0
 
     async def run(self) -> None:
         backoff = 0.5
         lost_logged = False
         while True:
-            capture = AudioCapture(
-                device=self._cfg.device,
-                hostapi=self._cfg.hostapi,
-                samplerate=self._cfg.samplerate,
-                channels=self._cfg.channels,
-                blocksize=self._cfg.blocksize,
-                latency=self._cfg.latency_s,
-            )
+            capture = capture_for(self._cfg)
             try:
                 await capture.open()
             except DeviceUnavailable as exc:
@@ -428,7 +456,6 @@ class AudioCard:
             backoff = 0.5
             lost_logged = False
             log.info("audio device %s open: %s", self.device_id, capture.description)
-            self.capture = capture
             try:
                 for channel in self.channels:
                     channel.device_up()
@@ -439,7 +466,6 @@ class AudioCard:
                 for channel in self.channels:
                     channel.device_down(f"audio device {self.device_id} lost: {exc}")
             finally:
-                self.capture = None
                 await capture.close()
 
     async def _read(self, capture: AudioCapture) -> None:
@@ -466,7 +492,7 @@ class AudioCard:
                 channel.add_samples(frames[:, channel.column], end_wall)
             for chunk in analyzer.feed(frames):
                 for channel in self.channels:
-                    channel.on_chunk(chunk, channel.column)
+                    channel.on_chunk(chunk)
             hum = analyzer.take_hum()
             if hum is not None:
                 for channel in self.channels:

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from drivers.audio import AudioPlayback
 from drivers.errors import DeviceError
-from gateway.audio import ChannelAudio
+from gateway.audio import ChannelAudio, playback_for, to_pcm16, write_wav16
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import AudioDeviceSection, ChannelTtySection
 from gateway.dsp import TtyChar, TtyDecoder, TtyDetected, TtyEncoder, TtyEnded, TtyEvent
@@ -242,13 +242,7 @@ class SharedOutput:
     async def get(self) -> AudioPlayback:
         async with self._lock:
             if self._playback is None:
-                playback = AudioPlayback(
-                    device=self._cfg.device,
-                    hostapi=self._cfg.hostapi,
-                    samplerate=self._cfg.samplerate,
-                    channels=self._cfg.channels,
-                    latency=self._cfg.latency_s,
-                )
+                playback = playback_for(self._cfg)
                 try:
                     await playback.open()
                 except DeviceError as exc:
@@ -268,6 +262,15 @@ class SharedOutput:
         await self.reset()
 
 
+def reply_output(section: ChannelTtySection | None, device_id: str, column: int) -> tuple[str, int]:
+    """Where a channel's TTY replies play: the configured output, else the capture's own
+    device and column."""
+    if section is None:
+        return device_id, column
+    out_column = section.output_column if section.output_column is not None else column
+    return section.output_device or device_id, out_column
+
+
 def build_tty(
     *,
     channels: dict[str, tuple[ChannelTtySection, ChannelAudio, str, int]],
@@ -280,8 +283,7 @@ def build_tty(
     for channel_id, (section, audio, device_id, column) in channels.items():
         if not section.enabled:
             continue
-        out_id = section.output_device or device_id
-        out_column = section.output_column if section.output_column is not None else column
+        out_id, out_column = reply_output(section, device_id, column)
         shared = outputs.setdefault(out_id, SharedOutput(device_id=out_id, config=devices[out_id]))
         ttys[channel_id] = ChannelTty(
             channel_id=channel_id,
@@ -351,15 +353,8 @@ def decode_file(path: str) -> tuple[str, list[str]]:
 
 
 def encode_file(text: str, path: str, *, baud: float, samplerate: int = 8000) -> float:
-    import wave
-
     audio = TtyEncoder(sample_rate=samplerate, baud=baud).encode(text.upper())
-    with wave.open(path, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(samplerate)
-        pcm = np.clip(np.rint(audio * 32767), -32768, 32767).astype("<i2")
-        out.writeframes(pcm.tobytes())
+    write_wav16(path, to_pcm16(audio), samplerate)
     return len(audio) / samplerate
 
 

@@ -152,7 +152,6 @@ class FrontEnd:
         self.decim = max(1, round(self.fs / TARGET_RATE))
         self.fs2 = self.fs / self.decim
         self.taps, self.ntaps = _design_taps(self.fs, self.decim)
-        self.phases = self.ntaps // self.decim
         # Input samples not yet consumed; output m uses input [m*D, m*D + L).
         self._x = np.zeros(0, dtype=np.float32)
         # Decimated complex band signal; NFFT zeros before index 0 so early windows exist.
@@ -175,13 +174,16 @@ class FrontEnd:
         self.p_recent = Buf(np.bool_)  # tones present in any of the last RECENT_HOPS hops
         self.p_tones = Buf(np.bool_)  # both tone frequencies clearly measured
         self.p_idle = Buf(np.bool_)  # steady idle mark: the carrier held between characters
-        self.p_mark.append(np.array([MARK_HZ]))
-        self.p_space.append(np.array([SPACE_HZ]))
-        self.p_noise.append(np.array([np.inf]))
-        self.p_present.append(np.array([False]))
-        self.p_recent.append(np.array([False]))
-        self.p_tones.append(np.array([False]))
-        self.p_idle.append(np.array([False]))
+        self._per_hop = (
+            self.p_mark,
+            self.p_space,
+            self.p_noise,
+            self.p_present,
+            self.p_recent,
+            self.p_tones,
+            self.p_idle,
+        )
+        self._append_default_hop()
         self._since_present = RECENT_HOPS
         self._hops_done = 0
         self._win = np.hanning(NFFT + 2)[1:-1].astype(np.float32)
@@ -254,16 +256,16 @@ class FrontEnd:
         for sbuf in (self.y, self.cm, self.cs):
             sbuf.trim(keep)
         keep_hop = keep // HOP - 2
-        for pbuf in (
-            self.p_mark,
-            self.p_space,
-            self.p_noise,
-            self.p_present,
-            self.p_recent,
-            self.p_tones,
-            self.p_idle,
-        ):
+        for pbuf in self._per_hop:
             pbuf.trim(keep_hop)
+
+    def _append_default_hop(self) -> None:
+        """One hop of parameters with nothing measured: nominal tones, no signal."""
+        self.p_mark.append(np.array([MARK_HZ]))
+        self.p_space.append(np.array([SPACE_HZ]))
+        self.p_noise.append(np.array([np.inf]))
+        for pb in (self.p_present, self.p_recent, self.p_tones, self.p_idle):
+            pb.append(np.array([False]))
 
     def _analyse_hops(self) -> None:
         """Periodograms for every hop completed; parameters for the hops that follow."""
@@ -271,11 +273,7 @@ class FrontEnd:
         first = self._hops_done
         if first == 0 and done >= 1:
             # Hop 0's window reaches into the zeros before the stream: no estimate from it.
-            self.p_mark.append(np.array([MARK_HZ]))
-            self.p_space.append(np.array([SPACE_HZ]))
-            self.p_noise.append(np.array([np.inf]))
-            for pb in (self.p_present, self.p_recent, self.p_tones, self.p_idle):
-                pb.append(np.array([False]))
+            self._append_default_hop()
             first = self._hops_done = 1
         if done <= first:
             return

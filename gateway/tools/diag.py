@@ -398,6 +398,8 @@ async def _retained_status(client: aiomqtt.Client, topic: str) -> dict[str, Any]
     broker delivers one client's messages in order). A broker whose ACL drops the probe
     costs DAEMON_STATUS_WAIT_S instead.
     """
+    from gateway.tools.mqtt_view import json_object
+
     probe = f"consolegw-diag/probe/{uuid.uuid4().hex}"
     await client.subscribe(topic, qos=1)
     with contextlib.suppress(aiomqtt.MqttError):
@@ -409,11 +411,7 @@ async def _retained_status(client: aiomqtt.Client, topic: str) -> dict[str, Any]
                 if message.topic.value != topic:
                     return None  # the probe: everything retained came before it
                 payload = message.payload
-                if isinstance(payload, bytes | bytearray) and payload:
-                    with contextlib.suppress(ValueError):
-                        body = json.loads(payload)
-                        return body if isinstance(body, dict) else None
-                return None
+                return json_object(payload) if isinstance(payload, bytes | bytearray) else None
     return None
 
 
@@ -611,6 +609,7 @@ async def check_modbus(ctx: DiagContext) -> list[CheckResult]:
     assert ctx.config is not None
     from drivers.modbus_io import ModbusLink, ModbusModule, Snapshot
     from drivers.modbus_presets import preset
+    from gateway.alarms import modbus_link
 
     links: dict[str, ModbusLink] = {}
     results = []
@@ -618,18 +617,9 @@ async def check_modbus(ctx: DiagContext) -> list[CheckResult]:
         for module_id, section in ctx.config.modbus.modules.items():
             if not ctx.wanted(module_id):
                 continue
-            link_cfg = ctx.config.modbus.links[section.link]
             link = links.get(section.link)
             if link is None:
-                link = links[section.link] = ModbusLink(
-                    host=link_cfg.host,
-                    port=link_cfg.port,
-                    serial_port=link_cfg.serial_port,
-                    baudrate=link_cfg.baudrate,
-                    parity=link_cfg.parity,
-                    stopbits=link_cfg.stopbits,
-                    timeout_s=link_cfg.timeout_s,
-                )
+                link = links[section.link] = modbus_link(ctx.config.modbus.links[section.link])
             model = preset(section.preset)
             if model.digital_inputs:
                 input_map = model.input_map()
@@ -739,16 +729,16 @@ def audio_path(config: Config, channel: ChannelSection) -> AudioPath | None:
     audio = channel.audio
     if audio is None:
         return None
-    # getattr: configs from before the TTY output settings existed have no such fields.
-    out_id = getattr(channel.tty, "output_device", None) or audio.device
-    out_column = getattr(channel.tty, "output_column", None)
+    from gateway.tty import reply_output
+
+    out_id, out_column = reply_output(channel.tty, audio.device, audio.column)
     return AudioPath(
         capture_id=audio.device,
         capture=config.audio.devices[audio.device],
         column=audio.column,
-        output_id=str(out_id),
-        output=config.audio.devices[str(out_id)],
-        output_column=audio.column if out_column is None else int(out_column),
+        output_id=out_id,
+        output=config.audio.devices[out_id],
+        output_column=out_column,
     )
 
 
@@ -883,25 +873,10 @@ class _Take:
 @contextlib.asynccontextmanager
 async def _open_path(path: AudioPath) -> AsyncIterator[tuple[AudioCapture, AudioPlayback]]:
     """Capture and playback streams on the path; both closed on every way out."""
-    from drivers.audio import AudioCapture, AudioPlayback
+    from gateway.audio import capture_for, playback_for
 
-    cap, out = path.capture, path.output
-    capture = AudioCapture(
-        device=cap.device,
-        hostapi=cap.hostapi,
-        samplerate=cap.samplerate,
-        channels=cap.channels,
-        blocksize=cap.blocksize,
-        latency=cap.latency_s,
-        queue_seconds=10.0,
-    )
-    playback = AudioPlayback(
-        device=out.device,
-        hostapi=out.hostapi,
-        samplerate=out.samplerate,
-        channels=out.channels,
-        latency=out.latency_s,
-    )
+    capture = capture_for(path.capture, queue_seconds=10.0)
+    playback = playback_for(path.output)
     try:
         for label, stream in (("input", capture), ("output", playback)):
             device_id = path.capture_id if stream is capture else path.output_id

@@ -122,7 +122,7 @@ class ConsoleView:
             return None
         parts = topic[len(self.prefix) + 1 :].split("/")
         self.messages += 1
-        body = _decode(payload)
+        body = json_object(payload)
         if parts == ["status"]:
             self.status = body
             return Change("status", "status", body or {})
@@ -187,7 +187,8 @@ class ConsoleView:
         }
 
 
-def _decode(payload: bytes) -> dict[str, Any] | None:
+def json_object(payload: bytes) -> dict[str, Any] | None:
+    """A JSON object payload, or None (empty, not JSON, or not an object)."""
     if not payload:
         return None
     try:
