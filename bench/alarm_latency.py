@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import percentile  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from hw_sim.console import SimConsole  # noqa: E402
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port  # noqa: E402
@@ -34,11 +35,6 @@ from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port  # noqa: E402
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def build_config(tmp: Path, broker: Broker, modules: int, poll_ms: float) -> str:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from gateway.commands import CommandRouter  # noqa: E402
 from gateway.config import MqttSection  # noqa: E402
 from gateway.events import CosData  # noqa: E402
@@ -72,11 +73,6 @@ class Receiver:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def latencies_ms(sent: dict[int, float], arrived: dict[int, float]) -> dict[str, float]:

@@ -32,15 +32,11 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from hw_sim.serial_radio import SimulatedSerialRadio  # noqa: E402
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, nodelay  # noqa: E402
 
 _PAUSE_S = 0.01
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class BrokerRoundTrip:

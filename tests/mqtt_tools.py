@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,3 @@ class Daemon:
         code = self.proc.returncode
         self.proc = None
         return code
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    yield from path.read_text(errors="replace").splitlines()
