@@ -464,17 +464,14 @@ def _check_references(config: Config, source: Path) -> None:
 
 
 def _check_files(config: Config, source: Path) -> None:
-    tls = config.mqtt.tls
-    files: list[tuple[str, Path | None]] = [("mqtt.password_file", config.mqtt.password_file)]
-    if tls is not None:
-        files += [
-            ("mqtt.tls.ca_file", tls.ca_file),
-            ("mqtt.tls.cert_file", tls.cert_file),
-            ("mqtt.tls.key_file", tls.key_file),
-        ]
-    for key, file in files:
-        if file is not None and not file.is_file():
-            raise ConfigError(f"{source}: {key}: file not found: {file}")
+    for keys in _PATH_KEYS:
+        if keys == ("gateway", "state_dir"):
+            continue  # a directory, made when missing
+        node: Any = config
+        for key in keys:
+            node = getattr(node, key) if node is not None else None
+        if node is not None and not node.is_file():
+            raise ConfigError(f"{source}: {'.'.join(keys)}: file not found: {node}")
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
