@@ -192,7 +192,7 @@ class ChannelTty:
         encoder = TtyEncoder(
             sample_rate=self._sr,
             baud=rate,
-            amplitude=min(1.0, 10 ** (self._cfg.reply_level_dbfs / 20) * np.sqrt(2)),
+            amplitude=reply_amplitude(self._cfg.reply_level_dbfs),
         )
         audio = encoder.encode(text.upper())
         seconds = len(audio) / self._sr
@@ -260,6 +260,11 @@ class SharedOutput:
 
     async def close(self) -> None:
         await self.reset()
+
+
+def reply_amplitude(level_dbfs: float) -> float:
+    """Peak amplitude of FSK tones at `level_dbfs` (RMS), at most full scale."""
+    return float(min(1.0, 10 ** (level_dbfs / 20) * np.sqrt(2)))
 
 
 def reply_output(section: ChannelTtySection | None, device_id: str, column: int) -> tuple[str, int]:

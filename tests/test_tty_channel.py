@@ -167,3 +167,14 @@ def test_cli_decode_bad_file(tmp_path: Path) -> None:
     result = consolegw("tty", "decode", str(bad))
     assert result.returncode == 1 and "tty decode" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reply_amplitude_is_clipped_to_full_scale() -> None:
+    """Config allows replies up to 0 dBFS RMS; a sine that loud would peak at 1.41, which
+    the encoder refuses. The daemon and `consolegw diag` both clip to full scale."""
+    from gateway.dsp import TtyEncoder
+    from gateway.tty import reply_amplitude
+
+    assert reply_amplitude(-12.0) == pytest.approx(10 ** (-12 / 20) * 2**0.5)
+    assert reply_amplitude(0.0) == 1.0
+    assert len(TtyEncoder(sample_rate=8000, baud=45.45, amplitude=reply_amplitude(0.0)).encode("A"))

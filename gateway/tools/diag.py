@@ -1148,14 +1148,14 @@ async def _tty_one(
     ctx: DiagContext, channel_id: str, path: AudioPath, tty: ChannelTtySection
 ) -> CheckResult:
     from gateway.dsp import TtyEncoder
+    from gateway.tty import reply_amplitude
 
     data: dict[str, Any] = {"path": path.description, "sent": TTY_MESSAGE, "baud": TTY_BAUD}
-    level = float(getattr(tty, "reply_level_dbfs", -12.0))
+    level = tty.reply_level_dbfs
     data["played_dbfs"] = level
+    # As the daemon plays replies: clipped to full scale (the encoder refuses more).
     encoder = TtyEncoder(
-        sample_rate=path.output.samplerate,
-        baud=TTY_BAUD,
-        amplitude=math.sqrt(2.0) * 10.0 ** (level / 20.0),
+        sample_rate=path.output.samplerate, baud=TTY_BAUD, amplitude=reply_amplitude(level)
     )
     ctx.progress(f"tty: {channel_id}: {TTY_MESSAGE!r} at {TTY_BAUD:g} baud, {path.description}")
     watch = _TtyWatch(path.capture.samplerate, unshift_on_space=tty.unshift_on_space)
