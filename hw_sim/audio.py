@@ -394,17 +394,8 @@ class SimChannel:
 
     def _render(self, frames: int) -> NDArray[np.float32]:
         out = np.zeros(frames, np.float32)
-        done = 0
         with self._queue_lock:
-            while done < frames and self._queue:
-                chunk = self._queue[0]
-                n = min(len(chunk), frames - done)
-                out[done : done + n] = chunk[:n]
-                done += n
-                if n == len(chunk):
-                    self._queue.popleft()
-                else:
-                    self._queue[0] = chunk[n:]
+            done = _drain(self._queue, out)
         if done < frames:
             out[done:] = self.source.render(frames - done, self._samplerate)
         looped = self._take_looped(frames)
@@ -452,16 +443,7 @@ class SimChannel:
                     return None
                 self._loop_primed = True
             out = np.zeros(frames, np.float32)
-            done = 0
-            while done < frames and self._loop:
-                chunk = self._loop[0]
-                n = min(len(chunk), frames - done)
-                out[done : done + n] = chunk[:n]
-                done += n
-                if n == len(chunk):
-                    self._loop.popleft()
-                else:
-                    self._loop[0] = chunk[n:]
+            done = _drain(self._loop, out)
             self._loop_frames -= done
             if done < frames:
                 self._loop_primed = False
@@ -724,9 +706,9 @@ class SimDevice:
         self, device: str, store: Callable[[SimChannel, NDArray[np.float32]], None]
     ) -> None:
         while (stream := self._connect(device, record=True)) is not None:
+            buf = np.empty((self._block, self.channels), np.float32)  # columns are copied out
             try:
                 while not self._stopping.is_set() and self._up.is_set():
-                    buf = np.empty((self._block, self.channels), np.float32)
                     stream.read_into(buf)
                     for ch in self.channels_list:
                         store(ch, buf[:, ch.index].copy())
@@ -734,6 +716,21 @@ class SimDevice:
                 pass
             finally:
                 stream.free()
+
+
+def _drain(chunks: deque[NDArray[np.float32]], out: NDArray[np.float32]) -> int:
+    """Move queued samples into `out`, oldest first; returns how many were filled."""
+    done = 0
+    while done < len(out) and chunks:
+        chunk = chunks[0]
+        n = min(len(chunk), len(out) - done)
+        out[done : done + n] = chunk[:n]
+        done += n
+        if n == len(chunk):
+            chunks.popleft()
+        else:
+            chunks[0] = chunk[n:]
+    return done
 
 
 class AudioSim:
