@@ -60,11 +60,16 @@ class ModulePreset:
     outputs: tuple[int, ...] = ()
     """Coil address of each relay/digital output channel, for ModbusModule.write_coil()."""
     counters: tuple[CounterPoint, ...] = ()
-    counter_word_order: WordOrder | None = None
-    """None when counters are one 16-bit register each (or absent)."""
     analog_inputs: tuple[AnalogPoint, ...] = ()
     notes: tuple[str, ...] = ()
     """Details not confirmed from the source, and other cautions."""
+
+    @property
+    def counter_word_order(self) -> WordOrder | None:
+        """None when counters are one 16-bit register each (or absent)."""
+        if not self.counters or self.counters[0].words == 1:
+            return None
+        return self.counters[0].word_order
 
     def input_map(
         self,
@@ -179,7 +184,6 @@ PRESETS: dict[str, ModulePreset] = {
         di_word=("holding_register", 300),
         outputs=tuple(16 + n for n in range(6)),  # 00017..00022
         counters=_counters("holding_register", 0, 12, 2, "low_first"),
-        counter_word_order="low_first",
         notes=_ADAM_NOTES,
     ),
     "adam6060": ModulePreset(
@@ -190,7 +194,6 @@ PRESETS: dict[str, ModulePreset] = {
         di_word=("holding_register", 300),
         outputs=tuple(16 + n for n in range(6)),  # 00017..00022
         counters=_counters("holding_register", 0, 6, 2, "low_first"),
-        counter_word_order="low_first",
         notes=_ADAM_NOTES,
     ),
     "e1210": ModulePreset(
@@ -200,7 +203,6 @@ PRESETS: dict[str, ModulePreset] = {
         digital_inputs=_bits("discrete_input", 0, 16),  # 10001..10016
         di_word=("input_register", 0x30),  # 30049, bit n = channel n
         counters=_counters("input_register", 0x10, 16, 2, "high_first"),  # 30017.., Hi word
-        counter_word_order="high_first",
         notes=("Counters count only on channels set to counter mode.",),
     ),
     "e1212": ModulePreset(
@@ -212,7 +214,6 @@ PRESETS: dict[str, ModulePreset] = {
         di_word=("input_register", 0x30),
         outputs=tuple(range(8)),  # DIO channels as outputs: coils 00001..00008
         counters=_counters("input_register", 0x10, 16, 2, "high_first"),
-        counter_word_order="high_first",
         notes=(
             "DI channels 8-15 are the DIO channels; they read as inputs only in DI mode, and "
             "the coils drive them only in DO mode (set with the module's web page).",
@@ -229,7 +230,6 @@ PRESETS: dict[str, ModulePreset] = {
         di_word=("input_register", 0x20),  # 30033
         outputs=tuple(range(4)),  # coils 00001..00004
         counters=_counters("input_register", 0, 8, 1, "high_first"),  # 30001.., 16-bit
-        counter_word_order=None,
         notes=(
             "The ED-538 rows of the table were cut off in the copy read: addresses follow "
             "the ED-588/ED-516 rows of the same table (DI function 2 at 0x0000, DI word "
