@@ -1167,9 +1167,16 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
                 _LIBUSB_ERROR_NO_DEVICE,
                 errno.ENODEV,
             ) from exc
-        self._local.sock = sock
         with self._lock:
+            if self._closed:
+                # close() ran while this thread connected; a connection left open now
+                # would keep the session, and its claims, alive.
+                sock.close()
+                raise usb.core.USBError(
+                    "simulator backend closed", _LIBUSB_ERROR_NO_DEVICE, errno.ENODEV
+                )
             self._sockets.add(sock)
+        self._local.sock = sock
         return sock
 
     def _call(self, op: str, *args: Any, wait_ms: int | None = None) -> Any:
