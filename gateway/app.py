@@ -21,6 +21,7 @@ from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from gateway.radios import make_radio
+from gateway.request_boundary import RequestLimits
 from gateway.sdnotify import SystemdNotifier
 from gateway.supervisor import Supervisor
 from gateway.tty import build_tty, close_outputs, register_tty_commands
@@ -54,7 +55,13 @@ class Gateway:
         self.publisher = Publisher(
             prefix=config.prefix, gateway_id=config.gateway.id, outbox=self.outbox
         )
-        self.router = CommandRouter(prefix=config.prefix, gateway_id=config.gateway.id)
+        self.router = CommandRouter(
+            prefix=config.prefix,
+            gateway_id=config.gateway.id,
+            limits=RequestLimits(
+                max_bytes=config.mqtt.max_request_bytes, max_depth=config.mqtt.max_request_depth
+            ),
+        )
         self.link = MqttLink(
             mqtt=config.mqtt,
             publisher=self.publisher,

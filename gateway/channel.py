@@ -2,7 +2,9 @@
 
 Safety rules enforced here, whatever the requester does:
 - every transmission ends at the time-out timer (tx_timeout_s); after a time-out the channel
-  stays unkeyed until the requester releases (ptt off) or its lease lapses;
+  stays unkeyed, and `stuck_ptt` raised, until the requester releases (ptt off) or no PTT
+  request at all has come for tx_timeout_reset_s: renewals in between are refused, so no
+  requester can key for more than tx_timeout_s between two releases;
 - PTT is a lease: a requester that vanishes cannot hold a transmitter;
 - PTT is released on every stop path, error path and device loss; a reopened device starts
   unkeyed and is never re-keyed on its own;
@@ -70,6 +72,7 @@ class ChannelMonitor:
         self._lease_until: float | None = None
         self._lease_holder: str | None = None
         self._timed_out = False  # refuse re-keying until the requester releases
+        self._timed_out_asked_at = 0.0  # the last PTT request since the time-out
         self._cos_raw = False
         self._cos_raw_since = 0.0
         self._cos = False
@@ -243,9 +246,11 @@ class ChannelMonitor:
         if not self._online:
             raise CommandError(f"channel {self.channel_id}: radio interface offline")
         if self._timed_out:
+            self._timed_out_asked_at = self._clock()
             raise CommandError(
-                "transmit time-out: the channel stays unkeyed until PTT is released "
-                "(send state=off) or the lease lapses"
+                f"transmit time-out: the channel stays unkeyed until PTT is released "
+                f"(send state=off) or no PTT request comes for "
+                f"{self._cfg.tx_timeout_reset_s:g} s"
             )
         if self._cfg.busy_lockout and self._cos:
             raise CommandError("channel busy: carrier present and busy_lockout is on")
@@ -419,6 +424,8 @@ class ChannelMonitor:
         started = self._keyed_at
         if self._ptt_commanded and started is not None and now - started >= self._cfg.tx_timeout_s:
             self._timed_out = True
+            self._timed_out_asked_at = now
+            self._lease_until = None
             self.raise_fault(
                 "stuck_ptt",
                 f"transmit time-out after {self._cfg.tx_timeout_s:g} s: PTT released; "
@@ -431,10 +438,11 @@ class ChannelMonitor:
             if self._ptt_commanded:
                 log.info("channel %s: PTT lease lapsed; unkeying", self.channel_id)
                 await self._key(False, "lease_expired")
-            if self._timed_out:
-                # The hold that ran into the time-out is over: the channel may key again.
-                self._timed_out = False
-                self.clear_fault("stuck_ptt", "the PTT hold ended after the time-out")
+        reset_s = self._cfg.tx_timeout_reset_s
+        if self._timed_out and now - self._timed_out_asked_at >= reset_s:
+            # The requester has stopped asking: the hold that ran into the time-out is over.
+            self._timed_out = False
+            self.clear_fault("stuck_ptt", f"no PTT request for {reset_s:g} s after the time-out")
         if not self._ptt_commanded and self._ptt_hw and now - self._last_reassert >= 1.0:
             # Read-back says keyed although we unkeyed: command it again, the line may recover.
             self._last_reassert = now

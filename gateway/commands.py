@@ -4,12 +4,15 @@ Topics: `<prefix>/request/<cmd>` for the gateway, `<prefix>/<scope>/<id>/request
 channel or alarm. Every request gets exactly one response, on the matching `.../response/<cmd>`
 topic (and on the MQTT v5 response topic, with its correlation data, when the request has
 one). Nothing a requester sends can crash the daemon: bad input becomes an error response.
+
+The boundary is total: the payload is checked (gateway.request_boundary) and validated
+strictly before a handler runs, and whatever fails after that, in the handler or while
+building the response, still ends in exactly one response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -17,8 +20,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway.errors import CommandError
+from gateway.errors import BadRequest, CommandError, UnknownCommand, UnknownTarget
 from gateway.events import ResponsePayload
+from gateway.request_boundary import (
+    RefusalLog,
+    RequestLimits,
+    check_transaction,
+    decode_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +38,12 @@ _SCOPES: dict[str, Scope] = {"channels": "channels", "alarms": "alarms", "module
 
 
 class Request(BaseModel):
-    """Base of every command's parameters. Unknown fields are refused, not ignored."""
+    """Base of every command's parameters. Unknown fields are refused, not ignored, and
+    types are strict: `true` or `"5"` is no number, on a command that keys a transmitter."""
 
-    model_config = ConfigDict(extra="forbid")
-    transaction: Any = None
+    model_config = ConfigDict(extra="forbid", strict=True)
+    transaction: str | int | None = None
+    """Echoed in the response; checked by the boundary before the model sees it."""
 
 
 class StatusRequest(Request):  # `status`, which every scope answers: no parameters
@@ -68,8 +79,12 @@ class Reply:
 class CommandRouter:
     """Routes request topics to registered handlers and builds their responses."""
 
-    def __init__(self, *, prefix: str, gateway_id: str) -> None:
+    def __init__(
+        self, *, prefix: str, gateway_id: str, limits: RequestLimits | None = None
+    ) -> None:
         self._prefix = prefix
+        self._limits = limits or RequestLimits()
+        self.refusals = RefusalLog()
         self._gateway_id = gateway_id
         self._commands: dict[Scope, dict[str, _Command]] = {
             "gateway": {},
@@ -132,30 +147,43 @@ class CommandRouter:
         if parsed is None:
             return []  # not a request topic of ours; nothing sensible to answer on
         scope, target, name, reply_topic = parsed
-        transaction: Any = None
+        transaction: str | int | None = None
         try:
-            body = _decode_json(payload)
-            transaction = body.get("transaction")
+            body = decode_request(payload, self._limits)
+            transaction = check_transaction(body.get("transaction"))
             if retained:
-                raise CommandError(
+                raise BadRequest(
                     "retained requests are refused: a stale command must never act; "
                     "publish requests with retain=false"
                 )
             response = await self._run(scope, target, name, body)
             response.transaction = transaction
         except CommandError as exc:
-            log.info("request %s refused: %s", topic, exc)
-            response = ResponsePayload(status="error", transaction=transaction, error=str(exc))
-        except Exception:
-            log.exception("request %s failed", topic)
+            self.refusals.refused(topic, f"{exc.code}: {exc}")
             response = ResponsePayload(
-                status="error", transaction=transaction, error="internal error (see gateway log)"
+                status="error", transaction=transaction, code=exc.code, error=f"{exc.code}: {exc}"
             )
-        data = response.model_dump_json(exclude_none=False).encode()
+        except Exception:
+            self.refusals.failed(topic)
+            response = ResponsePayload(
+                status="error",
+                transaction=transaction,
+                code="internal_error",
+                error="internal_error: the gateway failed on this request (see its log)",
+            )
+        data = self._serialise(topic, response)
         replies = [Reply(reply_topic, data, correlation_data)]
         if response_topic and response_topic != reply_topic and _valid_topic(response_topic):
             replies.append(Reply(response_topic, data, correlation_data))
         return replies
+
+    def _serialise(self, topic: str, response: ResponsePayload) -> bytes:
+        try:
+            return response.model_dump_json(exclude_none=False).encode()
+        except Exception:
+            # A handler returned data that does not serialise: still one answer.
+            self.refusals.failed(topic)
+            return _MINIMAL_ERROR
 
     async def _run(
         self, scope: Scope, target: str, name: str, body: dict[str, Any]
@@ -163,14 +191,14 @@ class CommandRouter:
         command = self._commands[scope].get(name)
         if command is None:
             known = ", ".join(sorted(self._commands[scope])) or "none"
-            raise CommandError(f"unknown command {name!r} (known: {known})")
+            raise UnknownCommand(f"unknown command {name[:64]!r} (known: {known})")
         if target not in self._targets[scope]():
             noun = scope if scope == "gateway" else scope[:-1]
-            raise CommandError(f"unknown {noun} {target!r}")
+            raise UnknownTarget(f"unknown {noun} {target[:64]!r}")
         try:
             params = command.params.model_validate(body)
         except ValidationError as exc:
-            raise CommandError(_describe_validation(exc)) from None
+            raise BadRequest(_describe_validation(exc)) from None
         context = RequestContext(
             target=target,
             command=name,
@@ -197,16 +225,15 @@ class CommandRouter:
         return None
 
 
-def _decode_json(payload: bytes) -> dict[str, Any]:
-    if not payload.strip():
-        return {}
-    try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"payload is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise CommandError("payload must be a JSON object")
-    return body
+_MINIMAL_ERROR = (
+    ResponsePayload(
+        status="error",
+        code="internal_error",
+        error="internal_error: the response could not be built (see the gateway log)",
+    )
+    .model_dump_json(exclude_none=False)
+    .encode()
+)
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -214,7 +241,9 @@ def _describe_validation(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "payload"
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append(f"{field}: {msg}")
+        problems.append(f"{field[:64]}: {msg}")
+        if len(problems) == 5:
+            break
     return "invalid parameters: " + "; ".join(problems)
 
 

@@ -61,6 +61,10 @@ class MqttSection(_Model):
     password_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     tls: TlsSection | None = None
+    max_request_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    """A request payload larger than this is refused unread (bad_request)."""
+    max_request_depth: int = Field(default=32, ge=2, le=256)
+    """Deepest JSON nesting a request may have; deeper is refused before it is parsed."""
 
     @field_validator("url")
     @classmethod
@@ -237,6 +241,9 @@ class ChannelSection(_Model):
     """Every transmission ends after this, whatever the requester does."""
     max_lease_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest PTT a single request may hold without renewing it."""
+    tx_timeout_reset_s: float = Field(default=5.0, gt=0, le=3600)
+    """After a time-out, the channel keys again only after `ptt off` or this long with no
+    PTT request at all: renewals in between are refused and restart this wait."""
     busy_lockout: bool = False
     """Refuse PTT while carrier (COS) is present."""
     cos_debounce_ms: float = Field(default=30.0, ge=0, le=2000)

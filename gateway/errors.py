@@ -1,5 +1,7 @@
 """Gateway-side errors. The root is drivers.errors.ConsoleGwError, shared with the drivers."""
 
+from typing import ClassVar, Literal
+
 from drivers.errors import (
     ConsoleGwError,
     DeviceError,
@@ -9,6 +11,7 @@ from drivers.errors import (
 )
 
 __all__ = [
+    "BadRequest",
     "CommandError",
     "ConfigError",
     "ConsoleGwError",
@@ -16,7 +19,14 @@ __all__ = [
     "DeviceLost",
     "DeviceTimeout",
     "DeviceUnavailable",
+    "ErrorCode",
+    "UnknownCommand",
+    "UnknownTarget",
 ]
+
+
+ErrorCode = Literal["bad_request", "unknown_command", "unknown_target", "refused", "internal_error"]
+"""What kind of failure a response reports, for CAD to branch on."""
 
 
 class ConfigError(ConsoleGwError):
@@ -24,4 +34,23 @@ class ConfigError(ConsoleGwError):
 
 
 class CommandError(ConsoleGwError):
-    """A command was refused; the message goes back to the requester as is."""
+    """A command was refused; the message goes back to the requester as is.
+
+    `code` starts the response's `error` and is its `code`: what kind of refusal, for CAD.
+    """
+
+    code: ClassVar[ErrorCode] = "refused"
+
+
+class BadRequest(CommandError):
+    """The request itself is malformed: refused before anything acted on it."""
+
+    code: ClassVar[ErrorCode] = "bad_request"
+
+
+class UnknownCommand(CommandError):
+    code: ClassVar[ErrorCode] = "unknown_command"
+
+
+class UnknownTarget(CommandError):
+    code: ClassVar[ErrorCode] = "unknown_target"

@@ -11,7 +11,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.errors import ErrorCode
 
 SourceKind = Literal["gateway", "channel", "alarm", "module"]
 
@@ -32,6 +34,13 @@ class EventData(Payload):
 
 class PttData(EventData):
     requested_by: str | None = Field(default=None, description="Who asked: a transaction or client")
+
+    @field_validator("requested_by")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # Requester data in a durable event: it must serialise whatever the requester sent.
+        return None if value is None else value.encode("utf-8", "replace").decode("utf-8")[:128]
+
     reason: str = Field(default="request", description="request, lease_expired, timeout, stop")
 
 
@@ -104,12 +113,22 @@ class StatusPayload(Payload):
 
 
 class ResponsePayload(Payload):
-    """`.../response/<cmd>`: the answer to every request, good or bad."""
+    """`.../response/<cmd>`: the answer to every request, good or bad, exactly once."""
 
     status: Literal["ok", "error"]
-    transaction: Any = Field(default=None, description="Echo of the request's `transaction`")
+    transaction: str | int | None = Field(
+        default=None,
+        description="Echo of the request's `transaction` (null when it was not a string of at "
+        "most 128 characters or an integer, which is refused as bad_request)",
+    )
     data: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
+    code: ErrorCode | None = Field(
+        default=None,
+        description="With status error: bad_request (malformed, nothing acted), "
+        "unknown_command, unknown_target, refused (valid but not done now: busy, time-out, "
+        "offline) or internal_error (a gateway bug; see its log)",
+    )
+    error: str | None = Field(default=None, description="`<code>: <what was wrong>`")
 
 
 class ChannelState(Payload):

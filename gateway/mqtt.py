@@ -236,25 +236,34 @@ class MqttLink:
                 raise
 
     async def _answer(self, client: aiomqtt.Client, message: paho.MQTTMessage) -> None:
-        raw = bytes(message.payload)
-        if message.retain and not raw:
-            return  # the deletion of a retained request (ours or the requester's)
-        props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        correlation = getattr(props, "CorrelationData", None) if props else None
-        replies = await self._router.handle(
-            message.topic,
-            raw,
-            retained=bool(message.retain),
-            response_topic=response_topic,
-            correlation_data=correlation,
-        )
-        for reply in replies:
-            await self._send_reply(client, reply)
-        if message.retain and raw:
-            # A retained request would hit us again on every reconnect: clear it.
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(message.topic, b"", qos=1, retain=True)
+        """One request, in isolation: nothing in it may end the link or the daemon."""
+        try:
+            topic = message.topic
+            raw = bytes(message.payload)
+            retained = bool(message.retain)
+            if retained and not raw:
+                return  # the deletion of a retained request (ours or the requester's)
+            if retained:
+                # Cleared before it is handled, whatever the outcome: a retained request
+                # that upset the handler must not come back on every reconnect.
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(topic, b"", qos=1, retain=True)
+            props = message.properties
+            response_topic = getattr(props, "ResponseTopic", None) if props else None
+            correlation = getattr(props, "CorrelationData", None) if props else None
+            replies = await self._router.handle(
+                topic,
+                raw,
+                retained=retained,
+                response_topic=response_topic if isinstance(response_topic, str) else None,
+                correlation_data=correlation if isinstance(correlation, bytes) else None,
+            )
+            for reply in replies:
+                await self._send_reply(client, reply)
+        except Exception:
+            # The router never raises; this is a bug in the lines above. Still one line,
+            # and the link carries on.
+            self._router.refusals.failed("(a request)")
 
     @staticmethod
     async def _send_reply(client: aiomqtt.Client, reply: Reply) -> None:
@@ -287,29 +296,28 @@ class _RequestDispatch:
         self._answer = answer
         self._client = client
         self._tasks: set[asyncio.Task[None]] = set()
-        self._failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def install(self) -> None:
         paho_client: paho.Client = self._client._client  # aiomqtt keeps paho's client here
         paho_client.on_message = self._on_request
 
     def _on_request(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(self._client, message))
+        # An exception here would unwind through paho's read loop and end the link.
+        try:
+            task = asyncio.get_running_loop().create_task(self._answer(self._client, message))
+        except Exception:
+            log.exception("could not start a request task")
+            return
         self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._failure.done():
-            self._failure.set_exception(task.exception())  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)
 
     async def serve(self) -> None:
-        """Run until cancelled (the connection ends); re-raise a request task's crash."""
-        try:
-            await self._failure
-        finally:
-            for task in self._tasks:
-                task.cancel()
+        """Run until cancelled (the connection ends).
+
+        Requests in progress are left to finish: a PTT command half done must complete its
+        state change; only its response is lost with the connection.
+        """
+        await asyncio.Event().wait()
 
 
 _quickack_warned = False

@@ -10,7 +10,7 @@ import pytest
 
 from tests.contract import check_messages
 from tests.mqtt_tools import Broker, Daemon, Subscriber
-from tests.sim_tools import ConsoleUnderTest, start_config
+from tests.sim_tools import ConsoleUnderTest, start_config, start_console
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +73,24 @@ def start_sim_console(
     yield make
     for stop in stops:
         stop()
+
+
+@pytest.fixture
+def console_factory(
+    tmp_path: Path,
+    broker: Broker,
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+) -> Iterator[Callable[..., ConsoleUnderTest]]:
+    """The three-channel test console (two serial radios, a CM108); keyword arguments add
+    config lines to a channel's table, e.g. fire="tx_timeout_s = 2"."""
+    stops: list[Callable[[], None]] = []
+
+    def make(**channels: str) -> ConsoleUnderTest:
+        cut, stop = start_console(tmp_path, broker, daemon_factory, subscriber_factory, **channels)
+        stops.append(stop)
+        return cut
+
+    yield make
+    for daemon_stop in stops:
+        daemon_stop()

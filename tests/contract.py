@@ -32,7 +32,8 @@ def _routes() -> list[tuple[re.Pattern[str], Draft202012Validator, str]]:
     routes = []
     for name, channel in doc["channels"].items():
         pattern = re.escape(channel["address"])
-        pattern = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", pattern)
+        # `*`: a request on an empty id or command level is answered on its mirror too.
+        pattern = re.sub(r"\\\{[a-z_]+\\\}", "[^/]*", pattern)
         (message_ref,) = channel["messages"].values()
         message = doc["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[1]]
         schema = {"$ref": _URI + message["payload"]["$ref"]}

@@ -4,34 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.mqtt_tools import Broker, Daemon, Subscriber, wait_for
-from tests.sim_tools import ConsoleUnderTest, start_console
-
-Factory = Callable[..., tuple[ConsoleUnderTest, Callable[[], None]]]
-
-
-@pytest.fixture
-def console_factory(
-    tmp_path: Path,
-    broker: Broker,
-    daemon_factory: Callable[..., Daemon],
-    subscriber_factory: Callable[..., Subscriber],
-) -> Iterator[Callable[..., ConsoleUnderTest]]:
-    stops: list[Callable[[], None]] = []
-
-    def make(**channels: str) -> ConsoleUnderTest:
-        cut, stop = start_console(tmp_path, broker, daemon_factory, subscriber_factory, **channels)
-        stops.append(stop)
-        return cut
-
-    yield make
-    for daemon_stop in stops:
-        daemon_stop()
+from tests.mqtt_tools import wait_for
 
 
 def test_ptt_keys_and_unkeys_serial_radio(console_factory):
