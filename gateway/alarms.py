@@ -314,8 +314,11 @@ class ModuleMonitor:
         self._pub = publisher
         digital = {p.point: p.config.channel for p in points if p.config.kind == "digital"}
         analog = {p.point: p.config.channel for p in points if p.config.kind == "supervised"}
-        self._input_map = self._preset.input_map(
-            inputs=digital, analogs=analog, use_di_word=config.use_di_word
+        # A module of relays only (no alarm input) has nothing to poll: InputMap needs points.
+        self._input_map = (
+            self._preset.input_map(inputs=digital, analogs=analog, use_di_word=config.use_di_word)
+            if digital or analog
+            else None
         )
         self._state: Literal["starting", "online", "offline"] = "starting"
         self._misses = 0
@@ -349,9 +352,10 @@ class ModuleMonitor:
         self._publish_state()
         for point in self.points:
             point.module_offline()  # "unknown" until the first successful read
-        if not self._input_map.points:
+        if self._input_map is None:
             log.info("module %s: no alarm inputs configured; outputs only", self.module_id)
             await asyncio.Event().wait()
+            return
         poller = ModbusPoller(
             module=self._module, input_map=self._input_map, interval_s=self._cfg.poll_ms / 1000
         )

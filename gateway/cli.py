@@ -11,9 +11,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, MqttSection, load_config
 from gateway.errors import ConfigError, ConsoleGwError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -46,6 +50,19 @@ def _load(path: str, broker: str | None = None) -> Config:
     return config
 
 
+def build_gateway(config: Config) -> Gateway:
+    """The daemon's objects, built from a loaded config (no device opened, nothing run).
+
+    The drivers check their arguments again: a value they refuse that validation let
+    through is still the config's problem (exit 2 naming the file), not a crash."""
+    from gateway.app import Gateway
+
+    try:
+        return Gateway(config)
+    except (ConfigError, ValueError, OSError) as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     print(
@@ -59,10 +76,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, args.broker)
     _setup_logging(args.log_level or config.gateway.log_level)
-    from gateway.app import Gateway
 
     async def main() -> None:
-        gateway = Gateway(config)
+        gateway = build_gateway(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)

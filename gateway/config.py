@@ -6,12 +6,14 @@ reading code; the CLI turns ConfigError into exit status 2.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,8 +29,47 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class _Model(BaseModel):
-    # Unknown keys are typos until proven otherwise: refuse them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos until proven otherwise: refuse them. No setting here means
+    # anything when infinite or NaN (TOML has inf and nan): refuse those too.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why a host name cannot be looked up, or None. The resolver raises UnicodeError (not
+    OSError) for an empty or over-long label ("broker..lan"): caught here, not at run time."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in host):
+        return "host name contains a control character"
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "host name has an empty or over-long part"
+    return None
+
+
+def _valid_host(value: str) -> str:
+    problem = _host_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_valid_host)]
+
+
+def _mqtt_string_problem(value: str, max_bytes: int = 65_535) -> str | None:
+    """Why a broker would refuse this as an MQTT UTF-8 string (MQTT 5 section 1.5.4), or
+    None. mosquitto drops the connection, so the daemon would never come online."""
+    for c in value:
+        code = ord(c)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"contains the control character U+{code:04X}"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"contains the lone surrogate U+{code:04X}"
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            return f"contains the Unicode non-character U+{code:04X}"
+    if len(value.encode()) > max_bytes:
+        return f"is longer than {max_bytes} bytes"
+    return None
 
 
 class GatewaySection(_Model):
@@ -74,6 +115,9 @@ class MqttSection(_Model):
             raise ValueError("must start with mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError("has no host name")
+        problem = _host_problem(parts.hostname)
+        if problem is not None:
+            raise ValueError(problem)
         try:
             _ = parts.port
         except ValueError as exc:
@@ -85,6 +129,25 @@ class MqttSection(_Model):
     def _check_prefix(cls, value: str) -> str:
         if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
             raise ValueError("must not contain '+' or '#' nor start or end with '/'")
+        # Every topic is the prefix and a short tail; a topic is at most 65,535 bytes.
+        problem = _mqtt_string_problem(value, max_bytes=1024)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("client_id", "username")
+    @classmethod
+    def _check_mqtt_string(cls, value: str | None) -> str | None:
+        problem = None if value is None else _mqtt_string_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _check_password(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode("utf-8", "surrogatepass")) > 65_535:
+            raise ValueError("is longer than 65535 bytes")
         return value
 
     @model_validator(mode="after")
@@ -125,6 +188,13 @@ class SerialRadioSection(_Model):
     cos: Literal["cts", "dsr", "cd", "ri"] | None = "cts"
     cos_invert: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.strip() or value != value.strip() or "\0" in value:
+            raise ValueError("must be a device path or URL without spaces around it")
+        return value
+
     @field_validator("ptt")
     @classmethod
     def _ptt_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -135,9 +205,10 @@ class SerialRadioSection(_Model):
 
 class Cm108RadioSection(_Model):
     kind: Literal["cm108"]
-    vendor_id: int = 0x0D8C
-    product_id: int | None = None
-    serial: str | None = None
+    vendor_id: int = Field(default=0x0D8C, ge=0, le=0xFFFF)
+    product_id: int | None = Field(default=None, ge=0, le=0xFFFF)
+    """Needed when vendor_id is not C-Media's (whose CM1xx product ids are known)."""
+    serial: str | None = Field(default=None, min_length=1)
     port_path: str | None = Field(default=None, pattern=r"^\d+-\d+(\.\d+)*$")
     """USB port path as in /sys/bus/usb/devices, e.g. 1-1.4: stable across reboots."""
     ptt_gpio: int = Field(default=3, ge=1, le=8)
@@ -160,8 +231,16 @@ class Cm108RadioSection(_Model):
 
     @model_validator(mode="after")
     def _sense_differs(self) -> Cm108RadioSection:
+        # The driver refuses the same combinations: refused here, check-config tells.
         if self.ptt_sense_gpio == self.ptt_gpio:
             raise ValueError("ptt_sense_gpio must differ from ptt_gpio")
+        if self.product_id is None and self.vendor_id != 0x0D8C:
+            raise ValueError("product_id is required when vendor_id is not C-Media's (0x0d8c)")
+        cos_gpio = self.cos_bit - 7 if self.cos_bit >= 8 else None
+        if cos_gpio == self.ptt_gpio:
+            raise ValueError(f"cos_bit {self.cos_bit} is GPIO{cos_gpio}, the PTT output")
+        if cos_gpio is not None and cos_gpio == self.ptt_sense_gpio:
+            raise ValueError(f"cos_bit {self.cos_bit} is GPIO{cos_gpio}, the ptt_sense_gpio")
         return self
 
 
@@ -179,6 +258,19 @@ class AudioDeviceSection(_Model):
     channels: int = Field(default=1, ge=1, le=32)
     blocksize: int = Field(default=160, ge=16, le=8192)
     latency_s: float = Field(default=0.2, gt=0, le=2)
+
+    @field_validator("device", "hostapi")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _block_within_second(self) -> AudioDeviceSection:
+        if self.blocksize > self.samplerate:
+            raise ValueError("blocksize must not exceed samplerate (one second)")
+        return self
 
 
 class ChannelAudioSection(_Model):
@@ -264,7 +356,7 @@ class ChannelSection(_Model):
 class ModbusLinkSection(_Model):
     """One physical connection: a Modbus TCP endpoint or an RS-485 line (RTU)."""
 
-    host: str | None = None
+    host: HostName | None = None
     port: int = Field(default=502, ge=1, le=65535)
     serial_port: str | None = None
     """RTU: the serial device of the RS-485 line, e.g. /dev/serial/by-id/..."""
@@ -331,7 +423,7 @@ class ModbusSection(_Model):
 class MetricsSection(_Model):
     enabled: bool = False
     """Serve Prometheus metrics over HTTP (off by default)."""
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: int = Field(default=9108, ge=1, le=65535)
 
 
@@ -352,9 +444,25 @@ class Config(_Model):
         return self.mqtt.prefix or f"consolegw/{self.gateway.id}"
 
 
+def _printable(text: str) -> str:
+    """User text in a message, on one line: what the terminal would not show is escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _key(part: int | str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted."""
+    text = str(part)
+    if re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        return text
+    return '"' + _printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
 def _format_location(loc: tuple[int | str, ...], model_path: tuple[str, ...] = ()) -> str:
-    # pydantic puts the union member's tag ("serial") into the location; a user never wrote it.
-    parts = [str(p) for p in loc if p not in ("serial", "cm108")]
+    # pydantic puts the union member's tag into channels.ID.radio.TAG...; no user wrote it.
+    is_tag = len(loc) > 3 and loc[0] == "channels" and loc[2] == "radio"
+    parts = [_key(p) for i, p in enumerate(loc) if not (is_tag and i == 3)]
     return ".".join([*model_path, *parts]) or "(top level)"
 
 
@@ -367,7 +475,7 @@ def _validation_message(path: Path, exc: ValidationError) -> str:
             msg = "unknown key (typo?)"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{path}: {key}: {msg}")
+        lines.append(f"{path}: {key}: {_printable(msg)}")
     return "\n".join(lines)
 
 
@@ -380,22 +488,38 @@ _PATH_KEYS = (
 )
 
 
-def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+def _resolve_relative_paths(data: dict[str, Any], source: Path) -> dict[str, Any]:
     """Relative paths in a config file mean: next to that file, wherever we run from."""
+    try:
+        base = source.resolve().parent
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{source}: cannot resolve the file's folder: {exc}") from None
     for keys in _PATH_KEYS:
         node: Any = data
         for key in keys[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
-            value = Path(node[keys[-1]]).expanduser()
+        if not (isinstance(node, dict) and isinstance(node.get(keys[-1]), str)):
+            continue  # absent, or not a string: validation names the problem
+        raw: str = node[keys[-1]]
+        where = f"{source}: {'.'.join(keys)}"
+        if "\0" in raw:
+            raise ConfigError(f"{where}: contains a NUL character")
+        try:
+            value = Path(raw).expanduser()
             if not value.is_absolute():
                 node[keys[-1]] = str((base / value).resolve())
+        except RuntimeError as exc:  # "~nobody/x" with no such user; a symlink loop
+            raise ConfigError(f"{where}: cannot resolve {raw!r}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: cannot resolve {raw!r}: {exc}") from None
     return data
 
 
 def parse_config(data: dict[str, Any], *, source: Path, check_files: bool = True) -> Config:
     """Validate an already parsed TOML document (and that the files it names exist)."""
-    data = _resolve_relative_paths(data, source.resolve().parent)
+    if "source" in data:  # a field of ours, set from the file's path, never from the file
+        raise ConfigError(f"{source}: source: unknown key (typo?)")
+    data = _resolve_relative_paths(data, source)
     try:
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
@@ -477,8 +601,50 @@ def _check_files(config: Config, source: Path) -> None:
         node: Any = config
         for key in keys:
             node = getattr(node, key) if node is not None else None
-        if node is not None and not node.is_file():
-            raise ConfigError(f"{source}: {'.'.join(keys)}: file not found: {node}")
+        if node is None:
+            continue
+        try:
+            found = node.is_file()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise ConfigError(
+                f"{source}: {'.'.join(keys)}: cannot check {_printable(str(node))}: {exc.strerror}"
+            ) from None
+        if not found:
+            raise ConfigError(
+                f"{source}: {'.'.join(keys)}: file not found: {_printable(str(node))}"
+            )
+    # What the daemon reads as it starts, read now: a problem is the config's, named here.
+    try:
+        read_password(config.mqtt)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_tls(config.mqtt, source)
+
+
+def _check_tls(mqtt: MqttSection, source: Path) -> None:
+    """Load the TLS files as the daemon will (gateway.mqtt.build_tls_context)."""
+    tls = mqtt.tls
+    if tls is None:
+        return
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca_file is None else tls.ca_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"{source}: mqtt.tls.ca_file: not a usable CA file: {exc}") from None
+    if tls.cert_file is not None:
+        try:
+            # An encrypted key cannot be used unattended: fail, do not prompt for it.
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{source}: mqtt.tls.cert_file: cannot load the certificate and its key "
+                f"(an unencrypted PEM key is needed): {exc}"
+            ) from None
+
+
+_MAX_FILE_BYTES = 4 * 2**20
+"""A config file is a few kB; this bound keeps `check-config /dev/zero` from eating memory."""
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
@@ -486,17 +652,44 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(_MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the name: no file has one
+        raise ConfigError(f"{str(path)!r}: cannot read: {exc}") from None
+    if len(raw) > _MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {_MAX_FILE_BYTES // 2**20} MiB: not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not valid TOML: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (int's own limit)
+        raise ConfigError(f"{path}: not valid TOML: {str(exc).split(';')[0]}") from None
     return parse_config(data, source=path, check_files=check_files)
 
 
 def read_password(mqtt: MqttSection) -> str | None:
-    if mqtt.password_file is not None:
-        return mqtt.password_file.read_text(encoding="utf-8").strip()
-    return mqtt.password
+    """The broker password, from password_file when set. Raises ConfigError naming the key."""
+    if mqtt.password_file is None:
+        return mqtt.password
+    where = f"mqtt.password_file: {mqtt.password_file}"
+    try:
+        password = mqtt.password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    if len(password.encode("utf-8", "surrogatepass")) > 65_535:
+        raise ConfigError(f"{where}: longer than 65535 bytes (the MQTT limit)")
+    return password
