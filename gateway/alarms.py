@@ -37,6 +37,7 @@ from gateway.commands import CommandRouter, Request, RequestContext, StatusReque
 from gateway.config import AlarmSection, ModbusLinkSection, ModbusModuleSection
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
+from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class AlarmPoint:
         alarm_id: str,
         config: AlarmSection,
         publisher: Publisher,
+        memory: JsonMemory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.alarm_id = alarm_id
@@ -159,6 +161,23 @@ class AlarmPoint:
         self._active_since: str | None = None
         self._module_online = False
         self._state_topic = publisher.topic_for("alarm", alarm_id, "state")
+        self._memory = memory
+        self._remembered: Condition | None = None
+        self._recall()
+
+    def _recall(self) -> None:
+        """A latch or an acknowledgement outlives a restart: take up the last run's."""
+        saved = self._memory.get(self.alarm_id) if self._memory is not None else None
+        if not isinstance(saved, dict):
+            return
+        last_input = saved.get("input")
+        if last_input not in ("normal", "alarm", *_TROUBLES):
+            return
+        self._remembered = last_input
+        self._active = saved.get("active") is True
+        self._acknowledged = saved.get("acknowledged") is True
+        since = saved.get("active_since")
+        self._active_since = since if isinstance(since, str) and self._active else None
 
     @property
     def name(self) -> str:
@@ -180,7 +199,13 @@ class AlarmPoint:
         cond = self.condition(value)
         if self._cond is None:
             self._module_online = True
-            self._apply(cond, ts)  # first reading: the baseline, whatever it is
+            # First reading: the baseline, whatever it is; against the last run's reading
+            # when there is one, so a restart neither repeats nor forgets a transition.
+            self._cond, self._remembered = self._remembered, None
+            if cond == self._cond:
+                self._publish_state()
+            else:
+                self._apply(cond, ts)
             return
         if cond == self._cond:
             self._candidate = None
@@ -292,6 +317,17 @@ class AlarmPoint:
 
     def _publish_state(self) -> None:
         self._pub.set_state(self._state_topic, self.snapshot())
+        last_input = self._cond or self._remembered
+        if self._memory is not None and last_input is not None:
+            self._memory.set(
+                self.alarm_id,
+                {
+                    "input": last_input,
+                    "active": self._active,
+                    "acknowledged": self._acknowledged,
+                    "active_since": self._active_since,
+                },
+            )
 
 
 class ModuleMonitor:
@@ -436,6 +472,7 @@ def build_alarm_system(
     modules: dict[str, ModbusModuleSection],
     alarms: dict[str, AlarmSection],
     publisher: Publisher,
+    memory: JsonMemory | None = None,
 ) -> tuple[dict[str, ModbusLink], dict[str, ModuleMonitor], dict[str, AlarmPoint]]:
     """Links, module monitors and alarm points for a config; modules on one link share it."""
     link_objects = {
@@ -444,7 +481,7 @@ def build_alarm_system(
         if any(m.link == link_id for m in modules.values())
     }
     points = {
-        alarm_id: AlarmPoint(alarm_id=alarm_id, config=section, publisher=publisher)
+        alarm_id: AlarmPoint(alarm_id=alarm_id, config=section, publisher=publisher, memory=memory)
         for alarm_id, section in alarms.items()
     }
     monitors = {

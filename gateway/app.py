@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -16,7 +17,14 @@ from gateway.channel import ChannelMonitor, register_channel_commands
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import Config
 from gateway.errors import ConsoleGwError
-from gateway.events import GatewayStartedData, GatewayState, OutboxData, utc_timestamp
+from gateway.events import (
+    GatewayStartedData,
+    GatewayState,
+    OutboxData,
+    UncleanStopData,
+    utc_timestamp,
+)
+from gateway.memory import JsonMemory
 from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
@@ -72,12 +80,17 @@ class Gateway:
         )
         self.supervisor = Supervisor()
         self.notifier = SystemdNotifier()
+        state_dir = config.gateway.state_dir
+        # Read before anything writes them: what the last run left behind.
+        self._run_marker = JsonMemory(state_dir / "running.json", fsync=True)
+        self.ptt_journal = JsonMemory(state_dir / "ptt-keyed.json", fsync=False)
         self.channels: dict[str, ChannelMonitor] = {
             channel_id: ChannelMonitor(
                 channel_id=channel_id,
                 config=section,
                 radio=make_radio(section.radio) if section.radio is not None else None,
                 publisher=self.publisher,
+                ptt_journal=self.ptt_journal,
             )
             for channel_id, section in config.channels.items()
         }
@@ -110,6 +123,7 @@ class Gateway:
             modules=config.modbus.modules,
             alarms=config.alarms,
             publisher=self.publisher,
+            memory=JsonMemory(state_dir / "alarms.json", fsync=config.outbox.fsync),
         )
         self._register_commands()
 
@@ -197,7 +211,9 @@ class Gateway:
                 f"(gateway.state_dir): {exc}"
             ) from None
         self.outbox.on_full_change = self._on_outbox_full
+        self.link.on_connected = self._publish_gateway_state
         try:
+            self._note_unclean_stop()
             self.publisher.emit(
                 "gateway",
                 self.config.gateway.id,
@@ -237,11 +253,45 @@ class Gateway:
                 # The link only ends on a bug; keep the hardware safe and let systemd restart us.
                 log.error("MQTT link ended unexpectedly: %r", link_task.exception())
             await self._shutdown(link_task)
+            self._run_marker.set("run", None)  # every PTT released: a clean stop
             if link_failed:
                 raise ConsoleGwError("the MQTT link failed; stopped with every PTT released")
         finally:
             stop_metrics()
             self.outbox.close()
+
+    def _note_unclean_stop(self) -> None:
+        """A run marker left behind means the last run died (kill -9, crash, power cut)."""
+        previous = self._run_marker.get("run")
+        left = sorted(channel for channel, _ in self.ptt_journal.items())
+        if isinstance(previous, dict) or left:
+            info = previous if isinstance(previous, dict) else {}
+            pid, started = info.get("pid"), info.get("started")
+            log.warning(
+                "the last run (pid %s, started %s) did not stop cleanly; left keyed: %s",
+                pid,
+                started,
+                ", ".join(left) or "nothing",
+            )
+            data = UncleanStopData(
+                previous_session=self.outbox.session,
+                last_seq=self.outbox.last_seq,
+                previous_pid=pid if isinstance(pid, int) else None,
+                previous_start=started if isinstance(started, str) else None,
+                left_keyed=left,
+            )
+            self.publisher.emit(
+                "gateway", self.config.gateway.id, "gateway.unclean_stop", data, keep=True
+            )
+        for channel in left:
+            if channel not in self.channels:
+                log.error(
+                    "the last run left channel %s keyed, and it is no longer configured: "
+                    "check that radio by hand",
+                    channel,
+                )
+                self.ptt_journal.set(channel, None)
+        self._run_marker.set("run", {"pid": os.getpid(), "started": utc_timestamp()})
 
     def _start_metrics(self) -> Callable[[], None]:
         if not self.config.metrics.enabled:

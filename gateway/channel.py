@@ -8,7 +8,9 @@ Safety rules enforced here, whatever the requester does:
 - PTT is a lease: a requester that vanishes cannot hold a transmitter;
 - PTT is released on every stop path, error path and device loss; a reopened device starts
   unkeyed and is never re-keyed on its own;
-- the PTT reported is what the hardware reads back where it can.
+- the PTT reported is what the hardware reads back where it can;
+- keying is journalled (state_dir) before the command goes out, so a run that dies with a
+  radio keyed is followed by a `ptt.off` (reason restart) once the next run has unkeyed it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gateway.commands import CommandRouter, Request, RequestContext, StatusReque
 from gateway.config import ChannelSection
 from gateway.errors import CommandError
 from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timestamp
+from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class ChannelMonitor:
         config: ChannelSection,
         radio: RadioInterface | None,
         publisher: Publisher,
+        ptt_journal: JsonMemory | None = None,
         clock: Any = time.monotonic,
     ) -> None:
         self.channel_id = channel_id
@@ -63,6 +67,11 @@ class ChannelMonitor:
         self._radio = radio
         self._pub = publisher
         self._clock = clock
+        self._journal = ptt_journal
+        self.left_keyed: dict[str, Any] | None = None
+        """What the last run left keyed here (its journal entry), until this run unkeys."""
+        if ptt_journal is not None and isinstance(ptt_journal.get(channel_id), dict):
+            self.left_keyed = ptt_journal.get(channel_id)
         self._io_lock = asyncio.Lock()  # one read at a time; PTT commands do not take it
         self._commands = 0  # PTT commands sent, so a poll can tell one overlapped its read
         self._online = False
@@ -200,6 +209,7 @@ class ChannelMonitor:
         """
         if keyed and not self._ptt_commanded:
             self._keyed_at = self._clock()
+            self._journal_keyed(True)  # before the line moves: a crash after it is known
         elif not keyed:
             self._keyed_at = None
         self._ptt_commanded = keyed
@@ -207,12 +217,22 @@ class ChannelMonitor:
             await self._io_set_ptt(keyed)
         except TimeoutError:
             raise DeviceLost("PTT command timed out") from None
+        if not keyed:
+            self._journal_keyed(False)
         if self._radio is not None and self._radio.can_read_back_ptt:
             async with self._io_lock:
                 lines = await self._read_locked()  # asked after the command: reflects it
             self._apply_readback(lines, reason)
         else:
             self._set_reported_ptt(keyed, reason)
+
+    def _journal_keyed(self, keyed: bool) -> None:
+        if self._journal is None:
+            return
+        entry = None
+        if keyed:
+            entry = {"requested_by": self._lease_holder, "keyed_at": utc_timestamp()}
+        self._journal.set(self.channel_id, entry)
 
     async def _read_locked(self) -> RadioLines:
         try:
@@ -330,12 +350,35 @@ class ChannelMonitor:
         self._cos_raw = self._cos = lines.cos
         self._cos_raw_since = self._cos_since = now
         self._apply_readback(lines, "device_opened")
+        self._reconcile_restart()
         if self._ever_opened:
             self.clear_fault("device_lost", f"radio interface back: {self._radio.description}")
         else:
             log.info("channel %s: radio open: %s", self.channel_id, self._radio.description)
         self._ever_opened = True
         self._publish_state()
+
+    def _reconcile_restart(self) -> None:
+        """The device is open and driven unkeyed: what the last run left keyed is over."""
+        left, self.left_keyed = self.left_keyed, None
+        if left is not None:
+            by = left.get("requested_by")
+            log.warning(
+                "channel %s: the last run stopped with PTT keyed (since %s, by %s); "
+                "unkeyed at start",
+                self.channel_id,
+                left.get("keyed_at", "?"),
+                by,
+            )
+            self._pub.emit(
+                "channel",
+                self.channel_id,
+                "ptt.off",
+                PttData(requested_by=by if isinstance(by, str) else None, reason="restart"),
+                keep=True,
+            )
+        if not self._ptt_commanded:
+            self._journal_keyed(False)
 
     def _device_absent(self, exc: Exception) -> None:
         self._online = False

@@ -41,7 +41,11 @@ class PttData(EventData):
         # Requester data in a durable event: it must serialise whatever the requester sent.
         return None if value is None else value.encode("utf-8", "replace").decode("utf-8")[:128]
 
-    reason: str = Field(default="request", description="request, lease_expired, timeout, stop")
+    reason: str = Field(
+        default="request",
+        description="request, lease_expired, timeout, stop, device_lost, device_opened, "
+        "readback, or restart (the last run stopped with this radio keyed; this run unkeyed it)",
+    )
 
 
 class CosData(EventData):
@@ -58,6 +62,17 @@ class GatewayStartedData(EventData):
     outbox_depth: int = Field(description="Events from before this start still to be sent")
 
 
+class UncleanStopData(EventData):
+    previous_session: int = Field(description="The MQTT session of the run that died")
+    last_seq: int = Field(description="The last event seq that run committed")
+    previous_pid: int | None = None
+    previous_start: str | None = Field(default=None, description="When that run started")
+    left_keyed: list[str] = Field(
+        description="Channels that run left keyed; each gets a ptt.off (reason restart) "
+        "once this run has unkeyed it"
+    )
+
+
 class OutboxData(EventData):
     depth: int
     max_events: int
@@ -66,6 +81,7 @@ class OutboxData(EventData):
 
 EVENT_TYPES: dict[str, type[EventData]] = {
     "gateway.started": GatewayStartedData,
+    "gateway.unclean_stop": UncleanStopData,
     "outbox.full": OutboxData,
     "outbox.ok": OutboxData,
     "ptt.on": PttData,

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -73,6 +74,8 @@ class MqttLink:
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self.session = 0
+        self.on_connected: Callable[[], None] | None = None
+        """Called once the broker accepted a connection, with `session` already counted."""
         self._password = read_password(mqtt)
         self._tls = build_tls_context(mqtt)
 
@@ -87,29 +90,42 @@ class MqttLink:
         self._stopping.set()
 
     async def run(self) -> None:
+        _quiet_closed_socket_callbacks(asyncio.get_running_loop())
         backoff = 0.5
-        outage_since: float | None = None
+        outage: _Outage | None = None
         while not self._stopping.is_set():
-            self.session = await self._outbox.next_session()
             try:
-                await self._connection(outage_since)
-                outage_since = None
+                await self._connection(outage)
+                outage = None
             except* aiomqtt.MqttError as group:
+                failure = _describe_failure(_leaf(group))
                 if self._connected.is_set():
                     backoff = 0.5
-                    outage_since = time.monotonic()
+                    outage = _Outage(failure)
+                    log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
+                elif outage is None or outage.failure != failure:
+                    if outage is None:
+                        outage = _Outage(failure)
+                    outage.failure = failure
                     log.warning(
-                        "MQTT connection lost (%s); events wait in the outbox",
-                        group.exceptions[0],
-                    )
-                elif outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning(
-                        "MQTT broker %s:%d unreachable (%s); events wait in the outbox",
+                        "MQTT broker %s:%d: %s; events wait in the outbox",
                         self._mqtt.host,
                         self._mqtt.port,
-                        group.exceptions[0],
+                        failure,
                     )
+                else:
+                    outage.attempts += 1
+                    if outage.summary_due():
+                        log.warning(
+                            "MQTT broker %s:%d still unreachable after %.0f s "
+                            "(%d attempts; last: %s); %d events wait in the outbox",
+                            self._mqtt.host,
+                            self._mqtt.port,
+                            outage.seconds,
+                            outage.attempts,
+                            failure,
+                            self._outbox.depth,
+                        )
             finally:
                 self._connected.clear()
             if self._stopping.is_set():
@@ -118,7 +134,10 @@ class MqttLink:
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _connection(self, outage_since: float | None) -> None:
+    async def _connection(self, outage: _Outage | None) -> None:
+        # `session` counts connections made: this attempt's number is committed only once
+        # the broker has accepted it, but the Will must carry it already.
+        self.session = self._outbox.session + 1
         offline = self._status(state="offline")  # the Will: stamped at connection time
         client = aiomqtt.Client(
             self._mqtt.host,
@@ -136,10 +155,14 @@ class MqttLink:
             # No Nagle: a PTT response or an event must not wait for the broker's delayed ACK.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
-        # Our window of QoS 1 publishes in flight is deliberate, not a backlog to warn about.
-        client.pending_calls_threshold = self._in_flight + 64
+        # Our outbox window bounds the QoS 1 publishes in flight, and a rebirth sends every
+        # retained state at once: neither is a backlog to warn about once per publish.
+        client.pending_calls_threshold = 1 << 30
         requests = _RequestDispatch(self._answer, client)
         async with client:
+            self.session = await self._outbox.next_session()
+            if self.on_connected is not None:
+                self.on_connected()
             await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
             requests.install()  # before subscribing, so no request is missed
             # Retain-As-Published keeps the retain flag on live delivery, so a request
@@ -150,8 +173,8 @@ class MqttLink:
             self._connected.set()
             after = (
                 ""
-                if outage_since is None
-                else (f" after {time.monotonic() - outage_since:.1f} s away")
+                if outage is None
+                else f" after {outage.seconds:.1f} s away ({outage.attempts} attempts)"
             )
             log.info(
                 "MQTT connected to %s:%d as %s%s (session %d, %d events queued)",
@@ -329,13 +352,15 @@ def _ack_now(client: aiomqtt.Client) -> None:
     its next small packet, which may be a PTT request, until that ACK arrives."""
     global _quickack_warned  # noqa: PLW0603
     quickack = getattr(socket, "TCP_QUICKACK", None)
-    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
-    sock = paho_client.socket() if paho_client is not None else None
-    if quickack is None or not isinstance(sock, socket.socket):
+    if quickack is None:
         if not _quickack_warned:
             _quickack_warned = True
             log.info("TCP quick ACK unavailable; set set_tcp_nodelay true on the broker")
         return
+    paho_client = getattr(client, "_client", None)  # aiomqtt keeps paho's client here
+    sock = paho_client.socket() if paho_client is not None else None
+    if not isinstance(sock, socket.socket):
+        return  # the connection has just gone (or is TLS-wrapped): nothing to speed up
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
@@ -346,3 +371,84 @@ async def _first(waiter: Any, failure: asyncio.Future[None]) -> None:
         await asyncio.wait({task, failure}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         task.cancel()
+
+
+class _Outage:
+    """One stretch without a broker: what failed, since when, how often we tried."""
+
+    _SUMMARY_S = 600.0
+
+    def __init__(self, failure: str) -> None:
+        self.failure = failure
+        self.since = time.monotonic()
+        self.attempts = 1
+        self._last_summary = self.since
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.since
+
+    def summary_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_summary >= self._SUMMARY_S:
+            self._last_summary = now
+            return True
+        return False
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+_AUTH_CODES = {4, 5, 134, 135}  # 3.1.1 and v5: bad user name or password, not authorised
+_PROTOCOL_CODES = {1, 132}  # unacceptable / unsupported protocol version
+
+
+def _describe_failure(error: BaseException) -> str:
+    """Which of network, protocol, authentication or TLS failed, in words a technician acts on."""
+    cause = error.__context__  # aiomqtt re-raises connect()'s OSError as a bare MqttError
+    code = getattr(error, "rc", None)
+    value = getattr(code, "value", code)
+    if isinstance(value, int) and value in _AUTH_CODES:
+        return f"authentication refused ({error}): check mqtt.username and the password"
+    if isinstance(value, int) and value in _PROTOCOL_CODES:
+        return f"protocol refused ({error}): the broker does not speak this MQTT version"
+    if isinstance(error, MqttConnectError):
+        return f"connection refused by the broker ({error})"
+    if isinstance(cause, ssl.SSLError) or "SSL" in str(error) or "certificate" in str(error):
+        return f"TLS failed ({error}): check mqtt.tls and the broker's certificate"
+    if isinstance(cause, socket.gaierror):
+        return f"network: host name not found ({error})"
+    if isinstance(cause, OSError) or isinstance(error, OSError):
+        return f"network: cannot reach the broker ({error})"
+    if "timed out" in str(error).lower():
+        return (
+            "protocol: the broker took the TCP connection but sent no MQTT CONNACK "
+            "(not an MQTT broker, or one that does not answer this MQTT version)"
+        )
+    return f"connection failed ({error})"
+
+
+def _quiet_closed_socket_callbacks(loop: asyncio.AbstractEventLoop) -> None:
+    """aiomqtt registers paho's socket with the loop through call_soon_threadsafe; when the
+    connection drops in between, add_writer meets a closed descriptor (EBADF) and asyncio
+    logs a traceback for what is only a lost connection, which the link reports anyway."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        handle = context.get("handle")
+        callback = getattr(handle, "_callback", None)
+        name = getattr(callback, "__name__", "")
+        if isinstance(error, OSError | ValueError) and name in ("add_writer", "add_reader"):
+            log.debug("MQTT socket already closed when %s ran: %s", name, error)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -157,6 +157,11 @@ class Outbox:
     def last_seq(self) -> int:
         return self._seq
 
+    @property
+    def session(self) -> int:
+        """The last committed connection counter (0 before the first connection)."""
+        return self._session
+
     # -- writing ---------------------------------------------------------------------------
 
     async def next_session(self) -> int:

@@ -205,9 +205,10 @@ def test_daemon_keeps_retrying_an_absent_broker(daemon_factory, tmp_path):
     port = free_port()
     daemon = daemon_factory(gateway_config(Broker(tmp_path / "b", port=port), tmp_path, gid))
     daemon.start()
-    wait_for(lambda: "unreachable" in daemon.log(), what="outage logged")
+    wait_for(lambda: "cannot reach the broker" in daemon.log(), what="outage logged")
     time.sleep(2.5)  # several reconnect attempts
-    assert daemon.log().count("unreachable") == 1, "an outage is logged once, not per retry"
+    log = daemon.log()
+    assert log.count("cannot reach the broker") == 1, "an outage is logged once, not per retry"
     late = Broker(tmp_path / "late", port=port)
     late.start()
     # Subscribe at once: the daemon's next retry is at least half a second away.
@@ -216,6 +217,12 @@ def test_daemon_keeps_retrying_an_absent_broker(daemon_factory, tmp_path):
         wait_for(lambda: "MQTT connected" in daemon.log(), timeout=15, what="reconnect")
         # The event committed while the broker was away arrives once it is back.
         sub.wait_event("gateway.started")
+        # `session` counts connections made (one), not the attempts before it, and the
+        # retained gateway state carries it from its first publish on.
+        assert [m.json()["session"] for m in sub.on("/status")] == [1]
+        states = sub.wait(lambda m: [x for x in m if x.topic == f"consolegw/{gid}/state"])
+        assert {m.json()["session"] for m in states} == {1}
+        assert "Traceback" not in daemon.log()
         sub.close()
     finally:
         daemon.stop()
@@ -339,8 +346,9 @@ key_file = "{pki}/client.key"
         (pki / "gw.pass").write_text("wrong\n")
         denied = daemon_factory(config, name="denied")
         denied.start()
-        wait_for(lambda: "unreachable" in denied.log(), what="refusal logged")
+        wait_for(lambda: "authentication refused" in denied.log(), what="refusal logged")
         assert "MQTT connected" not in denied.log()
+        assert "unreachable" not in denied.log()
     finally:
         broker.stop()
 
