@@ -6,7 +6,15 @@ class ConsoleGwError(Exception):
 
 
 class DeviceError(ConsoleGwError):
-    """A device misbehaved: bad reply, refused setting, unexpected state."""
+    """A device misbehaved: bad reply, refused setting, unexpected state.
+
+    `follow_up` marks an error that only repeats an earlier one: the driver did not even
+    try the device (it is backing off after a failure), so the cause is still that failure.
+    """
+
+    def __init__(self, *args: object, follow_up: bool = False) -> None:
+        super().__init__(*args)
+        self.follow_up = follow_up
 
 
 class DeviceUnavailable(DeviceError):

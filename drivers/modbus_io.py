@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from struct import error as struct_error
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -408,6 +408,30 @@ def _tame_pymodbus_logging() -> None:
         logger.setLevel(logging.CRITICAL)
 
 
+class _UndecodableReply(ModbusException):
+    """A frame pymodbus could not decode (unknown function code, PDU too short)."""
+
+
+def _fail_undecodable_replies(client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+    """Make a frame pymodbus cannot decode fail the waiting request as a bad reply.
+
+    pymodbus raises it out of the protocol's data_received, where asyncio logs a "fatal
+    error" with its traceback and drops the connection; the request then just times out.
+    """
+    ctx = client.ctx
+    handle = ctx.callback_data
+
+    def callback_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        try:
+            return int(handle(data, addr))
+        except Exception as exc:
+            if not ctx.response_future.done():
+                ctx.response_future.set_exception(_UndecodableReply(f"undecodable: {exc}"))
+            return len(data)  # what is buffered belongs to that frame or follows it: drop it
+
+    ctx.callback_data = callback_data  # type: ignore[method-assign]
+
+
 class ModbusLink:
     """One physical Modbus connection: TCP (`host`) or a serial line (`serial_port`).
 
@@ -570,6 +594,7 @@ class ModbusLink:
         if old is not None:
             old.close()
         client = self._make_client()
+        _fail_undecodable_replies(client)
         # pymodbus closes the connection itself after retries+3 unanswered requests; the
         # link decides that (lost_after_timeouts, TCP only), so push pymodbus's limit away.
         client.set_max_no_responses(1 << 30)
@@ -627,7 +652,10 @@ class ModbusLink:
             raise DeviceLost(f"{self._description} is closed")
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
-            raise DeviceLost(f"{self._description}: not connected; next attempt in {wait:.1f} s")
+            raise DeviceLost(
+                f"{self._description}: not connected; next attempt in {wait:.1f} s",
+                follow_up=True,
+            )
         if not await self._connect_locked():
             raise DeviceLost(f"{self._description}: cannot connect")
         assert self._client is not None
@@ -638,8 +666,10 @@ class ModbusLink:
         device_id: int,
         call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient], Awaitable[ModbusPDU]],
         what: str,
+        function_code: int,
     ) -> ModbusPDU:
-        """Run one pymodbus request under the link lock and map its failures.
+        """Run one pymodbus request (of `function_code`) under the link lock and map its
+        failures.
 
         For ModbusModule; returns the (non-exception) response PDU.
         """
@@ -671,9 +701,15 @@ class ModbusLink:
                     raise DeviceLost(f"{where}: {what}: {exc}") from exc
                 raise DeviceError(f"{where}: {what}: bad reply: {exc}") from exc
             self._silent_requests = 0
+        if response.function_code & 0x7F != function_code:
+            # pymodbus hands back whatever PDU the frame holds: FC 4 data answering an FC 3
+            # request would otherwise be read as the registers asked for.
+            raise DeviceError(
+                f"{where}: {what}: bad reply: function {response.function_code:#04x} "
+                f"answers a function {function_code} request"
+            )
         if isinstance(response, ExceptionResponse) or response.isError():
             code = int(getattr(response, "exception_code", 0))
-            function_code = response.function_code & 0x7F
             name = EXCEPTION_NAMES.get(code, f"UNKNOWN EXCEPTION {code}")
             if code == _GATEWAY_NO_RESPONSE:
                 raise DeviceTimeout(f"{where}: {what}: gateway says the device did not respond")
@@ -771,7 +807,7 @@ class ModbusModule:
         what = f"write coil {address} {'on' if value else 'off'}"
         device_id = self._device_id
         response = await self._request(
-            lambda c: c.write_coil(address, value, device_id=device_id), what
+            lambda c: c.write_coil(address, value, device_id=device_id), what, 5
         )
         echoed = getattr(response, "address", None), list(getattr(response, "bits", []))[:1]
         if echoed != (address, [value]):
@@ -803,13 +839,14 @@ class ModbusModule:
         if table == "coil":
             what = f"read coils {address}+{count}"
             response = await self._request(
-                lambda c: c.read_coils(address, count=count, device_id=device_id), what
+                lambda c: c.read_coils(address, count=count, device_id=device_id), what, 1
             )
         else:
             what = f"read discrete inputs {address}+{count}"
             response = await self._request(
                 lambda c: c.read_discrete_inputs(address, count=count, device_id=device_id),
                 what,
+                2,
             )
         bits = list(getattr(response, "bits", None) or [])
         if len(bits) < count:  # bits come padded to whole bytes
@@ -824,12 +861,14 @@ class ModbusModule:
             response = await self._request(
                 lambda c: c.read_input_registers(address, count=count, device_id=device_id),
                 what,
+                4,
             )
         else:
             what = f"read holding registers {address}+{count}"
             response = await self._request(
                 lambda c: c.read_holding_registers(address, count=count, device_id=device_id),
                 what,
+                3,
             )
         registers = list(getattr(response, "registers", None) or [])
         if len(registers) != count:
@@ -842,6 +881,7 @@ class ModbusModule:
         self,
         call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient], Awaitable[ModbusPDU]],
         what: str,
+        function_code: int,
     ) -> ModbusPDU:
         now = time.monotonic()
         if self._silent_since is not None:
@@ -849,13 +889,14 @@ class ModbusModule:
             if wait > 0:
                 raise DeviceTimeout(
                     f"{self._description}: {what}: skipped, not answering for "
-                    f"{now - self._silent_since:.1f} s (next probe in {wait:.1f} s)"
+                    f"{now - self._silent_since:.1f} s (next probe in {wait:.1f} s)",
+                    follow_up=True,
                 )
         attempts = 1 + (self._retries if self._silent_since is None else 0)
         for attempt in range(attempts):
             self._last_attempt = time.monotonic()
             try:
-                response = await self._link._execute(self._device_id, call, what)
+                response = await self._link._execute(self._device_id, call, what, function_code)
             except DeviceTimeout:
                 if attempt + 1 < attempts:
                     continue

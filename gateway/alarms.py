@@ -37,6 +37,7 @@ from gateway.commands import CommandRouter, Request, RequestContext, StatusReque
 from gateway.config import AlarmSection, ModbusLinkSection, ModbusModuleSection
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
+from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
 
@@ -116,6 +117,8 @@ class ModuleState(Payload):
     last_error: str | None
     polls: int
     failed_polls: int
+    lost_since: str | None = Field(default=None, description="While offline: since when")
+    attempts: int = Field(default=0, description="Failed polls since it went offline")
     ts: str
 
 
@@ -363,6 +366,7 @@ class ModuleMonitor:
         self._last_error: str | None = None
         self._streak_error = ""
         self._state_topic = publisher.topic_for("module", module_id, "state")
+        self._health = DeviceHealth(what=f"module {module_id}", logger=log)
 
     @property
     def online(self) -> bool:
@@ -378,6 +382,8 @@ class ModuleMonitor:
             last_error=self._last_error,
             polls=self._polls,
             failed_polls=self._failures,
+            lost_since=self._health.lost_since,
+            attempts=self._health.attempts,
             ts=utc_timestamp(),
         )
 
@@ -409,8 +415,9 @@ class ModuleMonitor:
         if self._state != "online":
             self._state = "online"
             self._last_error = None
+            away = self._health.recovered()
             if returning:
-                log.warning("module %s: back online", self.module_id)
+                log.warning("module %s: back online (%s)", self.module_id, away)
                 data = ModuleData(message="module answers again", failed_polls=self._failures)
                 self._pub.emit("module", self.module_id, "module.online", data, keep=True)
             else:
@@ -428,9 +435,21 @@ class ModuleMonitor:
         self._failures += 1
         if self._misses == 1:
             self._streak_error = str(failure.error)  # the cause; later ones are follow-ups
-        if self._misses < self._cfg.offline_after_misses or self._state == "offline":
+        if self._state == "offline":
+            # Still away: keep the cause current (a module that now answers with
+            # exceptions is no longer "cannot connect"); the tracker logs a change once.
+            # A poll the driver skipped while backing off tells nothing new.
+            if getattr(failure.error, "follow_up", False):
+                return
+            self._health.failed(str(failure.error))
+            if self._last_error != self._health.last_error:
+                self._last_error = self._health.last_error
+                self._publish_state()
+            return
+        if self._misses < self._cfg.offline_after_misses:
             return
         self._state = "offline"
+        self._health.failed(self._streak_error)
         self._last_error = self._streak_error
         message = f"no valid answer for {self._misses} polls: {self._streak_error}"
         log.error("module %s: OFFLINE: %s", self.module_id, message)

@@ -31,6 +31,7 @@ from gateway.commands import CommandRouter, Request, RequestContext, StatusReque
 from gateway.config import ChannelSection
 from gateway.errors import CommandError
 from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timestamp
+from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
 
@@ -91,6 +92,7 @@ class ChannelMonitor:
         self.fault_listeners: list[Callable[[str, str], None]] = []
         """Called with (code, message) when a fault is raised (the audio recall hooks in)."""
         self._ever_opened = False
+        self.health = DeviceHealth(what=f"channel {channel_id}: radio interface", logger=log)
         self._last_tx_state = 0.0
         self._last_reassert = 0.0
         self._keyed_at: float | None = None
@@ -138,6 +140,9 @@ class ChannelMonitor:
             device="none" if self._radio is None else ("online" if self._online else "offline"),
             faults=sorted(self.faults),
             tx_remaining_s=self._tx_remaining(),
+            lost_since=self.health.lost_since,
+            attempts=self.health.attempts,
+            last_error=self.health.last_error,
             ts=utc_timestamp(),
         )
 
@@ -351,8 +356,10 @@ class ChannelMonitor:
         self._cos_raw_since = self._cos_since = now
         self._apply_readback(lines, "device_opened")
         self._reconcile_restart()
-        if self._ever_opened:
-            self.clear_fault("device_lost", f"radio interface back: {self._radio.description}")
+        away = self.health.recovered()
+        if self._ever_opened or away is not None:
+            back = f"radio interface back ({away})" if away else "radio interface back"
+            self.clear_fault("device_lost", f"{back}: {self._radio.description}")
         else:
             log.info("channel %s: radio open: %s", self.channel_id, self._radio.description)
         self._ever_opened = True
@@ -382,11 +389,14 @@ class ChannelMonitor:
 
     def _device_absent(self, exc: Exception) -> None:
         self._online = False
+        self.health.failed(str(exc))
         self.raise_fault("device_lost", f"radio interface unavailable: {exc}")
+        self._publish_state()  # attempts and last_error
 
     def _device_lost(self, exc: Exception) -> None:
         if not self._online:
             return
+        self.health.failed(str(exc))
         self._online = False
         self._ptt_commanded = False
         self._lease_until = None

@@ -161,6 +161,13 @@ class ChannelState(Payload):
     tx_remaining_s: float | None = Field(
         default=None, description="Seconds until the time-out timer unkeys, while keyed"
     )
+    lost_since: str | None = Field(
+        default=None, description="While the radio interface is lost: since when"
+    )
+    attempts: int = Field(default=0, description="Failed reopen attempts since it was lost")
+    last_error: str | None = Field(
+        default=None, description="While lost: why the last attempt failed"
+    )
     ts: str
 
 

@@ -41,9 +41,14 @@ class ConsoleUnderTest:
         )
 
     def channel_state(self, channel: str) -> dict[str, Any]:
-        found = self.sub.on(f"/channels/{channel}/state")
-        assert found, f"no state for {channel} yet"
-        state: dict[str, Any] = found[-1].json()
+        state = self.channel_state_of(channel)
+        assert state is not None, f"no state for {channel} yet"
+        return state
+
+    def channel_state_of(self, target: str, scope: str = "channels") -> dict[str, Any] | None:
+        """The latest retained state of a channel (or alarm, module), None before any."""
+        found = self.sub.on(f"/{scope}/{target}/state")
+        state: dict[str, Any] | None = found[-1].json() if found else None
         return state
 
     def wait_state(

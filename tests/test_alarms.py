@@ -274,3 +274,31 @@ def test_set_output(alarm_console):
     cut.console.modules["io2"].set_silent(True)
     dead = cut.sub.request(topic, {"output": "bell", "state": True}, timeout=15)
     assert dead["status"] == "error" and "not set" in dead["error"]
+
+
+def test_a_module_that_changes_its_failure_keeps_its_cause_current(alarm_console):
+    cut = alarm_console()
+    module = cut.console.modules["io2"]
+    module.set_silent(True)
+    cut.sub.wait_event("module.offline", source_id="io2")
+    silent = cut.wait_state("io2", scope="modules", state="offline")
+    assert "no response" in silent["last_error"] and silent["lost_since"] is not None
+    # Still away, but now it answers with exceptions: the state and the log say so, once.
+    module.set_silent(False)
+    module.set_exception(4)
+    state = cut.sub.wait(
+        lambda _: (
+            (s := cut.channel_state_of("io2", "modules"))
+            and "DEVICE FAILURE" in (s["last_error"] or "")
+            and s
+        ),
+        what="last_error updated",
+    )
+    assert state["state"] == "offline" and state["attempts"] >= 1
+    time.sleep(0.5)
+    assert cut.daemon.log().count("module io2 still lost, now:") == 1
+    module.clear_faults()
+    cut.sub.wait_event("module.online", source_id="io2")
+    back = cut.wait_state("io2", scope="modules", state="online")
+    assert back["last_error"] is None and back["lost_since"] is None and back["attempts"] == 0
+    assert "module io2: back online (after" in cut.daemon.log()

@@ -177,10 +177,15 @@ def test_unplug_while_keyed_then_replug(console_factory):
     cut.ptt("ems", "off")
 
     time.sleep(1.5)  # several reopen attempts while unplugged: logged once
+    away = cut.channel_state("fire")
+    assert away["lost_since"] is not None and away["attempts"] >= 2
+    assert away["last_error"], away
     cut.serial("fire").replug()
-    cut.sub.wait_event("fault.cleared", fault="device_lost", source_id="fire", timeout=15)
+    cleared = cut.sub.wait_event("fault.cleared", fault="device_lost", source_id="fire", timeout=15)
+    assert "radio interface back (after" in cleared["data"]["message"]
     state = cut.wait_state("fire", device="online", state="idle")
     assert state["ptt"] is False and not cut.serial("fire").keyed
+    assert state["lost_since"] is None and state["attempts"] == 0
     raised = [e for e in cut.sub.events("fault.raised") if e["data"]["fault"] == "device_lost"]
     assert len(raised) == 1
     assert cut.daemon.log().count("FAULT device_lost") == 1
