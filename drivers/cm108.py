@@ -385,8 +385,8 @@ class CM108Radio:
             raise DeviceUnavailable(f"{self.description}: no matching device; found: {found}")
         if len(matches) > 1:
             raise DeviceUnavailable(
-                f"{self.description}: {len(matches)} devices match, set serial_number or "
-                f"port_path to choose one; found: {found}"
+                f"{self.description}: {len(matches)} devices match, set the radio's serial "
+                f"or port_path to choose one; found: {found}"
             )
         return matches[0]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import Config, MqttSection, load_config
+from gateway.config import Config, MqttSection, config_warnings, load_config
 from gateway.errors import ConfigError, ConsoleGwError
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ def build_gateway(config: Config) -> Gateway:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
+    for warning in config_warnings(config):
+        print(f"consolegw: warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: OK: gateway {config.gateway.id}, {len(config.channels)} channels, "
         f"{len(config.modbus.modules)} IO modules, {len(config.alarms)} alarm inputs, "
@@ -76,6 +78,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config, args.broker)
     _setup_logging(args.log_level or config.gateway.log_level)
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
 
     async def main() -> None:
         gateway = build_gateway(config)

@@ -527,7 +527,59 @@ def parse_config(data: dict[str, Any], *, source: Path, check_files: bool = True
     _check_references(config, source)
     if check_files:
         _check_files(config, source)
+    _check_whole(data, config, source)
     return config
+
+
+def _check_whole(data: dict[str, Any], config: Config, source: Path) -> None:
+    """What no single section can see: an id left to chance, an empty file, a shared port."""
+    gateway = data.get("gateway")
+    if not isinstance(gateway, dict) or "id" not in gateway:
+        raise ConfigError(
+            f"{source}: gateway.id: required: each console needs an id of its own (it names "
+            'the MQTT topics; two consoles with one id overwrite each other), e.g. id = "pos-04"'
+        )
+    if not (config.channels or config.alarms or config.modbus.modules):
+        raise ConfigError(
+            f"{source}: (top level): nothing to run: no [channels.<id>], [alarms.<id>] or "
+            "[modbus.modules.<id>] table; see config/example.toml"
+        )
+    ports: dict[str, str] = {}
+    for channel_id, channel in config.channels.items():
+        radio = channel.radio
+        if not isinstance(radio, SerialRadioSection):
+            continue
+        port = _same_port_key(radio.url)
+        other = ports.setdefault(port, channel_id)
+        if other != channel_id:
+            raise ConfigError(
+                f"{source}: channels.{channel_id}.radio.url: {radio.url} is channel {other}'s "
+                "port too: a serial port is opened by one channel (give each radio its own)"
+            )
+
+
+def _same_port_key(url: str) -> str:
+    """One key for the spellings of one port: by-id links resolved, host names folded."""
+    if "://" in url:
+        parts = urlsplit(url)
+        return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port}"
+    try:
+        return str(Path(url).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return url
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Legal settings a technician should think twice about, as `FILE: KEY: why` lines."""
+    warnings = []
+    for channel_id, channel in config.channels.items():
+        if channel.radio is not None and channel.radio.ptt_invert:
+            warnings.append(
+                f"{config.source}: channels.{channel_id}.radio.ptt_invert: true keys the "
+                "radio whenever the line is not driven (daemon stopped, crashed, cable or "
+                "USB unplugged); use it only for an interface that needs it"
+            )
+    return warnings
 
 
 def _check_references(config: Config, source: Path) -> None:
@@ -611,7 +663,8 @@ def _check_files(config: Config, source: Path) -> None:
             ) from None
         if not found:
             raise ConfigError(
-                f"{source}: {'.'.join(keys)}: file not found: {_printable(str(node))}"
+                f"{source}: {'.'.join(keys)}: file not found: {_printable(str(node))} "
+                "(put this console's file there, or remove the key)"
             )
     # What the daemon reads as it starts, read now: a problem is the config's, named here.
     try:

@@ -35,6 +35,7 @@ def test_example_config_is_valid_but_for_its_site_files() -> None:
     assert len(config.channels) == 4
     result = check(ROOT / "config" / "example.toml")
     assert result.returncode == 2 and "file not found: /etc/consolegw/" in result.stderr
+    assert "put this console's file there, or remove the key" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -164,13 +165,13 @@ def test_run_with_bad_config_exits_2_before_touching_anything(tmp_path: Path) ->
 def test_relative_paths_resolve_next_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "gw.toml"
-    path.write_text('[gateway]\nstate_dir = "state"\n')
+    path.write_text('[gateway]\nid = "gw"\nstate_dir = "state"\n[channels.north]\n')
     assert load_config(path).gateway.state_dir == tmp_path / "sub" / "state"
 
 
 def test_defaults_make_a_valid_prefix(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
-    path.write_text('[gateway]\nid = "pos-7"\n')
+    path.write_text('[gateway]\nid = "pos-7"\n[channels.north]\n')
     config = load_config(path)
     assert config.prefix == "consolegw/pos-7"
     assert config.mqtt.port == 1883
@@ -187,7 +188,7 @@ def test_unusable_state_dir_is_a_one_line_failure(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     path = tmp_path / "gw.toml"
-    path.write_text(f'[gateway]\nstate_dir = "{blocker}/state"\n')
+    path.write_text(f'[gateway]\nid = "gw"\nstate_dir = "{blocker}/state"\n[channels.north]\n')
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "-c", str(path)],
         capture_output=True,
@@ -198,3 +199,59 @@ def test_unusable_state_dir_is_a_one_line_failure(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "gateway.state_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+SERIAL = '[channels.{id}.radio]\nkind = "serial"\nurl = "{url}"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("", "gateway.id", "required"),
+        ("[channels.north]\n", "gateway.id", "required"),
+        ('[gateway]\nstate_dir = "/tmp"\n[channels.north]\n', "gateway.id", "its own"),
+        ('[gateway]\nid = "pos-1"\n', "(top level)", "nothing to run"),
+        (
+            '[gateway]\nid = "pos-1"\n'
+            + SERIAL.format(id="a", url="rfc2217://Serial-1:4001")
+            + SERIAL.format(id="b", url="rfc2217://serial-1:4001"),
+            "channels.b.radio.url",
+            "channel a's port too",
+        ),
+    ],
+)
+def test_whole_file_mistakes_are_errors(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 2, result
+    assert f"{path}: {key}: " in result.stderr and problem in result.stderr, result.stderr
+
+
+def test_one_port_under_two_names_is_one_port(tmp_path: Path) -> None:
+    device = tmp_path / "ttyUSB0"
+    device.touch()
+    by_id = tmp_path / "usb-FTDI_FT232R-if00-port0"
+    by_id.symlink_to(device)
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\nid = "pos-1"\n'
+        + SERIAL.format(id="fire", url=device)
+        + SERIAL.format(id="ems", url=by_id)
+    )
+    with pytest.raises(ConfigError, match=r"channels\.ems\.radio\.url: .* channel fire's port"):
+        load_config(path)
+
+
+def test_inverted_ptt_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\nid = "pos-1"\n'
+        + SERIAL.format(id="fire", url="rfc2217://127.0.0.1:4001")
+        + "ptt_invert = true\n"
+    )
+    result = check(path)
+    assert result.returncode == 0, result
+    assert f"warning: {path}: channels.fire.radio.ptt_invert: true keys the radio" in (
+        result.stderr
+    )

@@ -355,7 +355,7 @@ def test_module_of_relays_only_builds(workdir: Path) -> None:
     # Valid (check-config says OK) yet the daemon's start raised: no alarm input to poll.
     path = workdir / "relays.toml"
     path.write_text(
-        '[modbus.links.bus]\nhost = "127.0.0.1"\n'
+        '[gateway]\nid = "relays"\n[modbus.links.bus]\nhost = "127.0.0.1"\n'
         '[modbus.modules.relays]\nlink = "bus"\noutputs = { siren = 0 }\n'
     )
     assert cli.build_gateway(load_config(path)).modules
