@@ -363,10 +363,10 @@ class Messages:
             return b" " * rng.randint(70_000, 200_000) + b"{}", False  # over the size limit
         if roll < 0.84:
             return json.dumps(rng.choice([[], "status", None, 7, True])).encode(), False
-        body = {rng.choice(_KEYS): self.value() for _ in range(rng.randint(1, 4))}
+        fields: dict[str, Any] = {rng.choice(_KEYS): self.value() for _ in range(rng.randint(1, 4))}
         if acts:
-            body["extra"] = 1  # an unknown field: refused, whatever the rest
-        return json.dumps(body).encode(), False
+            fields["extra"] = 1  # an unknown field: refused, whatever the rest
+        return json.dumps(fields).encode(), False
 
     def big(self) -> bytes:
         """About 1 MB, each of a different kind."""
@@ -687,6 +687,7 @@ def fuzz(
     rss_before: int | None = None
     pid_before = watch.pid()
     progress_every = max(1, args.count // 10)
+    rss_samples: list[int | None] = []
     for i in range(args.count):
         if i == warmup:
             watch.wait_window(1)
@@ -705,7 +706,9 @@ def fuzz(
         if i % 200 == 0:
             watch.check()
         if (i + 1) % progress_every == 0:
-            print(f"{i + 1} sent, {fuzzer.in_flight()} in flight", flush=True)
+            # A leak grows with every tenth; memory the allocator keeps levels off.
+            rss_samples.append(vm_rss_kb(watch.pid()))
+            print(f"{i + 1} sent, {fuzzer.in_flight()} in flight, RSS {rss_samples[-1]} kB")
     watch.drain()
     elapsed = time.monotonic() - start
     time.sleep(1.0)
@@ -729,6 +732,7 @@ def fuzz(
         retained_left=left,
         payload_bytes=payload_bytes,
         rss=(rss_before, rss_after, pid_before == pid_after),
+        rss_samples=rss_samples,
         log_lines=log_end - log_start,
         breakdown=breakdown,
         keyed=keyed,
@@ -776,6 +780,7 @@ def figures(
     retained_left: int,
     payload_bytes: int,
     rss: tuple[int | None, int | None, bool],
+    rss_samples: list[int | None],
     log_lines: int,
     breakdown: Counter[str],
     keyed: int,
@@ -815,6 +820,9 @@ def figures(
         "response_topic_replies": fuzzer.response_topic_replies,
         "misrouted_responses": fuzzer.misrouted,
         "answered_non_request": len(fuzzer.answered_non_request),
+        "answered_non_request_topics": sorted(
+            {sent[i].topic for i in fuzzer.answered_non_request}, key=len
+        )[:5],
         "daemon_crashes": watch.crashes,
         "daemon_restarts": watch.restarts,
         "daemon_exit_codes": watch.exit_codes or [],
@@ -826,6 +834,7 @@ def figures(
         "rss_before_kb": rss_before,
         "rss_after_kb": rss_after,
         "rss_growth_kb": growth,
+        "rss_samples_kb": rss_samples,
         "log_lines": log_lines,
         "log_lines_per_1000_bad": per_1000_bad,
         "log_lines_by_logger": dict(breakdown.most_common(8)),
@@ -896,8 +905,11 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"daemon: exit codes {r['daemon_exit_codes']}, {r['requests_lost_in_crashes']} requests "
         f"lost in crashes, {r['mqtt_sessions']} MQTT sessions, RSS {r['rss_before_kb']} -> "
-        f"{r['rss_after_kb']} kB; log lines by logger {r['log_lines_by_logger']}"
+        f"{r['rss_after_kb']} kB (each tenth of the run: {r['rss_samples_kb']}); "
+        f"log lines by logger {r['log_lines_by_logger']}"
     )
+    if r["answered_non_request_topics"]:
+        print(f"non-request topics answered, e.g.: {r['answered_non_request_topics']}")
     print(f"{'target':<24} {'wanted':<24} measured")
     for name, (wanted, measured, ok) in targets(r).items():
         print(f"{name:<24} {wanted:<24} {measured}  {'ok' if ok else 'MISSED'}")
