@@ -103,10 +103,12 @@ class MqttLink:
                     backoff = 0.5
                     outage = _Outage(failure)
                     log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
-                elif outage is None or outage.failure != failure:
+                elif outage is None or failure != outage.failure:
                     if outage is None:
                         outage = _Outage(failure)
-                    outage.failure = failure
+                    else:
+                        outage.attempts += 1
+                        outage.failure = failure
                     log.warning(
                         "MQTT broker %s:%d: %s; events wait in the outbox",
                         self._mqtt.host,
@@ -420,15 +422,16 @@ def _describe_failure(error: BaseException) -> str:
         return f"connection refused by the broker ({error})"
     if isinstance(cause, ssl.SSLError) or "SSL" in str(error) or "certificate" in str(error):
         return f"TLS failed ({error}): check mqtt.tls and the broker's certificate"
-    if isinstance(cause, socket.gaierror):
-        return f"network: host name not found ({error})"
-    if isinstance(cause, OSError) or isinstance(error, OSError):
-        return f"network: cannot reach the broker ({error})"
-    if "timed out" in str(error).lower():
+    if str(error) == "Operation timed out":
+        # aiomqtt's wait for CONNACK: TCP (and TLS) went through, MQTT did not answer.
         return (
             "protocol: the broker took the TCP connection but sent no MQTT CONNACK "
             "(not an MQTT broker, or one that does not answer this MQTT version)"
         )
+    if isinstance(cause, socket.gaierror):
+        return f"network: host name not found ({error})"
+    if isinstance(cause, OSError) or isinstance(error, OSError):
+        return f"network: cannot reach the broker ({error})"
     return f"connection failed ({error})"
 
 

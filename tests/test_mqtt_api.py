@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,6 +24,9 @@ from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
 
 
 def gateway_config(broker: Broker, tmp_path: Path, gateway_id: str, extra: str = "") -> str:
+    if not any(table in extra for table in ("[channels.", "[alarms.", "[modbus.modules.")):
+        # check-config refuses a gateway with nothing to run; a radio-less channel is enough.
+        extra += '\n[channels.spare]\nname = "Spare position (no radio)"\n'
     return f"""
 [gateway]
 id = "{gateway_id}"
@@ -368,3 +375,39 @@ def test_paho_v311_client_can_read_events(daemon_factory, subscriber_factory, br
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@pytest.mark.slow
+def test_a_peer_that_is_no_mqtt_broker_is_named_as_such(daemon_factory, tmp_path):
+    # A TCP server that takes the connection and never answers CONNECT (a wrong port,
+    # a proxy, an HTTP server waiting for its request line).
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    gid = unique_id()
+    daemon = daemon_factory(gateway_config(Broker(tmp_path / "b", port=port), tmp_path, gid))
+    daemon.start()
+    try:
+        wait_for(lambda: "protocol:" in daemon.log(), timeout=25, what="protocol failure")
+        log = daemon.log()
+        assert "sent no MQTT CONNACK" in log and "cannot reach" not in log
+        assert "Traceback" not in log
+    finally:
+        daemon.stop()
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
