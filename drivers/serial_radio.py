@@ -91,6 +91,8 @@ _MODEM_BITS = {
 _PROBE_TIMEOUT_S = 0.5
 """How long open() waits for a server that may not answer read-back requests at all."""
 _CLOSE_TIMEOUT_S = 5.0
+_MAX_SUBNEGOTIATION = 256
+"""Longest subnegotiation kept, in bytes (RFC 2217's own are a few); a longer one is dropped."""
 
 _T = TypeVar("_T")
 
@@ -99,6 +101,83 @@ def _subnegotiation(option: bytes, value: int | None = None) -> bytes:
     payload = b"" if value is None else bytes([value])  # our values never need IAC escaping
     iac, sb, se = rfc2217.IAC, rfc2217.SB, rfc2217.SE
     return iac + sb + rfc2217.COM_PORT_OPTION + option + payload + iac + se
+
+
+class _ProtocolError(Exception):
+    """The server broke the protocol in a way that leaves its answers unusable."""
+
+
+class _TelnetParser:
+    """Splits what an RFC 2217 server sends into Telnet commands, in bounded memory.
+
+    Data bytes are dropped (SerialRadio reads none). A subnegotiation longer than
+    _MAX_SUBNEGOTIATION is dropped whole, IAC SE outside one is ignored, and IAC SB inside
+    one starts it afresh (as pyserial does).
+    """
+
+    def __init__(
+        self,
+        *,
+        negotiate: Callable[[bytes, bytes], None],
+        command: Callable[[bytes], None],
+        subnegotiation: Callable[[bytes], None],
+    ) -> None:
+        self._negotiate = negotiate
+        self._command = command
+        self._subnegotiation = subnegotiation
+        self._after_iac = False
+        self._verb: bytes | None = None  # WILL/WONT/DO/DONT awaiting its option byte
+        self._sub: bytearray | None = None
+        self._sub_too_long = False
+        self._warned = False
+
+    def feed(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self._verb is not None:
+                verb, self._verb = self._verb, None
+                self._negotiate(verb, data[i : i + 1])
+                i += 1
+            elif self._after_iac:
+                self._after_iac = False
+                self._iac_command(data[i : i + 1])
+                i += 1
+            else:
+                end = data.find(rfc2217.IAC, i)
+                self._text(data[i : len(data) if end < 0 else end])
+                if end < 0:
+                    return
+                self._after_iac = True
+                i = end + 1
+
+    def _iac_command(self, byte: bytes) -> None:
+        if byte == rfc2217.IAC:
+            self._text(byte)
+        elif byte == rfc2217.SB:
+            self._sub, self._sub_too_long = bytearray(), False
+        elif byte == rfc2217.SE:
+            sub, self._sub = self._sub, None
+            if sub is not None and not self._sub_too_long:
+                self._subnegotiation(bytes(sub))
+        elif byte in (rfc2217.WILL, rfc2217.WONT, rfc2217.DO, rfc2217.DONT):
+            self._verb = byte
+        else:
+            self._command(byte)
+
+    def _text(self, chunk: bytes) -> None:
+        if self._sub is None or self._sub_too_long:
+            return
+        if len(self._sub) + len(chunk) > _MAX_SUBNEGOTIATION:
+            self._sub_too_long = True
+            self._sub.clear()
+            if not self._warned:  # once per connection: a flood of them is one problem
+                self._warned = True
+                log.warning(
+                    "RFC 2217 server sent a subnegotiation over %d bytes; dropped",
+                    _MAX_SUBNEGOTIATION,
+                )
+        else:
+            self._sub += chunk
 
 
 class _Rfc2217Port(rfc2217.Serial):
@@ -132,9 +211,30 @@ class _Rfc2217Port(rfc2217.Serial):
     # -- hooks into pyserial ------------------------------------------------------------
 
     def _telnet_read_loop(self) -> None:
+        # Replaces pyserial's loop, which buffers a subnegotiation until IAC SE and every data
+        # byte without bound, and dies on an IAC SE outside a subnegotiation with the port left
+        # open and its waiters waiting. Whatever ends this loop loses the link.
+        sock = self._raw._socket
+        parser = _TelnetParser(
+            negotiate=self._raw._telnet_negotiate_option,
+            command=self._raw._telnet_process_command,
+            subnegotiation=self._telnet_process_subnegotiation,
+        )
         try:
-            super()._telnet_read_loop()  # type: ignore[misc]
+            while self.is_open:
+                try:
+                    data = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                parser.feed(data)
+        except Exception as exc:  # a protocol violation, or pyserial failing on one
+            log.warning("%s: dropping the connection: %s", self.portstr, exc)
         finally:
+            self._raw._read_buffer.put(None)  # pyserial's read() waits on it
             with self._cond:
                 self._link_lost = True
                 self._cond.notify_all()
@@ -144,6 +244,10 @@ class _Rfc2217Port(rfc2217.Serial):
         if suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SERVER_SET_CONTROL:
             # Not passed on: pyserial would compare it with a request it never sent.
             with self._cond:
+                if self.waits_for_answers and self._answer_count >= self._answers_due:
+                    # Answers carry no request number: one too many and every later answer
+                    # would be taken for the one before (a PTT acknowledged, never applied).
+                    raise _ProtocolError("SET-CONTROL answer to no request")
                 self._answer_count += 1
                 meaning = _ANSWERS.get(suboption[2]) if len(suboption) >= 3 else None
                 if meaning is not None:
@@ -151,6 +255,11 @@ class _Rfc2217Port(rfc2217.Serial):
                 self._cond.notify_all()
                 self._wake_loop_waiters()
             return
+        if suboption[0:1] == rfc2217.COM_PORT_OPTION and any(
+            item.ack_option == suboption[1:2] and item.value is None
+            for item in self._raw._rfc2217_options.values()
+        ):
+            return  # an answer to a setting never requested: pyserial would fail on it
         super()._telnet_process_subnegotiation(suboption)  # type: ignore[misc]
         with self._cond:
             self._cond.notify_all()  # a purge or port-setting acknowledgement may be awaited
@@ -226,6 +335,12 @@ class _Rfc2217Port(rfc2217.Serial):
                 self._answers_due += count
             return start
 
+    def _unclaim_answers(self, count: int) -> None:
+        """Undo the last `_claim_answers(count)` (write lock held), its requests unsent."""
+        with self._cond:
+            if self.waits_for_answers:
+                self._answers_due -= count
+
     def forget_unanswered(self) -> None:
         """After a timed-out wait: the server will not answer what is still due (a server
         that ignores some requests). Without this every later wait would end one early."""
@@ -248,12 +363,13 @@ class _Rfc2217Port(rfc2217.Serial):
             if not self._nowait_writes or sock is None or sock.gettimeout() is None:
                 return None
             data = b"".join(_subnegotiation(rfc2217.SET_CONTROL, v) for v in values)
-            with self._cond:
-                if self._link_lost:
-                    raise serial.SerialException("connection lost")
+            # Claimed before the write (under the lock: wire order), as the answer may come
+            # back before this thread runs again; an answer beyond those claimed is an error.
+            start = self._claim_answers(len(values))
             try:
                 written = os.write(sock.fileno(), data)
             except BlockingIOError:
+                self._unclaim_answers(len(values))  # nothing went out
                 return None
             except OSError as exc:
                 raise serial.SerialException(f"write failed: {exc}") from exc
@@ -264,7 +380,7 @@ class _Rfc2217Port(rfc2217.Serial):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 raise serial.SerialException("socket buffer full: the server is not reading")
-            return self._claim_answers(len(values))  # still under the lock: wire order
+            return start
         finally:
             lock.release()
 
