@@ -50,7 +50,6 @@ from paho.mqtt.properties import Properties  # noqa: E402
 from gateway.cli import build_gateway  # noqa: E402
 from gateway.config import Config, load_config  # noqa: E402
 from hw_sim.audio import sim_env  # noqa: E402
-from hw_sim.demo import wait_for_audio_sim  # noqa: E402
 from tests.mqtt_tools import Broker, Daemon, free_port, nodelay, wait_for  # noqa: E402
 
 WINDOW = 32
@@ -85,6 +84,21 @@ def sim_config(tmp: Path, broker: Broker) -> str:
     text = re.sub(r'(?m)^url = "mqtt://[^"]*"', f'url = "{broker.url}"', text)
     text = re.sub(r'(?m)^state_dir = "[^"]*"', f'state_dir = "{tmp / "state"}"', text)
     return text
+
+
+def wait_for_simulator(sim: subprocess.Popen[bytes], log: Path, audio_dir: Path) -> None:
+    """Until the simulator serves its devices and its sound cards exist: a daemon that
+    started first would log its retries inside the measured run."""
+
+    def ready() -> bool:
+        if sim.poll() is not None:
+            raise RuntimeError(f"the simulator exited: {log.read_text(errors='replace')[-2000:]}")
+        served = "] serving " in log.read_text(errors="replace")
+        cards = (audio_dir / "asound.conf").exists() and any(audio_dir.glob("*/native"))
+        return served and cards
+
+    wait_for(ready, timeout=30, what="the simulator's devices and sound cards")
+    time.sleep(0.5)
 
 
 def _json(payload: bytes) -> Any:
@@ -633,7 +647,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         daemon = Daemon(config_path, env=sim_env(audio_dir))
         fuzzer: Fuzzer | None = None
         try:
-            wait_for_audio_sim(audio_dir, sim)
+            wait_for_simulator(sim, tmp / "sim.log", audio_dir)
             fuzzer = Fuzzer(broker.port, config.prefix)
             daemon.start()
             try:
