@@ -102,6 +102,9 @@ class RingBuffer:
 
     def __init__(self, *, samples: int) -> None:
         self._buf = np.zeros(samples, dtype=np.int16)
+        # Touched now, not as audio first fills it: the daemon's memory is what it will be
+        # for months from the first minute (and a console short of it fails at start).
+        self._buf.fill(0)
         self._pos = 0
         self._filled = 0
 
