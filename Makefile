@@ -12,10 +12,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # minimodem: the reference TTY modem the tests and benchmark compare against;
 # openssl: certificates for the TLS test; pulseaudio and libasound2-plugins: the simulated
 # sound cards (a private PulseAudio per card, reached through ALSA's pulse plugin).
-DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio \
-	libasound2-plugins
+# systemd: systemd-analyze, which verifies the unit; dpkg-dev: dpkg-shlibdeps, for `make deb`;
+# lintian and debootstrap: the .deb's checks and its install into a throwaway Debian root
+# (tests/test_deb.py).
+DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio ser2net \
+	libasound2-plugins systemd dpkg-dev lintian debootstrap
 
-.PHONY: demo test lint typecheck pytest system-deps venv bench clean
+.PHONY: demo test lint typecheck pytest system-deps venv bench deb clean
 
 demo: system-deps venv
 	$(BIN)/python -m hw_sim.demo
@@ -55,6 +58,11 @@ $(VENV)/.installed: pyproject.toml
 
 bench: system-deps venv
 	$(BIN)/python bench/event_throughput.py
+
+# The Debian package for a console: build/consolegw_<version>_<arch>.deb (README.md,
+# "Installing on a console"). Needs PyPI at build time.
+deb: system-deps venv
+	packaging/build-deb.sh build
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -131,11 +132,20 @@ def cmd_tty(args: argparse.Namespace) -> int:
         return _fail(f"tty {args.action}: {exc}")
 
 
+def _version() -> str:
+    """The installed distribution's version: what `pip` or the .deb put on this machine."""
+    try:
+        return importlib.metadata.version("consolegw")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consolegw",
         description="Radio and hardware gateway for 911 dispatch consoles.",
     )
+    parser.add_argument("--version", action="version", version=f"consolegw {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon")
