@@ -106,6 +106,7 @@ def test_metrics_never_stop_the_daemon(tmp_path, caplog):
         port = taken.getsockname()[1]
         data = {
             "gateway": {"id": "gw-metrics", "state_dir": str(tmp_path)},
+            "channels": {"spare": {}},
             "metrics": {"enabled": True, "port": port},
         }
         gateway = Gateway(parse_config(data, source=tmp_path / "x.toml"))
