@@ -44,7 +44,8 @@ def _load(path: str, broker: str | None = None) -> Config:
     config = load_config(path)
     if broker is not None:
         try:
-            mqtt = MqttSection.model_validate({**config.mqtt.model_dump(), "url": broker})
+            override = {**config.mqtt.model_dump(), "url": broker, "urls": ()}
+            mqtt = MqttSection.model_validate(override)
         except ValueError as exc:
             raise ConfigError(f"--broker {broker}: {exc}") from None
         config = config.model_copy(update={"mqtt": mqtt})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -92,8 +93,54 @@ class TlsSection(_Model):
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """One broker of `mqtt.urls`: where it is and whether TLS is used."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+
+
+def _endpoint(url: str, tls_section: bool) -> BrokerEndpoint:
+    parts = urlsplit(url)
+    return BrokerEndpoint(
+        url=url,
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+        tls=parts.scheme == "mqtts" or tls_section,
+    )
+
+
+def _broker_url_problem(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        return "must start with mqtt:// or mqtts://"
+    if not parts.hostname:
+        return "has no host name"
+    problem = _host_problem(parts.hostname)
+    if problem is not None:
+        return problem
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        return f"bad port: {exc}"
+    return None
+
+
 class MqttSection(_Model):
     url: str = "mqtt://127.0.0.1:1883"
+    """The broker; with `urls`, the first of them."""
+    urls: tuple[str, ...] = ()
+    """Redundant brokers in order of preference: the gateway uses the first that answers,
+    fails over to the next when its broker goes, and returns to the first when it is back."""
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    """MQTT version: auto tries 5 and falls back to 3.1.1 when a broker refuses or ignores a
+    v5 CONNECT. Response topic and correlation data need 5."""
+    return_to_first_s: float = Field(default=60.0, ge=0, le=86_400)
+    """While on a later broker of `urls`, how often to look whether the first is back
+    (0: stay on the broker that works)."""
     prefix: str = ""
     """Topic prefix; empty means consolegw/<gateway.id>."""
     client_id: str = ""
@@ -107,21 +154,34 @@ class MqttSection(_Model):
     max_request_depth: int = Field(default=32, ge=2, le=256)
     """Deepest JSON nesting a request may have; deeper is refused before it is parsed."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_is_the_first_of_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("urls"):
+            if "url" in data:
+                raise ValueError("set url or urls, not both")
+            urls = data["urls"]
+            if isinstance(urls, list | tuple) and isinstance(urls[0], str):
+                data = {**data, "url": urls[0]}
+        return data
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("has no host name")
-        problem = _host_problem(parts.hostname)
+        problem = _broker_url_problem(value)
         if problem is not None:
             raise ValueError(problem)
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for n, url in enumerate(value):
+            problem = _broker_url_problem(url)
+            if problem is not None:
+                raise ValueError(f"{url!r} (entry {n + 1}) {problem}")
+        if len(set(value)) != len(value):
+            raise ValueError("names a broker twice")
         return value
 
     @field_validator("prefix")
@@ -168,6 +228,11 @@ class MqttSection(_Model):
     @property
     def uses_tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts" or self.tls is not None
+
+    @property
+    def brokers(self) -> tuple[BrokerEndpoint, ...]:
+        """Every broker to use, first preferred: `urls`, or `url` alone."""
+        return tuple(_endpoint(u, self.tls is not None) for u in (self.urls or (self.url,)))
 
 
 class OutboxSection(_Model):

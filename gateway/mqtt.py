@@ -18,13 +18,14 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt import ProtocolVersion
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.commands import CommandRouter, Reply
-from gateway.config import MqttSection, read_password
+from gateway.config import BrokerEndpoint, MqttSection, read_password
 from gateway.events import StatusPayload, utc_timestamp
 from gateway.publisher import Publisher
 
@@ -78,6 +79,10 @@ class MqttLink:
         """Called once the broker accepted a connection, with `session` already counted."""
         self._password = read_password(mqtt)
         self._tls = build_tls_context(mqtt)
+        self._brokers = mqtt.brokers
+        self._insecure = bool(mqtt.tls and mqtt.tls.insecure)
+        self._learned: dict[str, ProtocolVersion] = {}  # auto: what each broker took
+        self._clearing: dict[str, int] = {}  # our deletions of retained requests, in flight
 
     @property
     def connected(self) -> bool:
@@ -93,14 +98,22 @@ class MqttLink:
         _quiet_closed_socket_callbacks(asyncio.get_running_loop())
         backoff = 0.5
         outage: _Outage | None = None
+        index = 0  # the broker of self._brokers in use or being tried
+        failed_in_round = 0
         while not self._stopping.is_set():
+            broker = self._brokers[index]
             try:
-                await self._connection(outage)
+                await self._connection(broker, outage, index)
                 outage = None
+                failed_in_round = 0
+                # A clean end of a session that is not a stop: back to the first broker.
+                index = 0
+                continue
             except* aiomqtt.MqttError as group:
-                failure = _describe_failure(_leaf(group))
+                failure = f"{broker.host}:{broker.port}: {_describe_failure(_leaf(group))}"
                 if self._connected.is_set():
                     backoff = 0.5
+                    failed_in_round = 0
                     outage = _Outage(failure)
                     log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
                 elif outage is None or failure != outage.failure:
@@ -109,20 +122,13 @@ class MqttLink:
                     else:
                         outage.attempts += 1
                         outage.failure = failure
-                    log.warning(
-                        "MQTT broker %s:%d: %s; events wait in the outbox",
-                        self._mqtt.host,
-                        self._mqtt.port,
-                        failure,
-                    )
+                    log.warning("MQTT broker %s; events wait in the outbox", failure)
                 else:
                     outage.attempts += 1
                     if outage.summary_due():
                         log.warning(
-                            "MQTT broker %s:%d still unreachable after %.0f s "
-                            "(%d attempts; last: %s); %d events wait in the outbox",
-                            self._mqtt.host,
-                            self._mqtt.port,
+                            "MQTT still without a broker after %.0f s (%d attempts; last: %s); "
+                            "%d events wait in the outbox",
                             outage.seconds,
                             outage.attempts,
                             failure,
@@ -132,26 +138,31 @@ class MqttLink:
                 self._connected.clear()
             if self._stopping.is_set():
                 break
+            # The next broker at once; a pause only when every one of them has failed.
+            index = (index + 1) % len(self._brokers)
+            failed_in_round += 1
+            if failed_in_round < len(self._brokers):
+                continue
+            failed_in_round = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _connection(self, outage: _Outage | None) -> None:
-        # `session` counts connections made: this attempt's number is committed only once
-        # the broker has accepted it, but the Will must carry it already.
-        self.session = self._outbox.session + 1
+    def _client(self, broker: BrokerEndpoint, version: ProtocolVersion) -> aiomqtt.Client:
         offline = self._status(state="offline")  # the Will: stamped at connection time
         client = aiomqtt.Client(
-            self._mqtt.host,
-            self._mqtt.port,
+            broker.host,
+            broker.port,
             identifier=self._client_id,
             username=self._mqtt.username,
             password=self._password,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=version,
             will=aiomqtt.Will(self._status_topic, offline, qos=1, retain=True),
             keepalive=self._mqtt.keepalive_s,
-            tls_context=self._tls,
-            tls_insecure=True if self._mqtt.tls and self._mqtt.tls.insecure else None,
+            tls_context=self._tls if broker.tls else None,
+            tls_insecure=True
+            if broker.tls and self._mqtt.tls and self._mqtt.tls.insecure
+            else None,
             max_inflight_messages=self._in_flight,
             timeout=10,
             # No Nagle: a PTT response or an event must not wait for the broker's delayed ACK.
@@ -160,49 +171,134 @@ class MqttLink:
         # Our outbox window bounds the QoS 1 publishes in flight, and a rebirth sends every
         # retained state at once: neither is a backlog to warn about once per publish.
         client.pending_calls_threshold = 1 << 30
-        requests = _RequestDispatch(self._answer, client)
-        async with client:
+        return client
+
+    async def _enter(
+        self, broker: BrokerEndpoint, stack: contextlib.AsyncExitStack
+    ) -> tuple[aiomqtt.Client, ProtocolVersion]:
+        """Connect with the configured protocol; in auto, v5 first and 3.1.1 when the
+        broker refuses or ignores a v5 CONNECT (remembered for that broker)."""
+        wanted = self._mqtt.protocol
+        learned = self._learned.get(broker.url)
+        if learned is not None:
+            versions = [learned]
+        elif wanted == "auto":
+            versions = [ProtocolVersion.V5, ProtocolVersion.V311]
+        else:
+            versions = [ProtocolVersion.V5 if wanted == "5" else ProtocolVersion.V311]
+        for version in versions:
+            client = self._client(broker, version)
+            try:
+                await stack.enter_async_context(client)
+            except aiomqtt.MqttError as exc:
+                if version is ProtocolVersion.V5 and len(versions) > 1 and _may_refuse_v5(exc):
+                    log.info(
+                        "MQTT broker %s:%d did not take a v5 CONNECT (%s); trying 3.1.1",
+                        broker.host,
+                        broker.port,
+                        _describe_failure(exc),
+                    )
+                    continue
+                raise
+            if wanted == "auto" and learned is None:
+                self._learned[broker.url] = version
+                if version is ProtocolVersion.V311:
+                    log.warning(
+                        "MQTT broker %s:%d speaks 3.1.1 only: responses go to "
+                        ".../response/<cmd> without v5 response topic or correlation data",
+                        broker.host,
+                        broker.port,
+                    )
+            return client, version
+        raise AssertionError("unreachable: the last version raises")
+
+    async def _connection(self, broker: BrokerEndpoint, outage: _Outage | None, index: int) -> None:
+        # `session` counts connections made: this attempt's number is committed only once
+        # the broker has accepted it, but the Will must carry it already.
+        self.session = self._outbox.session + 1
+        async with contextlib.AsyncExitStack() as stack:
+            client, version = await self._enter(broker, stack)
+            v5 = version is ProtocolVersion.V5
+            requests = _RequestDispatch(self._answer, client)
             self.session = await self._outbox.next_session()
             if self.on_connected is not None:
                 self.on_connected()
             await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
             requests.install()  # before subscribing, so no request is missed
-            # Retain-As-Published keeps the retain flag on live delivery, so a request
-            # published with retain=true is recognised and refused, not only a stale one.
-            options = SubscribeOptions(qos=1, retainAsPublished=True)
             for topic in self._router.subscriptions:
-                await client.subscribe(topic, options=options)
+                if v5:
+                    # Retain-As-Published keeps the retain flag on live delivery, so a
+                    # request published with retain=true is refused, not only a stale one.
+                    options = SubscribeOptions(qos=1, retainAsPublished=True)
+                    await client.subscribe(topic, options=options)
+                else:
+                    # 3.1.1 clears the flag on live delivery: only a stale retained request
+                    # is recognised (and refused, and cleared) as such.
+                    await client.subscribe(topic, qos=1)
             self._connected.set()
             after = (
                 ""
                 if outage is None
                 else f" after {outage.seconds:.1f} s away ({outage.attempts} attempts)"
             )
+            which = (
+                "" if len(self._brokers) == 1 else f", broker {index + 1} of {len(self._brokers)}"
+            )
             log.info(
-                "MQTT connected to %s:%d as %s%s (session %d, %d events queued)",
-                self._mqtt.host,
-                self._mqtt.port,
+                "MQTT connected to %s:%d as %s with MQTT %s%s%s (session %d, %d events queued)",
+                broker.host,
+                broker.port,
                 self._client_id,
+                "5" if v5 else "3.1.1",
+                which,
                 after,
                 self.session,
                 self._outbox.depth,
             )
             self._publisher.mark_all_dirty()
+            back_to_first = asyncio.Event()
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self._pump_events(client)),
                     group.create_task(self._pump_states(client)),
                     group.create_task(requests.serve()),
                 ]
-                await self._stopping.wait()
-                # Clean stop: let the last events (PTT released on the way down) go out.
+                if index > 0 and self._mqtt.return_to_first_s > 0:
+                    tasks.append(group.create_task(self._watch_first(back_to_first)))
+                await _either(self._stopping, back_to_first)
+                # Clean stop or hand-over: let the last events (PTT released on the way
+                # down) go out.
                 await self._drain(_STOP_DRAIN_S)
                 for task in tasks:
                     task.cancel()
             await client.publish(
                 self._status_topic, self._status(state="offline"), qos=1, retain=True
             )
-            log.info("MQTT: published offline, disconnecting")
+            if back_to_first.is_set() and not self._stopping.is_set():
+                first = self._brokers[0]
+                log.warning(
+                    "MQTT: the first broker %s:%d answers again; moving back to it",
+                    first.host,
+                    first.port,
+                )
+            else:
+                log.info("MQTT: published offline, disconnecting")
+
+    async def _watch_first(self, back: asyncio.Event) -> None:
+        """While on a later broker: is the first one taking connections again?"""
+        first = self._brokers[0]
+        while True:
+            await asyncio.sleep(self._mqtt.return_to_first_s)
+            try:
+                async with asyncio.timeout(2.0):
+                    _, writer = await asyncio.open_connection(first.host, first.port)
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            back.set()
+            return
 
     async def _drain(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -235,6 +331,9 @@ class MqttLink:
             finally:
                 window.release()
 
+        # A pump cancelled (a stop, another task's failure) before it read `failure` must
+        # not leave asyncio to log a "never retrieved" traceback for a lost connection.
+        failure.add_done_callback(lambda f: f.cancelled() or f.exception())
         async with asyncio.TaskGroup() as group:
             while True:
                 if failure.done():
@@ -266,11 +365,19 @@ class MqttLink:
             topic = message.topic
             raw = bytes(message.payload)
             retained = bool(message.retain)
+            if not raw and self._clearing.get(topic, 0) > 0:
+                # Our own deletion of a retained request, delivered back to us: under
+                # 3.1.1 without the retain flag, so it would read as an empty request.
+                self._clearing[topic] -= 1
+                if not self._clearing[topic]:
+                    del self._clearing[topic]
+                return
             if retained and not raw:
-                return  # the deletion of a retained request (ours or the requester's)
+                return  # the deletion of a retained request (the requester's)
             if retained:
                 # Cleared before it is handled, whatever the outcome: a retained request
                 # that upset the handler must not come back on every reconnect.
+                self._clearing[topic] = self._clearing.get(topic, 0) + 1
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.publish(topic, b"", qos=1, retain=True)
             props = message.properties
@@ -398,6 +505,27 @@ class _Outage:
         return False
 
 
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waits = {asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _may_refuse_v5(error: BaseException) -> bool:
+    """Whether a failed v5 CONNECT may be a 3.1.1-only broker's answer: a refusal of the
+    protocol version, a connection closed before CONNACK, or no CONNACK at all. Not a
+    network, TLS or authentication failure, which 3.1.1 would meet the same way."""
+    if isinstance(error, MqttConnectError):
+        return getattr(error.rc, "value", error.rc) in _PROTOCOL_CODES
+    if str(error) == "Operation timed out":
+        return True  # TCP went through; MQTT never answered
+    # connect()'s own OSError (refused, unreachable, no such host, TLS): not the protocol.
+    return not isinstance(error.__context__, OSError)
+
+
 def _leaf(error: BaseException) -> BaseException:
     """The first real exception inside (nested) exception groups."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -412,13 +540,12 @@ _PROTOCOL_CODES = {1, 132}  # unacceptable / unsupported protocol version
 def _describe_failure(error: BaseException) -> str:
     """Which of network, protocol, authentication or TLS failed, in words a technician acts on."""
     cause = error.__context__  # aiomqtt re-raises connect()'s OSError as a bare MqttError
-    code = getattr(error, "rc", None)
-    value = getattr(code, "value", code)
-    if isinstance(value, int) and value in _AUTH_CODES:
-        return f"authentication refused ({error}): check mqtt.username and the password"
-    if isinstance(value, int) and value in _PROTOCOL_CODES:
-        return f"protocol refused ({error}): the broker does not speak this MQTT version"
-    if isinstance(error, MqttConnectError):
+    if isinstance(error, MqttConnectError):  # a CONNACK refusal: its code says why
+        code = getattr(error.rc, "value", error.rc)
+        if code in _AUTH_CODES:
+            return f"authentication refused ({error}): check mqtt.username and the password"
+        if code in _PROTOCOL_CODES:
+            return f"protocol refused ({error}): the broker does not speak this MQTT version"
         return f"connection refused by the broker ({error})"
     if isinstance(cause, ssl.SSLError) or "SSL" in str(error) or "certificate" in str(error):
         return f"TLS failed ({error}): check mqtt.tls and the broker's certificate"

@@ -255,3 +255,33 @@ def test_inverted_ptt_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert f"warning: {path}: channels.fire.radio.ptt_invert: true keys the radio" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "key", "problem"),
+    [
+        ('url = "mqtt://a:1"\nurls = ["mqtt://b:1"]', "mqtt", "url or urls"),
+        ('urls = ["mqtt://a:1", "mqtt://a:1"]', "mqtt.urls", "twice"),
+        ('urls = ["mqtt://a:1", "http://b"]', "mqtt.urls", "entry 2"),
+        ('protocol = "4"', "mqtt.protocol", "3.1.1"),
+    ],
+)
+def test_broker_list_mistakes(tmp_path: Path, mqtt: str, key: str, problem: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[gateway]\nid = "pos-1"\n[mqtt]\n{mqtt}\n[channels.north]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}: {key}: " in str(caught.value) and problem in str(caught.value)
+
+
+def test_urls_make_url_the_first_broker(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\nid = "pos-1"\n[mqtt]\nurls = ["mqtt://a:1884", "mqtts://b"]\n[channels.north]\n'
+    )
+    mqtt = load_config(path).mqtt
+    assert mqtt.url == "mqtt://a:1884" and (mqtt.host, mqtt.port) == ("a", 1884)
+    assert [(b.host, b.port, b.tls) for b in mqtt.brokers] == [
+        ("a", 1884, False),
+        ("b", 8883, True),
+    ]

@@ -23,7 +23,9 @@ from tests.contract import validate_as
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
 
 
-def gateway_config(broker: Broker, tmp_path: Path, gateway_id: str, extra: str = "") -> str:
+def gateway_config(
+    broker: Broker, tmp_path: Path, gateway_id: str, extra: str = "", mqtt: str = ""
+) -> str:
     if not any(table in extra for table in ("[channels.", "[alarms.", "[modbus.modules.")):
         # check-config refuses a gateway with nothing to run; a radio-less channel is enough.
         extra += '\n[channels.spare]\nname = "Spare position (no radio)"\n'
@@ -35,6 +37,7 @@ log_level = "debug"
 
 [mqtt]
 url = "{broker.url}"
+{mqtt}
 
 {extra}
 """
@@ -411,3 +414,35 @@ def test_a_peer_that_is_no_mqtt_broker_is_named_as_such(daemon_factory, tmp_path
         for conn in accepted:
             conn.close()
         server.close()
+
+
+def test_mqtt_3_1_1_keeps_every_feature_it_can(
+    daemon_factory, subscriber_factory, broker, tmp_path
+):
+    gid = unique_id()
+    prefix = f"consolegw/{gid}"
+    # A stale retained request waits on the broker before the gateway connects.
+    stale = subscriber_factory([f"{prefix}/response/#"])
+    stale.client.publish(f"{prefix}/request/status", b'{"transaction": 1}', qos=1, retain=True)
+    sub = subscriber_factory([f"{prefix}/#"])
+    daemon = daemon_factory(gateway_config(broker, tmp_path, gid, mqtt='protocol = "3.1.1"'))
+    daemon.start()
+    sub.wait(
+        lambda m: [x for x in m if x.topic == f"{prefix}/status" and x.json()["state"] == "online"],
+        what="online status",
+    )
+    wait_for(lambda: "with MQTT 3.1.1" in daemon.log(), what="the protocol in the log")
+    refused = sub.wait(lambda m: [x.json() for x in m if x.topic.endswith("/response/status")])
+    assert refused[0]["code"] == "bad_request" and "retained" in refused[0]["error"], refused
+    answer = sub.request(f"{prefix}/request/status", {"transaction": "t-311"})
+    assert answer["status"] == "ok" and answer["data"]["session"] >= 1
+    assert sub.request(f"{prefix}/request/rebirth", {})["status"] == "ok"
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    will = sub.wait(
+        lambda m: [
+            x.json() for x in m if x.topic == f"{prefix}/status" and x.json()["state"] == "offline"
+        ],
+        what="the Last Will over 3.1.1",
+    )
+    assert will[-1]["session"] == answer["data"]["session"]
