@@ -15,8 +15,9 @@ from typing import Protocol
 class RadioLines:
     """One reading of a radio interface."""
 
-    cos: bool
-    """Carrier present (polarity applied, not debounced)."""
+    cos: bool | None
+    """Carrier present (polarity applied, not debounced); None when the hardware has not
+    reported it: an RFC 2217 server that has sent no modem state yet, or no COS line."""
     ptt: bool | None
     """PTT as read back from the hardware, or None where the hardware cannot read it back."""
 
@@ -50,5 +51,8 @@ class RadioInterface(Protocol):
         ...
 
     async def read_lines(self) -> RadioLines:
-        """Read COS and the PTT read-back. Raises DeviceLost when the device is gone."""
+        """Read COS and the PTT read-back. Raises DeviceLost when the device is gone.
+
+        COS is None until the hardware has reported the line: never a guessed `False`.
+        """
         ...

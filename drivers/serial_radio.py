@@ -29,6 +29,23 @@ Safety, and what the transport allows:
   answers: the server handles requests in order, so everything it knew before answering has
   reached us. One round trip per read, no sleeping, and a dead server is noticed within
   `io_timeout_s` even when TCP has not noticed yet.
+- COS from servers that never answer a poll: ser2net 4.x ignores NOTIFY-MODEMSTATE requests
+  (RFC 2217 option 7) and only pushes changes, and only changes whose delta bit is in the
+  client's modem-state mask. It sets a default mask (all lines) only when the client says
+  WILL COM-PORT, and pyserial's client skips that WILL whenever the server's DO COM-PORT
+  arrives first (its reader thread marks the option active before `open()` sends it): then
+  the mask stays 0 and ser2net sends no modem state at all, for the whole connection (9 of 20
+  opens through ser2net 4.3.11 on this machine). So `open()` sends SET-MODEMSTATE-MASK
+  (option 11) with the COS line's state and delta bits; ser2net answers it with the line's
+  state and pushes every change from then on. Whatever the server sends, pushed or answered,
+  is the COS state; polls still go out for servers that answer them.
+- COS is None (unknown) until the server has reported the modem lines after that mask went
+  out: never a guessed False. Reports that came before are dropped, because ser2net sends one
+  at connect before it has read its device (observed: all lines low with carrier present on
+  CTS, the real state a moment later). A server that sends nothing leaves COS unknown, which
+  the gateway raises as a fault. What no client can tell: ser2net answers the mask with the
+  last state its device reported, which is that same all-low placeholder if the device has
+  reported nothing yet, and a device without modem lines (ser2net on a pty) reads all low.
 """
 
 from __future__ import annotations
@@ -87,6 +104,12 @@ _MODEM_BITS = {
     "dsr": rfc2217.MODEMSTATE_MASK_DSR,
     "ri": rfc2217.MODEMSTATE_MASK_RI,
     "cd": rfc2217.MODEMSTATE_MASK_CD,
+}
+_MODEM_DELTAS = {
+    "cts": rfc2217.MODEMSTATE_MASK_CTS_CHANGE,
+    "dsr": rfc2217.MODEMSTATE_MASK_DSR_CHANGE,
+    "ri": rfc2217.MODEMSTATE_MASK_RI_CHANGE,
+    "cd": rfc2217.MODEMSTATE_MASK_CD_CHANGE,
 }
 _PROBE_TIMEOUT_S = 0.5
 """How long open() waits for a server that may not answer read-back requests at all."""
@@ -200,6 +223,8 @@ class _Rfc2217Port(rfc2217.Serial):
         self._answers: deque[tuple[int, str, bool]] = deque(maxlen=64)  # (number, kind, level)
         self._link_lost = False
         self._nowait_writes = True
+        self._modem: int | None = None  # the last modem state reported since our mask
+        self._modem_reports = False  # whether reports count yet (our mask has gone out)
         # Event-loop futures waiting for an answer count: (count, loop, future).
         self._loop_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         super().__init__()
@@ -241,6 +266,13 @@ class _Rfc2217Port(rfc2217.Serial):
                 self._wake_loop_waiters()
 
     def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
+        if (
+            suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SERVER_NOTIFY_MODEMSTATE
+            and len(suboption) >= 3
+        ):
+            with self._cond:
+                if self._modem_reports:
+                    self._modem = suboption[2]
         if suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SERVER_SET_CONTROL:
             # Not passed on: pyserial would compare it with a request it never sent.
             with self._cond:
@@ -305,20 +337,32 @@ class _Rfc2217Port(rfc2217.Serial):
 
     @property
     def modem_state(self) -> int | None:
-        state: int | None = self._raw._modemstate
-        return state
+        """The modem state the server last reported after `modem_mask` was sent, or None."""
+        with self._cond:
+            return self._modem
 
-    def send_control(self, values: Sequence[int], *, poll_modem: bool = False) -> int:
+    def send_control(
+        self, values: Sequence[int], *, poll_modem: bool = False, modem_mask: int | None = None
+    ) -> int:
         """Send SET-CONTROL values (and a modem-state poll) in one write. Returns the number
-        of answers due before these, for `wait_answers` and `answers_in`."""
+        of answers due before these, for `wait_answers` and `answers_in`.
+
+        `modem_mask` first sends SET-MODEMSTATE-MASK with it: from then on the modem state
+        the server reports counts, and what it reported before is forgotten.
+        """
         data = b"".join(_subnegotiation(rfc2217.SET_CONTROL, v) for v in values)
         if poll_modem:
             data = _subnegotiation(rfc2217.NOTIFY_MODEMSTATE) + data
+        if modem_mask is not None:
+            data = _subnegotiation(rfc2217.SET_MODEMSTATE_MASK, modem_mask) + data
         with self._raw._write_lock:  # what pyserial's _internal_raw_write does, plus the claim
             start = self._claim_answers(len(values))
             sock = self._raw._socket
             if sock is None:
                 raise serial.SerialException("port closed")
+            if modem_mask is not None:
+                with self._cond:
+                    self._modem, self._modem_reports = None, True
             try:
                 sock.sendall(data)
             except OSError as exc:
@@ -661,6 +705,12 @@ class SerialRadio:
         try:
             if self._rfc is not None:
                 self._probe(self._rfc)
+                if self._cos_line is not None and self._rfc.modem_state is None:
+                    log.warning(
+                        "%s: the server has not reported the modem lines yet; COS is unknown "
+                        "until it does",
+                        self._url,
+                    )
             else:
                 self._read_back = False
                 self._set_hupcl(port)
@@ -684,11 +734,16 @@ class SerialRadio:
         """Find out whether the server answers read-back requests, and check we are unkeyed."""
         self._read_back = False
         self._poll_requests = []
+        mask = None
+        if self._cos_line is not None:  # its state, and its changes pushed (as ser2net needs)
+            mask = _MODEM_BITS[self._cos_line] | _MODEM_DELTAS[self._cos_line]
         if not port.waits_for_answers:
+            port.send_control([], poll_modem=True, modem_mask=mask)
             return
-        # The flow-control query goes last: once it is answered, so is all the server answers.
+        # The flow-control query goes last: once it is answered, so is all the server answers
+        # (the mask's answer, where the server gives one, included).
         requests = [*(_REQ[line] for line in self._ptt_lines), _REQ_FLOW]
-        start = port.send_control(requests, poll_modem=True)
+        start = port.send_control(requests, poll_modem=True, modem_mask=mask)
         count = len(requests)
         # The answers that do come are numbered from the first request, whichever the server
         # skips; the flow answer (last) says the server is done.
@@ -709,10 +764,6 @@ class SerialRadio:
             self._poll_requests = [_REQ_FLOW]
         if self._read_back and self._keyed_from(answers):
             log.warning("%s: PTT reads back KEYED right after open", self._url)
-        if self._cos_line is not None and port.modem_state is None:
-            log.warning(
-                "%s: server sent no modem state yet; COS reads inactive until it does", self._url
-            )
 
     def _set_hupcl(self, port: serial.SerialBase) -> None:
         # HUPCL drops RTS/DTR on close, process death included: unkeyed with normal polarity,
@@ -771,7 +822,7 @@ class SerialRadio:
                 return self._read_rfc2217(self._rfc)
             if self._cos_line is None:
                 _read_input(port, "cts")  # nothing to report, but notices an unplugged adapter
-                return RadioLines(cos=False, ptt=None)
+                return RadioLines(cos=None, ptt=None)
             return RadioLines(cos=_read_input(port, self._cos_line) != self._cos_invert, ptt=None)
         except (OSError, ValueError) as exc:
             raise self._lost(exc) from exc
@@ -787,7 +838,7 @@ class SerialRadio:
             if not all(line in answers for line in self._ptt_lines):
                 raise serial.SerialException(f"bad PTT read-back answer {answers!r}")
             ptt = self._keyed_from(answers)
-        cos = False
+        cos: bool | None = None  # not reported (yet), or no COS line
         state = port.modem_state
         if self._cos_line is not None and state is not None:
             cos = bool(state & _MODEM_BITS[self._cos_line]) != self._cos_invert

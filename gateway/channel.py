@@ -9,6 +9,9 @@ Safety rules enforced here, whatever the requester does:
 - PTT is released on every stop path, error path and device loss; a reopened device starts
   unkeyed and is never re-keyed on its own;
 - the PTT reported is what the hardware reads back where it can;
+- carrier (COS) the interface has not reported is unknown (`cos` null, fault `cos_unknown`),
+  never a guessed "no carrier"; busy lockout treats it as busy unless
+  `busy_when_cos_unknown = false`. A channel with no COS line has `cos` null and no fault;
 - keying is journalled (state_dir) before the command goes out, so a run that dies with a
   radio keyed is followed by a `ptt.off` (reason restart) once the next run has unkeyed it.
 """
@@ -83,9 +86,14 @@ class ChannelMonitor:
         self._lease_holder: str | None = None
         self._timed_out = False  # refuse re-keying until the requester releases
         self._timed_out_asked_at = 0.0  # the last PTT request since the time-out
-        self._cos_raw = False
+        radio_cfg = config.radio
+        self._cos_wired = radio_cfg is not None and (
+            radio_cfg.kind == "cm108" or radio_cfg.cos is not None
+        )
+        """A COS line is configured: carrier is reported, or else unknown (not just absent)."""
+        self._cos_raw: bool | None = None
         self._cos_raw_since = 0.0
-        self._cos = False
+        self._cos: bool | None = None  # debounced; None: not reported (or no COS line)
         self._cos_since = 0.0
         self._cos_edges: deque[float] = deque()
         self.faults: dict[str, str] = {}
@@ -105,7 +113,8 @@ class ChannelMonitor:
         return self._ptt_hw
 
     @property
-    def cos(self) -> bool:
+    def cos(self) -> bool | None:
+        """Carrier present (debounced); None when unknown or the channel has no COS line."""
         return self._cos
 
     @property
@@ -114,10 +123,11 @@ class ChannelMonitor:
 
     @property
     def has_cos(self) -> bool:
-        """True when a radio interface reports carrier (needed for the audio cross-checks)."""
-        radio = self._cfg.radio
-        wired = radio is not None and (radio.kind == "cm108" or radio.cos is not None)
-        return wired and self._radio is not None and self._online
+        """True when a radio interface reports carrier now (needed for the audio
+        cross-checks): wired, online, and the carrier known."""
+        return (
+            self._cos_wired and self._radio is not None and self._online and self._cos is not None
+        )
 
     def snapshot(self) -> ChannelState:
         if self.faults:
@@ -277,8 +287,14 @@ class ChannelMonitor:
                 f"(send state=off) or no PTT request comes for "
                 f"{self._cfg.tx_timeout_reset_s:g} s"
             )
-        if self._cfg.busy_lockout and self._cos:
-            raise CommandError("channel busy: carrier present and busy_lockout is on")
+        if self._cfg.busy_lockout and self._cos_wired:
+            if self._cos:
+                raise CommandError("channel busy: carrier present and busy_lockout is on")
+            if self._cos is None and self._cfg.busy_when_cos_unknown:
+                raise CommandError(
+                    "channel busy: carrier (COS) unknown, the radio interface has not reported "
+                    "it; busy_lockout treats unknown as busy (busy_when_cos_unknown)"
+                )
         lease = min(params.duration_s or self._cfg.max_lease_s, self._cfg.max_lease_s)
         self._lease_until = self._clock() + lease
         self._lease_holder = ctx.client
@@ -351,9 +367,8 @@ class ChannelMonitor:
         self._lease_until = None
         lines = await self._read_locked()
         self._online = True
-        now = self._clock()
-        self._cos_raw = self._cos = lines.cos
-        self._cos_raw_since = self._cos_since = now
+        self._cos_raw = self._cos = None
+        self._track_cos(lines.cos, self._clock())
         self._apply_readback(lines, "device_opened")
         self._reconcile_restart()
         away = self.health.recovered()
@@ -402,9 +417,10 @@ class ChannelMonitor:
         self._lease_until = None
         self.raise_fault("device_lost", f"radio interface lost: {exc}")
         self._set_reported_ptt(False, "device_lost")
-        if self._cos:
-            self._cos = False
+        if self._cos:  # the carrier reported is over (for event consumers); unknown from now
             self._pub.emit("channel", self.channel_id, "cos.off", CosData())
+        self._cos_raw = self._cos = None
+        self._cos_edges.clear()
         self._publish_state()
 
     async def _close_radio(self) -> None:
@@ -443,7 +459,28 @@ class ChannelMonitor:
             self._last_tx_state = now
             self._publish_state()
 
-    def _track_cos(self, raw: bool, now: float) -> None:
+    def _track_cos(self, raw: bool | None, now: float) -> None:
+        if not self._cos_wired:
+            return  # no COS line: nothing to report, nothing unknown
+        if raw is None:
+            if self._cos is not None or self._cos_raw is not None:
+                self._cos_raw = self._cos = None  # no event: nothing is known to have changed
+                self._publish_state()
+            if "cos_unknown" not in self.faults:
+                self.raise_fault("cos_unknown", self._cos_unknown_message())
+            return
+        if self._cos is None:
+            # The first report since the interface opened (or since COS became unknown): taken
+            # as it is, not debounced against a value nobody saw.
+            self._cos_raw = self._cos = raw
+            self._cos_raw_since = self._cos_since = now
+            if raw:
+                self._pub.emit("channel", self.channel_id, "cos.on", CosData())
+            self.clear_fault(
+                "cos_unknown", f"the radio interface reports COS: carrier {'on' if raw else 'off'}"
+            )
+            self._publish_state()
+            return
         if raw != self._cos_raw:
             self._cos_raw = raw
             self._cos_raw_since = now
@@ -502,7 +539,29 @@ class ChannelMonitor:
             with contextlib.suppress(DeviceError, TimeoutError):
                 await self._io_set_ptt(False)
 
+    def _cos_unknown_message(self) -> str:
+        where = self._radio.description if self._radio is not None else "the radio interface"
+        hint = ""
+        if where.lower().startswith("rfc2217:"):
+            hint = (
+                " (the serial server has sent no modem state: check that it speaks RFC 2217 "
+                "to this port, e.g. ser2net's telnet(rfc2217) accepter, and that the COS line "
+                "reaches its serial port)"
+            )
+        if not self._cfg.busy_lockout:
+            effect = ""
+        elif self._cfg.busy_when_cos_unknown:
+            effect = "; busy lockout treats the channel as busy (PTT refused) until it does"
+        else:
+            effect = "; busy lockout lets PTT through (busy_when_cos_unknown = false)"
+        return (
+            f"carrier (COS) unknown: {where} has not reported the COS line since it opened"
+            f"{hint}{effect}"
+        )
+
     def _check_cos_faults(self, now: float) -> None:
+        if self._cos is None:
+            return  # cos_stuck and cos_flapping judge reported carrier only
         window = self._cfg.cos_flap_window_s
         while self._cos_edges and now - self._cos_edges[0] > window:
             self._cos_edges.popleft()

@@ -403,6 +403,9 @@ class ChannelSection(_Model):
     PTT request at all: renewals in between are refused and restart this wait."""
     busy_lockout: bool = False
     """Refuse PTT while carrier (COS) is present."""
+    busy_when_cos_unknown: bool = True
+    """With busy_lockout, refuse PTT while COS is unknown too (the interface has not reported
+    the carrier yet: fault `cos_unknown`). False keys a channel whose carrier is unknown."""
     cos_debounce_ms: float = Field(default=30.0, ge=0, le=2000)
     cos_stuck_s: float = Field(default=300.0, gt=0)
     cos_flap_max: int = Field(default=10, ge=2)

@@ -155,7 +155,12 @@ class ChannelState(Payload):
     state: Literal["idle", "receiving", "transmitting", "both", "fault"]
     ptt: bool = Field(description="Keyed, as read back from the hardware where it can be")
     ptt_readback: bool = Field(description="True when `ptt` was read back, not just commanded")
-    cos: bool
+    cos: bool | None = Field(
+        description="Carrier present (debounced). null when it is not known: with the fault "
+        "`cos_unknown` while the radio interface has not reported its COS line (an RFC 2217 "
+        "server that sent no modem state yet), or without a fault on a channel that has no "
+        "COS line or no radio, and while the interface is offline (`device_lost`)"
+    )
     device: Literal["online", "offline", "none"]
     faults: list[str]
     tx_remaining_s: float | None = Field(

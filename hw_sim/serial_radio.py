@@ -20,7 +20,20 @@ connects and closes it when the client goes:
   and the "request DTR/RTS signal state" queries (values 7 and 10) are answered, as ser2net
   does. `readback_supported=False` gives stock `PortManager` behaviour instead: requests are
   echoed and state queries are never answered.
-- Modem-state changes (COS) are pushed to the client at once, and client polls are answered.
+- Modem state (COS), by `modem_notify`:
+  - "poll" (default, pyserial's PortManager): the state at connect, every change pushed at
+    once, and every NOTIFY-MODEMSTATE poll answered.
+  - "push", as ser2net 4.x does (observed through ser2net 4.3.11 relaying to this simulator):
+    polls are never answered. When the client says WILL COM-PORT it sets the mask to all
+    lines and reports all lines low, its placeholder before it has read the device, then the
+    lines that are high; a client that never says WILL (pyserial's, when the server's DO
+    comes first) gets mask 0: no modem state at all. SET-MODEMSTATE-MASK is answered with
+    the last state the device reported, masked, and from then on a change is pushed only
+    when its delta bit is in the mask (ser2net's rule: a mask of state bits alone, 0x10,
+    hears no change at all).
+  - "changes": as "push" at connect (all lines low: the placeholder), then no answer to the
+    mask: the client hears of the lines only when one changes (a server that has not read
+    its device, or one that ignores the mask).
 
 Fault injection: `unplug()` / `replug()`, `set_cos_stuck()`, `set_cos_flapping()`,
 `set_ptt_no_follow()` (the RTS/DTR outputs freeze: the radio's keyed state no longer follows
@@ -51,6 +64,13 @@ __all__ = ["SimEvent", "SimState", "SimulatedSerialRadio"]
 log = logging.getLogger(__name__)
 
 _INPUTS = ("cts", "dsr", "cd", "ri")
+_MODEM_BITS = {
+    "cts": rfc2217.MODEMSTATE_MASK_CTS,
+    "dsr": rfc2217.MODEMSTATE_MASK_DSR,
+    "ri": rfc2217.MODEMSTATE_MASK_RI,
+    "cd": rfc2217.MODEMSTATE_MASK_CD,
+}
+ModemNotify = Literal["poll", "push", "changes"]
 _MAX_FLAP_HZ = 500.0
 _COMMAND_TIMEOUT_S = 5.0
 _SEND_TIMEOUT_S = 2.0
@@ -85,6 +105,10 @@ class SimState:
     dsr: bool
     cd: bool
     ri: bool
+    modem_mask: int | None = None
+    """The client's last SET-MODEMSTATE-MASK on this connection, None before any."""
+    modem_polls: int = 0
+    """NOTIFY-MODEMSTATE polls the client sent on this connection."""
 
 
 @dataclass(slots=True)
@@ -157,13 +181,80 @@ class _Connection:
 
 
 class _Manager(rfc2217.PortManager):
-    """PortManager that answers DTR/RTS state requests and reports the line actually set."""
+    """PortManager that answers DTR/RTS state requests and reports the line actually set,
+    and reports the modem state as `modem_notify` says (the module docstring)."""
 
     def __init__(self, sim: SimulatedSerialRadio) -> None:
         self._sim = sim
+        self._connect_reported = False
+        self._report = 0  # ser2net's last modem state: the device's last report, 0 before one
         super().__init__(cast(Any, _SimPort(sim)), cast(Any, _Connection(sim)))
+        if sim._modem_notify != "poll":
+            # As ser2net: the mask is 0 (nothing pushed) until the client says WILL COM-PORT;
+            # its DO COM-PORT (accepting our WILL) sets nothing.
+            self.modemstate_mask = 0
+            for option in cast(Any, self)._telnet_options:  # not in pyserial's stubs
+                if option.name == "we-RFC2217":
+                    option.activation_callback = _nothing
+
+    def _lines(self) -> int:
+        levels = self._sim._levels
+        return sum(bit for line, bit in _MODEM_BITS.items() if levels[line])
+
+    def _notify(self, state: int) -> None:
+        self.rfc2217_send_subnegotiation(rfc2217.SERVER_NOTIFY_MODEMSTATE, bytes([state]))
+
+    def _push(self, lines: int, previous: int) -> None:
+        """ser2net's rule: the state with the delta bits of the lines that changed, sent only
+        when one of those delta bits is in the client's mask."""
+        report = lines | ((lines ^ previous) >> 4)
+        self._report = report
+        if report & self.modemstate_mask & 0x0F:
+            self._notify(report & self.modemstate_mask)
+
+    def _client_ok(self) -> None:
+        if self._sim._modem_notify == "poll":
+            super()._client_ok()  # type: ignore[misc]
+            return
+        # The client said WILL COM-PORT: ser2net sets the mask to all lines and reports.
+        self._client_is_rfc2217 = True
+        if self._connect_reported:
+            return
+        self._connect_reported = True
+        self.modemstate_mask = 0xFF
+        lines = self._lines()
+        self._notify(0)  # ser2net's placeholder, sent before it has read the device
+        if self._sim._modem_notify == "push":
+            self._push(lines, 0)  # then the device's first report
+        self.last_modemstate = lines
+
+    def check_modem_lines(self, force_notification: bool = False) -> None:
+        if self._sim._modem_notify == "poll":
+            super().check_modem_lines(force_notification)
+            return
+        lines = self._lines()
+        previous = self.last_modemstate or 0
+        self.last_modemstate = lines
+        if lines != previous:
+            self._push(lines, previous)  # the mask decides (0 until WILL or SET-MODEMSTATE-MASK)
 
     def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
+        if suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.NOTIFY_MODEMSTATE:
+            self._sim._modem_polls += 1
+            self._sim._changed()  # waiters on the state see it
+            if self._sim._modem_notify != "poll":
+                return  # never answered, as by ser2net
+        if (
+            suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SET_MODEMSTATE_MASK
+            and len(suboption) >= 3
+        ):
+            self._sim._modem_mask = suboption[2]
+            self._sim._changed()
+            if self._sim._modem_notify != "poll":
+                self.modemstate_mask = suboption[2]
+                if self._sim._modem_notify == "push":
+                    self._notify(self._report & self.modemstate_mask)
+                return
         if (
             self._sim._readback_supported
             and suboption[0:2] == rfc2217.COM_PORT_OPTION + rfc2217.SET_CONTROL
@@ -188,6 +279,7 @@ class SimulatedSerialRadio:
         cos_line: Literal["cts", "dsr", "cd", "ri"] = "cd",
         cos_invert: bool = False,
         readback_supported: bool = True,
+        modem_notify: ModemNotify = "poll",
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be 0 (any free port) or 1..65535, got {port!r}")
@@ -195,6 +287,8 @@ class SimulatedSerialRadio:
             raise ValueError(f"ptt_line must be 'rts' or 'dtr', got {ptt_line!r}")
         if cos_line not in _INPUTS:
             raise ValueError(f"cos_line must be one of {', '.join(_INPUTS)}, got {cos_line!r}")
+        if modem_notify not in ("poll", "push", "changes"):
+            raise ValueError(f"modem_notify must be poll, push or changes, got {modem_notify!r}")
         for name, flag in (
             ("ptt_invert", ptt_invert),
             ("cos_invert", cos_invert),
@@ -208,6 +302,9 @@ class SimulatedSerialRadio:
         self._cos_line = cos_line
         self._cos_invert = cos_invert
         self._readback_supported = readback_supported
+        self._modem_notify = modem_notify
+        self._modem_mask: int | None = None  # this connection's, as the client set it
+        self._modem_polls = 0
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -445,6 +542,8 @@ class SimulatedSerialRadio:
             dsr=lv["dsr"],
             cd=lv["cd"],
             ri=lv["ri"],
+            modem_mask=self._modem_mask,
+            modem_polls=self._modem_polls,
         )
 
     def _log(self, name: str, value: bool) -> None:
@@ -603,6 +702,7 @@ class SimulatedSerialRadio:
             conn.settimeout(_SEND_TIMEOUT_S)
             self._client = conn
             self._connections += 1
+            self._modem_mask, self._modem_polls = None, 0
             self._log("connected", True)
             self._changed()
             self._manager = _Manager(self)  # starts the Telnet negotiation
@@ -673,6 +773,10 @@ class SimulatedSerialRadio:
                 self._receive(client)
             self._flap()
             self._send_due()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _resolve(future: asyncio.Future[SimState], state: SimState) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hw_sim.serial_radio import SimulatedSerialRadio
 from tests.contract import check_messages
 from tests.mqtt_tools import Broker, Daemon, Subscriber
 from tests.sim_tools import ConsoleUnderTest, start_config, start_console
@@ -94,3 +95,20 @@ def console_factory(
     yield make
     for daemon_stop in stops:
         daemon_stop()
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., SimulatedSerialRadio]]:
+    """Simulated RFC 2217 radios (keyword arguments as SimulatedSerialRadio's), started now
+    and stopped after the test."""
+    sims: list[SimulatedSerialRadio] = []
+
+    def make(**kwargs: Any) -> SimulatedSerialRadio:
+        sim = SimulatedSerialRadio(**kwargs)
+        sim.start()
+        sims.append(sim)
+        return sim
+
+    yield make
+    for sim in sims:
+        sim.stop()

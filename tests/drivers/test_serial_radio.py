@@ -13,7 +13,7 @@ import pty
 import socket
 import termios
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,35 +31,6 @@ WAIT_S = 5.0  # generous: the box is a loaded 2-core machine
 
 SimFactory = Callable[..., SimulatedSerialRadio]
 RadioFactory = Callable[..., SerialRadio]
-
-
-@pytest.fixture
-def make_sim() -> Iterator[SimFactory]:
-    sims: list[SimulatedSerialRadio] = []
-
-    def make(**kwargs: Any) -> SimulatedSerialRadio:
-        sim = SimulatedSerialRadio(**kwargs)
-        sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.stop()
-
-
-@pytest.fixture
-async def make_radio() -> AsyncIterator[RadioFactory]:
-    radios: list[SerialRadio] = []
-
-    def make(**kwargs: Any) -> SerialRadio:
-        radio = SerialRadio(**kwargs)
-        radios.append(radio)
-        return radio
-
-    yield make
-    for radio in radios:
-        await radio.close()
 
 
 def _names(events: list[SimEvent]) -> list[tuple[str, bool]]:
