@@ -191,7 +191,7 @@ class CM108Radio:
         self._executor: ThreadPoolExecutor | None = None
         self._dev: Any = None
         self._detached = False
-        self._inputs = bytes(_REPORT_SIZE)
+        self._inputs: bytes | None = None  # the last input report; None before the first
         self._lost: str | None = None
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()  # one per open: a late old reader never sees it clear
@@ -260,6 +260,8 @@ class CM108Radio:
         self._require_open()
         with self._lock:
             inputs = self._inputs
+        if inputs is None:  # GET_REPORT refused at open and no change reported since
+            return RadioLines(cos=None, ptt=None)
         cos = _bit(inputs, self._cos_bit) != self._cos_invert
         ptt: bool | None = None
         if self._ptt_sense_gpio is not None:
@@ -313,7 +315,7 @@ class CM108Radio:
     def _open_blocking(self) -> None:
         with self._lock:
             self._lost = None
-            self._inputs = bytes(_REPORT_SIZE)
+            self._inputs = None
         self._stop = stop = threading.Event()
         self._detached = False
         dev, where = self._find()
@@ -415,7 +417,8 @@ class CM108Radio:
             if exc.errno != errno.EPIPE:
                 raise
             _log.warning(
-                "%s: GET_REPORT refused; inputs unknown until the first change", self.description
+                "%s: GET_REPORT refused; COS unknown until the chip reports an input change",
+                self.description,
             )
             return
         self._apply_report(report)

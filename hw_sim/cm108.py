@@ -129,7 +129,8 @@ class SimCM108:
     is bound to interface 3 at plug-in (it then consumes every interrupt report, so a driver
     must detach it and read the current state with GET_REPORT).
 
-    Faults: unplug()/replug(), stick_cos(), flap_cos(hz), set_ptt_no_follow(). Observation:
+    Faults: unplug()/replug(), stick_cos(), flap_cos(hz), set_ptt_no_follow(),
+    refuse_get_report() (GET_REPORT stalls: the current inputs are not readable). Observation:
     ptt_log() (PTT line changes with CLOCK_MONOTONIC stamps), wait_ptt(), hid_requests().
     """
 
@@ -195,6 +196,7 @@ class SimCM108:
         self._cos_stuck: bool | None = None
         self._radio_keyed = False
         self._no_follow = False
+        self._refuse_get_report = False
         self._line_keyed = False
         self._flap_stop: threading.Event | None = None
         self._flap_thread: threading.Thread | None = None
@@ -253,6 +255,12 @@ class SimCM108:
         with self._cond:
             self._flap_stop, self._flap_thread = stop, thread
         thread.start()
+
+    def refuse_get_report(self, refused: bool) -> None:
+        """Fault: GET_REPORT stalls (as on chips or firmware that do not support it), so only
+        an input change, sent on the interrupt endpoint, tells the host the inputs."""
+        with self._cond:
+            self._refuse_get_report = bool(refused)
 
     def set_ptt_no_follow(self, enabled: bool) -> None:
         """Fault: the radio ignores its PTT line (keeps transmitting or stays silent)."""
@@ -482,7 +490,7 @@ class SimCM108:
                 return len(data)
             if (request_type, request) == _GET_REPORT and index == HID_INTERFACE:
                 self._auto_claim(handle_id, HID_INTERFACE)
-                if value != 0x0100 or length < 1:
+                if value != 0x0100 or length < 1 or self._refuse_get_report:
                     raise _stall()
                 report = self._input_report()
                 self._hid_log.append(HidRequest(now, "get_report", report))

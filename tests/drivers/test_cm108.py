@@ -174,6 +174,24 @@ async def test_carrier_present_before_open_is_seen_at_once(
     assert (await radio.read_lines()).cos is True
 
 
+async def test_cos_unknown_while_the_chip_refuses_get_report(
+    make_backend: BackendFactory, closing: list[CM108Radio]
+) -> None:
+    # Without GET_REPORT only the next input change tells the inputs: until then COS is
+    # unknown, not a guessed "no carrier" (the carrier may well be up).
+    sim = SimCM108(ptt_sense_gpio=2)
+    sim.set_cos(True)
+    sim.refuse_get_report(True)
+    radio = CM108Radio(backend=make_backend([sim]), ptt_sense_gpio=2)
+    closing.append(radio)
+    await radio.open()
+    assert await radio.read_lines() == RadioLines(cos=None, ptt=None)
+    sim.set_cos(False)
+    await lines_become(radio, cos=False, ptt=False)
+    sim.set_cos(True)
+    await lines_become(radio, cos=True)
+
+
 async def test_ptt_read_back_through_a_sense_gpio(
     make_backend: BackendFactory, closing: list[CM108Radio]
 ) -> None:
