@@ -78,6 +78,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.lock import acquire
+
     config = _load(args.config, args.broker)
     _setup_logging(args.log_level or config.gateway.log_level)
     for warning in config_warnings(config):
@@ -90,7 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, gateway.request_stop)
         await gateway.run()
 
-    asyncio.run(main())
+    # Before anything is built: a second daemon on this state_dir (or a running diag) must
+    # not touch the hardware at all. Exit 1, not 2: systemd retries until the holder stops.
+    with acquire(config.gateway.state_dir):
+        asyncio.run(main())
     return EXIT_OK
 
 
