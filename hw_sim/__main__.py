@@ -1,21 +1,29 @@
 """`python -m hw_sim -c CONFIG`: serve the simulated devices a gateway config names.
 
-Options: --control-port (JSON-lines fault injection, default 7399), --scenario demo (carrier
-traffic and faults on a loop, for `make demo`). Prints what the simulated radios see.
+Devices are served on the ports the config names; with --free-ports on ports the system
+picks, so that several simulators (two `make demo`s) run side by side, and --write-config
+FILE then writes the config the daemon needs (the same, with those ports). A busy port is a
+one-line error naming it and the device. Options: --control-port (JSON-lines fault
+injection; default 7399, or a free one with --free-ports), --scenario demo (carrier traffic
+and faults on a loop, for `make demo`). Prints what the simulated radios see, and the
+command that runs the daemon against them (with the sound cards' environment).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from hw_sim.console import Cm108SimRadio, ControlServer, SimConsole
+from hw_sim.resolve import SimPortError, config_text, write_atomically
 
 
 def say(message: str) -> None:
@@ -155,27 +163,71 @@ def _alarm_steps(console: SimConsole) -> list[Step]:
     return steps
 
 
+def daemon_command(config_path: str, env: dict[str, str]) -> str:
+    """The shell line that runs the daemon against this simulator."""
+    words = ["consolegw", "run", "-c", config_path]
+    if env:
+        words = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *words]
+    return shlex.join(words)
+
+
+def _serve(args: argparse.Namespace, config: Config) -> tuple[SimConsole, ControlServer]:
+    console = SimConsole(config, audio_workdir=args.audio_workdir, free_ports=args.free_ports)
+    control_port = args.control_port
+    if control_port is None:
+        control_port = 0 if args.free_ports else 7399
+    console.start()
+    try:
+        control = ControlServer(console, control_port)
+    except BaseException:
+        console.stop()
+        raise
+    control.start()
+    config_path = args.config
+    if args.write_config is not None:
+        note = ", on the ports the simulator picked" if args.free_ports else ""
+        text = config_text(config, ports=console.ports, note=note)
+        write_atomically(Path(args.write_config), text)
+        config_path = args.write_config
+    say(f"serving {', '.join(console.radios) or 'no devices'}; control port {control.port}")
+    port = "" if control.port == 7399 else f" --port {control.port}"
+    say(f"fault injection: python -m hw_sim.ctl{port} DEVICE ACTION [VALUE]")
+    if args.scenario != "demo":  # the demo runs its own daemon
+        say(f"the daemon on these devices: {daemon_command(config_path, console.env)}")
+    return console, control
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw_sim", description=__doc__)
     parser.add_argument("-c", "--config", required=True, help="gateway config naming the devices")
-    parser.add_argument("--control-port", type=int, default=7399)
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="serve on free ports, not the config's (give --write-config for the daemon)",
+    )
+    parser.add_argument(
+        "--write-config", metavar="FILE", help="write the config the daemon needs to FILE"
+    )
+    parser.add_argument("--control-port", type=int)
     parser.add_argument("--scenario", choices=["none", "demo"], default="none")
     parser.add_argument(
         "--audio-workdir", help="where simulated sound cards live (give the daemon sim_env of it)"
     )
     args = parser.parse_args(argv)
+    if args.free_ports and args.write_config is None:
+        parser.error("--free-ports needs --write-config FILE: the daemon must know the ports")
     logging.basicConfig(level=logging.WARNING, format="[sim] %(levelname)s %(name)s: %(message)s")
-    try:
-        console = SimConsole(load_config(args.config), audio_workdir=args.audio_workdir)
-    except (ConfigError, ValueError) as exc:
-        print(f"hw_sim: {exc}", file=sys.stderr)
-        return 2
-    console.start()
-    control = ControlServer(console, args.control_port)
-    control.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        console, control = _serve(args, load_config(args.config))
+    except (ConfigError, ValueError) as exc:
+        print(f"hw_sim: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except SimPortError as exc:
+        print(f"hw_sim: {exc}", file=sys.stderr, flush=True)
+        return 1
     threads = [threading.Thread(target=watch_keying, args=(console, stop), daemon=True)]
     if args.scenario == "demo":
         threads.append(threading.Thread(target=demo_scenario, args=(console, stop), daemon=True))
@@ -188,7 +240,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     for thread in threads:
         thread.start()
-    say(f"serving {', '.join(console.radios) or 'no devices'}; control port {control.port}")
     while not stop.wait(0.2):
         pass
     control.stop()

@@ -10,19 +10,21 @@ Tests build a SimConsole in-process and call the same operations directly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
 from hw_sim.audio import PCM_PREFIX, AudioSim, SimChannel, SpeechBursts, WhiteNoise
 from hw_sim.cm108 import CM108SimServer, SimCM108
 from hw_sim.modbus import SimLoop, SimModbusServer, SimModule
+from hw_sim.resolve import PortKey, PortUse, SimPortError
 from hw_sim.serial_radio import SimulatedSerialRadio
 
 log = logging.getLogger(__name__)
@@ -105,38 +107,66 @@ def _loopback_port(url: str, scheme: str, where: str) -> int:
     return parts.port
 
 
+_T = TypeVar("_T")
+
+
+def _bind(use: PortUse, bind: Callable[[], _T]) -> _T:
+    """Run what binds `use`'s port; a failure is a SimPortError naming port and device."""
+    try:
+        return bind()
+    except OSError as exc:
+        raise SimPortError(use, exc) from None
+
+
 BACKGROUND_DBFS = -60.0
 """A live audio line always carries some noise: what a healthy idle channel sounds like."""
 SPEECH_DBFS = -20.0
 
 
 class SimConsole:
-    """Builds and runs the simulated devices for a gateway config."""
+    """Builds and runs the simulated devices for a gateway config.
 
-    def __init__(self, config: Config, *, audio_workdir: str | None = None) -> None:
+    The devices are served on the ports the config names, or with `free_ports` on ports
+    the system picks (no clash with another simulator): `ports` then says which, and
+    `hw_sim.resolve.config_text(config, ports=console.ports)` is the config the daemon needs.
+    A port that cannot be bound raises SimPortError from start(), naming port and device.
+    """
+
+    def __init__(
+        self, config: Config, *, audio_workdir: str | None = None, free_ports: bool = False
+    ) -> None:
         self.radios: dict[str, SimRadio] = {}
-        self._serial: list[SimulatedSerialRadio] = []
-        self._usb_servers: dict[int, CM108SimServer] = {}
+        self._free_ports = free_ports
+        self._serial: list[tuple[PortUse, SimulatedSerialRadio]] = []
+        self._usb_devices: dict[int, tuple[PortUse, list[PortKey], list[SimCM108]]] = {}
+        self._usb_servers: list[CM108SimServer] = []
+        self._ports: dict[PortKey, int] = {}
         for channel_id, channel in config.channels.items():
             radio = channel.radio
             where = f"channels.{channel_id}.radio"
             if isinstance(radio, SerialRadioSection):
-                sim = SimulatedSerialRadio(
+                use = PortUse(
+                    key=("channels", channel_id, "radio", "url"),
+                    what=f"the RFC 2217 serial radio of {channel_id}",
                     port=_loopback_port(radio.url, "rfc2217", where),
+                )
+                sim = SimulatedSerialRadio(
+                    port=0 if free_ports else use.port,
                     ptt_line=radio.ptt[0],
                     ptt_invert=radio.ptt_invert,
                     cos_line=radio.cos or "cd",
                     cos_invert=radio.cos_invert,
                 )
-                self._serial.append(sim)
+                self._serial.append((use, sim))
                 self.radios[channel_id] = SerialSimRadio(sim)
             elif isinstance(radio, Cm108RadioSection):
                 if radio.usb_backend is None:
                     raise ValueError(f"{where}: set usb_backend = sim://127.0.0.1:PORT to simulate")
                 port = _loopback_port(radio.usb_backend, "sim", where)
-                server = self._usb_servers.get(port)
-                if server is None:
-                    server = self._usb_servers[port] = CM108SimServer(port=port)
+                key = ("channels", channel_id, "radio", "usb_backend")
+                use = PortUse(key=key, what=f"the USB simulator of {channel_id}", port=port)
+                _, keys, devices = self._usb_devices.setdefault(port, (use, [], []))
+                keys.append(key)
                 device = SimCM108(
                     serial_number=radio.serial,
                     port_path=radio.port_path or f"1-{len(self.radios) + 1}",
@@ -147,10 +177,11 @@ class SimConsole:
                     ptt_sense_gpio=radio.ptt_sense_gpio,
                     ptt_sense_invert=radio.ptt_sense_invert,
                 )
-                server.add(device)
+                devices.append(device)
                 self.radios[channel_id] = Cm108SimRadio(device)
         self.modules: dict[str, SimModule] = {}
         self.links: dict[str, SimModbusServer] = {}
+        self._link_uses: dict[str, PortUse] = {}
         self._modbus_loop = SimLoop("modbus-sim")  # one thread serves every simulated link
         for link_id, link in config.modbus.links.items():
             members = {m: s for m, s in config.modbus.modules.items() if s.link == link_id}
@@ -164,9 +195,15 @@ class SimConsole:
                 self.modules[module_id] = SimModule(
                     device_id=section.device_id, profile=section.preset
                 )
+            use = PortUse(
+                key=("modbus", "links", link_id, "port"),
+                what=f"the Modbus TCP link {link_id}",
+                port=link.port,
+            )
+            self._link_uses[link_id] = use
             self.links[link_id] = SimModbusServer(
                 modules=[self.modules[m] for m in members],
-                port=link.port,
+                port=0 if free_ports else use.port,
                 loop=self._modbus_loop,
             )
         self.tty_channels = [c for c, section in config.channels.items() if section.tty]
@@ -200,6 +237,11 @@ class SimConsole:
         """What the daemon's environment needs to see the simulated sound cards."""
         return self.audio.env if self.audio is not None else {}
 
+    @property
+    def ports(self) -> dict[PortKey, int]:
+        """The port each device is served on, by its config key (after start())."""
+        return dict(self._ports)
+
     def carrier(self, channel_id: str, present: bool) -> None:
         """A unit talks (or stops): carrier on the radio, speech on the channel's audio."""
         radio = self.radios.get(channel_id)
@@ -228,22 +270,40 @@ class SimConsole:
             self.tty_call(channel_id, str(text))
 
     def start(self) -> None:
-        if self.audio is not None:
-            for channel in self.audio_channels.values():
-                channel.source = WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
-            self.audio.start()
-        for sim in self._serial:
-            sim.start()
-        for server in self._usb_servers.values():
+        """Bind every port first (a busy one fails fast, before the sound cards start)."""
+        try:
+            self._start_servers()
+            if self.audio is not None:
+                for channel in self.audio_channels.values():
+                    channel.source = WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
+                self.audio.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_servers(self) -> None:
+        for use, sim in self._serial:
+            _bind(use, sim.start)
+            self._ports[use.key] = sim.port
+        for use, keys, devices in self._usb_devices.values():
+            port = 0 if self._free_ports else use.port
+            server = _bind(use, functools.partial(CM108SimServer, port=port))
+            self._usb_servers.append(server)
+            for device in devices:
+                server.add(device)
             server.start()
-        for link in self.links.values():
-            link.start()
+            self._ports.update(dict.fromkeys(keys, server.address[1]))
+        for link_id, link in self.links.items():
+            use = self._link_uses[link_id]
+            _bind(use, link.start)
+            self._ports[use.key] = link.port
 
     def stop(self) -> None:
-        for sim in self._serial:
+        for _, sim in self._serial:
             sim.stop()
-        for server in self._usb_servers.values():
+        for server in self._usb_servers:
             server.stop()
+        self._usb_servers.clear()
         for link in self.links.values():
             link.stop()
         self._modbus_loop.stop()
@@ -355,7 +415,8 @@ class ControlServer:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._server = Server(("127.0.0.1", port), Handler)
+        use = PortUse(key=("--control-port",), what="the simulator's control port", port=port)
+        self._server = _bind(use, functools.partial(Server, ("127.0.0.1", port), Handler))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

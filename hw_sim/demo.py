@@ -1,9 +1,17 @@
 """`make demo`: a private broker, the simulator, the daemon, and the MQTT traffic on screen.
 
     python -m hw_sim.demo [--config config/sim.toml] [--duration SECONDS] [--raw]
+                          [--keep-ports]
 
 Ctrl-C stops all of it. Lines start with who speaks: [sim] the simulated hardware, [gateway]
 the daemon's log, [mqtt] what a CAD subscriber receives, [cad] requests this demo sends.
+
+Every demo is private: its broker and the simulated devices are on free ports (the daemon
+reads the config the simulator wrote with them; --keep-ports serves the config's ports as
+written), and when another daemon holds the config's state_dir the demo's daemon gets a
+temporary one. So two demos, or a demo and the tests, run side by side. A burst of events of
+one kind on one channel (a flapping COS line) is shown as its first few lines and then one
+summary line every 10 s.
 """
 
 from __future__ import annotations
@@ -21,14 +29,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from hw_sim.audio import sim_env
+from hw_sim.resolve import config_text, write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
@@ -40,51 +52,198 @@ def say(who: str, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} [{who}] {text}", flush=True)
 
 
+class DemoError(Exception):
+    """The demo cannot go on; the message is the one line shown."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+_SETPRIV = shutil.which("setpriv")
+
+
+def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """A child of the demo, in a session of its own: Ctrl-C reaches only the demo, which
+    stops the children in order (daemon first, broker last). `setpriv --pdeathsig` has the
+    kernel send it SIGTERM when the demo dies, even by SIGKILL, so a killed demo leaves no
+    simulator, daemon or broker behind holding ports and CPU."""
+    prefix = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
+    return subprocess.Popen([*prefix, *command], start_new_session=True, **options)
+
+
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.access(binary, os.X_OK):
+        raise DemoError("mosquitto is not installed: `make demo` installs it")
     conf = workdir / "mosquitto.conf"
     # As root, mosquitto would switch to its own user and lose access to our temp folder.
     user = "user root\n" if os.geteuid() == 0 else ""
-    # set_tcp_nodelay: what the README asks of a console's broker (PTT latency).
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{user}"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return proc
-        if proc.poll() is not None:
-            break
+    for _ in range(3):  # a free port can be taken before mosquitto binds it: try another
+        port = free_port()
+        # set_tcp_nodelay: what the README asks of a console's broker (PTT latency).
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{user}"
+        )
+        proc = spawn([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                if proc.poll() is None:
+                    return proc, port
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        error = proc.stderr.read().decode(errors="replace").strip()
+        if "in use" not in error:
+            raise DemoError(f"mosquitto did not start: {error or 'no answer on its port'}")
+    raise DemoError("mosquitto did not start: three free ports were taken before it bound them")
+
+
+def wait_for_sim(written: Path, sim: subprocess.Popen[bytes], said: deque[str]) -> None:
+    """The simulator writes the daemon's config once every device, sound cards included,
+    is served: the daemon must not look for them before."""
+    deadline = time.monotonic() + 30
+    while not written.exists():
+        if sim.poll() is not None:
+            time.sleep(0.2)  # let the relay print its last words: the reason
+            why = "its last line above says why" if said else "it said nothing"
+            raise DemoError(
+                f"the simulator stopped (exit status {sim.returncode}) before serving its "
+                f"devices; {why}"
+            )
+        if time.monotonic() > deadline:
+            raise DemoError("the simulator did not serve its devices within 30 s")
         time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start (is it installed? `make demo` installs it)")
 
 
-def wait_for_audio_sim(workdir: Path, sim: subprocess.Popen[bytes]) -> None:
-    """The daemon must not look for sound cards before the simulator has made them."""
-    deadline = time.monotonic() + 20
-    while not (workdir / "asound.conf").exists() or not list(workdir.glob("*/native")):
-        if sim.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the simulator did not start its sound cards")
-        time.sleep(0.05)
-    time.sleep(0.5)
-
-
-def relay(stream: IO[bytes], who: str) -> None:
+def relay(stream: IO[bytes], who: str, said: deque[str] | None = None) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip()
         if line.startswith("[sim] "):
             line = line[6:]
         line = _LOG_STAMP.sub("", line)  # the demo stamps every line itself
+        if said is not None:
+            said.append(line)
         say(who, line)
+
+
+def daemon_state_dir(config: Config, workdir: Path) -> Path | None:
+    """None: the config's state_dir; a temporary one when another daemon holds it (two
+    daemons on one state_dir would share one outbox: the second one refuses to start)."""
+    from gateway.lock import probe
+
+    state_dir = config.gateway.state_dir
+    found = probe(state_dir)
+    if found.lock is not None:
+        found.lock.release()  # only a look: the daemon takes it in a moment
+    if found.state == "free":
+        return None
+    why = found.holder.describe() + " holds it" if found.holder else found.reason
+    own = workdir / "state"
+    say("demo", f"state_dir {state_dir} is in use ({why}): this demo's daemon uses {own}")
+    return own
+
+
+FLOOD_SHOWN = 4
+"""Lines of one kind about one source shown per window before the rest are summed up."""
+FLOOD_WINDOW_S = 10.0
+FLOOD_QUIET_S = 2.0
+"""A flood this long without a line is over: its summary comes at once, not at the window's
+end."""
+
+
+@dataclass
+class _Held:
+    since: float
+    last: float
+    count: int = 0
+    kinds: set[str] = field(default_factory=set)
+
+
+class FloodSummary:
+    """Repeated lines of one family (cos.on/cos.off, channel state) about one source: the
+    first FLOOD_SHOWN within FLOOD_WINDOW_S are shown, the rest are counted and told in one
+    line per window, or as soon as the flood stops ("ems-south cos.off/cos.on x 37 more in
+    the last 10 s"). A flapping COS line otherwise fills the screen and hides everything
+    else. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        shown: int = FLOOD_SHOWN,
+        window_s: float = FLOOD_WINDOW_S,
+        quiet_s: float = FLOOD_QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._shown = shown
+        self._window_s = window_s
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recent: dict[tuple[str, str], deque[float]] = {}
+        self._held: dict[tuple[str, str], _Held] = {}
+
+    def admit(self, source: str, family: str, kind: str) -> bool:
+        """True: show this line; False: it is counted into the next summary."""
+        with self._lock:
+            now = self._clock()
+            key = (source, family)
+            recent = self._recent.setdefault(key, deque())
+            while recent and now - recent[0] > self._window_s:
+                recent.popleft()
+            recent.append(now)
+            held = self._held.get(key)
+            if held is None:
+                if len(recent) <= self._shown:
+                    return True
+                held = self._held[key] = _Held(since=now, last=now)
+            held.count += 1
+            held.last = now
+            held.kinds.add(kind)
+            return False
+
+    def due(self, *, final: bool = False) -> list[str]:
+        """The summaries due now: a window has passed, or the flood has stopped (`final`:
+        every one, as the demo ends)."""
+        lines = []
+        with self._lock:
+            now = self._clock()
+            for key, held in list(self._held.items()):
+                quiet = final or now - held.last >= self._quiet_s
+                if not quiet and now - held.since < self._window_s:
+                    continue
+                if held.count:
+                    kinds = "/".join(sorted(held.kinds))
+                    lines.append(
+                        f"{key[0]:<12} {kinds} x {held.count} more in the last "
+                        f"{now - held.since:.0f} s"
+                    )
+                if quiet:
+                    del self._held[key]
+                    self._recent.pop(key, None)  # the next line starts afresh
+                else:
+                    self._held[key] = _Held(since=now, last=held.last)
+        return lines
+
+
+def _flood_family(topic: str, body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(source, family, kind) of a line that can come in floods; None for the others."""
+    parts = topic.split("/")
+    if topic == "event" or topic.endswith("/event"):
+        kind = str(body.get("type"))
+        family = kind.split(".", maxsplit=1)[0]
+        fault = body.get("data", {}).get("fault")
+        if fault:  # fault.raised/fault.cleared of one fault: one family per fault
+            family, kind = f"{family} {fault}", f"{kind} {fault}"
+        return str(body.get("source_id")), family, kind
+    if len(parts) == 3 and parts[2] in ("state", "audio"):
+        return parts[1], parts[2], f"{parts[2]} changes"
+    return None
 
 
 class TrafficPrinter:
@@ -93,6 +252,7 @@ class TrafficPrinter:
     def __init__(self, port: int, prefix: str, raw: bool) -> None:
         self.prefix = prefix
         self.raw = raw
+        self.flood = FloodSummary()
         self._last_state: dict[str, Any] = {}
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.on_message = self._on_message
@@ -111,8 +271,12 @@ class TrafficPrinter:
         if self.raw or not isinstance(body, dict):
             say("mqtt", f"{topic} {msg.payload.decode(errors='replace')}")
             return
-        line = self._describe(topic[len(self.prefix) + 1 :], body)
-        if line:
+        sub = topic[len(self.prefix) + 1 :]
+        line = self._describe(sub, body)
+        if not line:
+            return
+        family = _flood_family(sub, body)
+        if family is None or self.flood.admit(*family):
             say("mqtt", line)
 
     def _describe(self, topic: str, body: dict[str, Any]) -> str | None:
@@ -150,7 +314,13 @@ class TrafficPrinter:
             self._last_state[topic] = described
             shown = " ".join(f"{f}={body[f]}" for f in fields if f in body)
             return f"{topic.split('/')[1]:<12} state {shown}"
-        if topic.endswith("/event"):
+        if topic.startswith("channels/") and topic.endswith("/tty"):
+            shown = "ON" if body.get("active") else "off"
+            return (
+                f"{topic.split('/')[1]:<12} tty {shown} baud={body.get('baud')} "
+                f"last_line={body.get('last_line')!r}"
+            )
+        if topic == "event" or topic.endswith("/event"):
             data = body.get("data", {})
             what = body["type"]
             if what.startswith("fault."):
@@ -176,7 +346,7 @@ class TrafficPrinter:
                     return None  # characters as they arrive: CAD shows them; one line here
                 what = f"tty.text LINE: {data['text']}"
                 self._reply_tty(body["source_id"])
-            elif what.startswith("tty."):
+            elif what.startswith(("tty.", "gateway.", "outbox.")):
                 what = f"{what} {json.dumps(data)}"
             elif what == "recall.saved":
                 what = f"{what} {data['seconds']:.1f} s ({data['reason']}) -> {data['path']}"
@@ -254,11 +424,44 @@ def cad_requests(port: int, prefix: str, channels: list[str], stop: threading.Ev
         client.disconnect()
 
 
+def _daemon_config(written: Path, config: Config, workdir: Path) -> Path:
+    """The config the daemon reads: the simulator's (its ports), on a free state_dir."""
+    state_dir = daemon_state_dir(config, workdir)
+    if state_dir is None:
+        return written
+    path = workdir / "daemon.toml"
+    text = config_text(load_config(written), state_dir=state_dir, note=", for the demo")
+    write_atomically(path, text)
+    return path
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    say("demo", "stopping: daemon first (it releases every PTT), then simulator, broker")
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        time.sleep(0.3)  # let the last lines (offline status) arrive
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hw_sim.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m hw_sim.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
     parser.add_argument("--duration", type=float, help="stop by itself after this many seconds")
     parser.add_argument("--raw", action="store_true", help="print raw topics and JSON payloads")
+    parser.add_argument(
+        "--keep-ports",
+        action="store_true",
+        help="serve the devices on the config's ports, not free ones (a busy one is an error)",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     prefix = config.prefix
@@ -267,25 +470,29 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     procs: list[subprocess.Popen[bytes]] = []
     printer: TrafficPrinter | None = None
+    failed = False
     with tempfile.TemporaryDirectory(prefix="consolegw-demo-") as tmp:
+        workdir = Path(tmp)
         try:
-            port = free_port()
-            procs.append(start_broker(Path(tmp), port))
+            broker, port = start_broker(workdir)
+            procs.append(broker)
             say("demo", f"private MQTT broker on 127.0.0.1:{port}; watch it yourself with:")
             say("demo", f"  mosquitto_sub -p {port} -t '{prefix}/#' -v")
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            audio_dir = Path(tmp) / "audio"
-            sim = subprocess.Popen(
+            audio_dir = workdir / "audio"
+            written = workdir / "sim.toml"
+            sim = spawn(
                 [
                     sys.executable,
                     "-m",
                     "hw_sim",
                     "-c",
                     args.config,
+                    *([] if args.keep_ports else ["--free-ports"]),
+                    "--write-config",
+                    str(written),
                     "--scenario",
                     "demo",
-                    "--control-port",
-                    str(free_port()),
                     "--audio-workdir",
                     str(audio_dir),
                 ],
@@ -295,16 +502,19 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=ROOT,
             )
             procs.append(sim)
+            sim_said: deque[str] = deque(maxlen=5)
+            assert sim.stdout is not None
+            threading.Thread(target=relay, args=(sim.stdout, "sim", sim_said), daemon=True).start()
             printer = TrafficPrinter(port, prefix, args.raw)
-            wait_for_audio_sim(audio_dir, sim)
-            daemon = subprocess.Popen(
+            wait_for_sim(written, sim, sim_said)
+            daemon = spawn(
                 [
                     sys.executable,
                     "-m",
                     "gateway",
                     "run",
                     "-c",
-                    args.config,
+                    str(_daemon_config(written, config, workdir)),
                     "--broker",
                     f"mqtt://127.0.0.1:{port}",
                 ],
@@ -314,9 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=ROOT,
             )
             procs.append(daemon)
-            for proc, who in ((sim, "sim"), (daemon, "gateway")):
-                assert proc.stdout is not None
-                threading.Thread(target=relay, args=(proc.stdout, who), daemon=True).start()
+            assert daemon.stdout is not None
+            threading.Thread(target=relay, args=(daemon.stdout, "gateway"), daemon=True).start()
             threading.Thread(
                 target=cad_requests,
                 args=(port, prefix, [c for c, s in config.channels.items() if s.radio], stop),
@@ -324,26 +533,26 @@ def main(argv: list[str] | None = None) -> int:
             ).start()
             deadline = None if args.duration is None else time.monotonic() + args.duration
             while not stop.wait(0.2):
+                for line in printer.flood.due():
+                    say("mqtt", line)
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                if daemon.poll() is not None or sim.poll() is not None:
-                    say("demo", "a process ended unexpectedly; stopping")
-                    break
-            stop.set()
+                for proc, who in ((daemon, "the daemon"), (sim, "the simulator")):
+                    if proc.poll() is not None:
+                        raise DemoError(f"{who} stopped (exit status {proc.returncode})")
+        except DemoError as exc:
+            say("demo", f"ERROR: {exc}")
+            failed = True
         finally:
-            say("demo", "stopping: daemon first (it releases every PTT), then simulator, broker")
-            for proc in reversed(procs):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                time.sleep(0.3)  # let the last lines (offline status) arrive
+            stop.set()
+            if printer is not None:
+                for line in printer.flood.due(final=True):
+                    say("mqtt", line)
+            _stop_all(procs)
             if printer is not None:
                 printer.close()
-    say("demo", "stopped")
-    return 0
+    say("demo", "stopped" if not failed else "stopped after an error (see above)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

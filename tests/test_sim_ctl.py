@@ -4,15 +4,20 @@ control port (real TCP, real simulated devices; no daemon needed)."""
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config import SerialRadioSection, load_config
 from hw_sim import ctl
 from hw_sim.console import ControlServer, SimConsole
-from tests.mqtt_tools import Broker, free_port
+from hw_sim.resolve import SimPortError, config_text
+from tests.mqtt_tools import ROOT, Broker, free_port
 from tests.sim_tools import channel_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217")
@@ -38,7 +43,7 @@ name = "Rear door"
 """
     path = tmp_path / "sim.toml"
     path.write_text(text)
-    console = SimConsole(load_config(path))
+    console = SimConsole(load_config(path), free_ports=True)
     console.start()
     server = ControlServer(console, 0)
     server.start()
@@ -78,3 +83,109 @@ def test_unknown_action_is_answered_with_the_known_ones(control, capsys):
 def test_unreachable_simulator(capsys):
     assert ctl.main(["fire", "carrier", "on", "--port", str(free_port())]) == 1
     assert "cannot reach the simulator" in capsys.readouterr().err
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port someone else listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_free_ports_serve_whatever_the_config_says(tmp_path, broker, busy_port):
+    """With free_ports the config's ports do not matter (here fire's and police's are taken):
+    the devices get ports of their own, and the config written with them loads and names
+    them."""
+    _, text = channel_config(tmp_path, broker)
+    fire_port = re.findall(r"rfc2217://127\.0\.0\.1:(\d+)", text)[0]
+    usb_port = re.findall(r"sim://127\.0\.0\.1:(\d+)", text)[0]
+    path = tmp_path / "busy.toml"
+    path.write_text(
+        text.replace(f":{fire_port}", f":{busy_port}").replace(f":{usb_port}", f":{busy_port}")
+    )
+    console = SimConsole(load_config(path), free_ports=True)
+    console.start()
+    try:
+        ports = console.ports
+        assert sorted(key[1] for key in ports) == ["ems", "fire", "police"]
+        assert busy_port not in ports.values()
+        resolved = tmp_path / "resolved.toml"
+        resolved.write_text(config_text(load_config(path), ports=ports))
+        config = load_config(resolved)
+        fire = config.channels["fire"].radio
+        assert isinstance(fire, SerialRadioSection)
+        assert fire.url == f"rfc2217://127.0.0.1:{ports[('channels', 'fire', 'radio', 'url')]}"
+        police = config.channels["police"].radio
+        assert police is not None and police.kind == "cm108"
+        assert police.usb_backend is not None and police.usb_backend.endswith(
+            f":{ports[('channels', 'police', 'radio', 'usb_backend')]}"
+        )
+        for port in ports.values():
+            socket.create_connection(("127.0.0.1", port), 2).close()
+    finally:
+        console.stop()
+
+
+def test_a_busy_pinned_port_is_named_and_nothing_stays_bound(tmp_path, broker, busy_port):
+    _, text = channel_config(tmp_path, broker)
+    fire_port, ems_port = map(int, re.findall(r"rfc2217://127\.0\.0\.1:(\d+)", text))
+    path = tmp_path / "pinned.toml"
+    path.write_text(text.replace(f":{ems_port}", f":{busy_port}"))
+    console = SimConsole(load_config(path))
+    with pytest.raises(SimPortError) as caught:
+        console.start()
+    message = str(caught.value)
+    assert message == (
+        f"cannot serve the RFC 2217 serial radio of ems on 127.0.0.1:{busy_port} "
+        "(channels.ems.radio.url): address in use (another simulator or demo still "
+        "running?); stop it, or let the simulator pick free ports (--free-ports)"
+    )
+    # What started before the failure (fire's port) was stopped again.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", fire_port), 2)
+
+
+def test_standalone_simulator_says_how_to_run_the_daemon(tmp_path, broker, busy_port):
+    """`python -m hw_sim`: free ports, the config for the daemon, the ctl's port; and a
+    busy control port is one line too."""
+    _, text = channel_config(tmp_path, broker)
+    path = tmp_path / "sim.toml"
+    path.write_text(text)
+    command = [sys.executable, "-m", "hw_sim", "-c", str(path)]
+    busy = subprocess.run(
+        [*command, "--control-port", str(busy_port), "--free-ports", "--write-config", "x"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert busy.returncode == 1
+    assert busy.stderr.strip() == (
+        f"hw_sim: cannot serve the simulator's control port on 127.0.0.1:{busy_port} "
+        "(--control-port): address in use (another simulator or demo still running?); stop "
+        "it, or let the simulator pick free ports (--free-ports)"
+    )
+    written = tmp_path / "for-the-daemon.toml"
+    sim = subprocess.Popen(
+        [*command, "--free-ports", "--write-config", str(written)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert sim.stdout is not None
+        lines = [sim.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("[sim] serving fire, ems, police; control port ")
+        port = int(lines[0].rsplit(" ", 1)[1])
+        hint = f"python -m hw_sim.ctl --port {port} DEVICE ACTION [VALUE]"
+        assert lines[1] == f"[sim] fault injection: {hint}\n"
+        assert lines[2] == f"[sim] the daemon on these devices: consolegw run -c {written}\n"
+        assert load_config(written).gateway.state_dir == load_config(path).gateway.state_dir
+        assert ctl.main(["fire", "carrier", "on", "--port", str(port)]) == 0
+    finally:
+        sim.terminate()
+        assert sim.wait(timeout=20) == 0
