@@ -22,8 +22,8 @@ def make_radio(section: SerialRadioSection | Cm108RadioSection) -> RadioInterfac
 
     backend = None
     if section.usb_backend is not None:
-        # Simulator only: USB transfers go over loopback to hw_sim's simulated CM108.
-        from hw_sim.cm108 import RemoteBackend
+        # USB over loopback (hw_sim's simulated CM108s): a transport, like rfc2217://.
+        from drivers.usb_loopback import RemoteBackend
 
         backend = RemoteBackend.from_url(section.usb_backend)
     return CM108Radio(

@@ -272,7 +272,7 @@ def list_usb_interfaces(config: Config | None, notes: list[str]) -> list[dict[st
     sections = _cm108_sections(config)
     backends: list[tuple[str, Any]] = [("libusb", None)]
     for url in sorted({s.usb_backend for s in sections.values() if s.usb_backend}):
-        from hw_sim.cm108 import RemoteBackend
+        from drivers.usb_loopback import RemoteBackend
 
         backends.append((url, RemoteBackend.from_url(url)))
     vendors = {C_MEDIA_VENDOR_ID} | {s.vendor_id for s in sections.values()}

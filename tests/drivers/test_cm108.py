@@ -18,7 +18,8 @@ import pytest
 from drivers.cm108 import COS_VOLDN, CM108Radio, cos_bit_for_gpio
 from drivers.errors import DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
-from hw_sim.cm108 import CM108SimBackend, CM108SimServer, RemoteBackend, SimCM108
+from drivers.usb_loopback import RemoteBackend
+from hw_sim.cm108 import CM108SimBackend, CM108SimServer, SimCM108
 
 BackendFactory = Callable[[Sequence[SimCM108]], Any]
 
