@@ -27,14 +27,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.dsp.tty_baudot import BaudotReader, BaudotWriter, FiguresTable
+from gateway.dsp.tty_baudot import (
+    SHIFT_CONVENTIONS,
+    BaudotWriter,
+    FiguresTable,
+    ShiftConvention,
+    ShiftReader,
+)
 from gateway.dsp.tty_demod import (
     BAUD_45,
     BAUD_50,
@@ -56,6 +63,8 @@ __all__ = [
     "TtyEncoder",
     "TtyEnded",
     "TtyEvent",
+    "TtyRetract",
+    "final_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +104,20 @@ class TtyChar:
     time: float  # end of the character's first stop bit, seconds of stream time
     char: str
     code: int  # the 5-bit Baudot code
+    revised: bool = False  # read again after a TtyRetract (the sender's shift convention)
+
+
+@dataclass(frozen=True, slots=True)
+class TtyRetract:
+    """The last `count` characters given are withdrawn; their new reading follows.
+
+    Happens when the sender's shift convention (unshift on space or not) shows, or its
+    evidence turns, and text typed after a space in figures reads differently. Never
+    reaches back past a CR or LF, nor into an earlier TTY session.
+    """
+
+    time: float
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +127,7 @@ class TtyEnded:
     time: float
 
 
-TtyEvent = TtyDetected | TtyChar | TtyEnded
+TtyEvent = TtyDetected | TtyChar | TtyRetract | TtyEnded
 
 
 class _State(Enum):
@@ -125,6 +148,17 @@ class _Doubt:
 class _Run:
     frames: list[Frame]
     bad: int = 0
+
+
+def final_text(events: Iterable[TtyEvent]) -> str:
+    """The text the events spell, withdrawn characters (TtyRetract) taken out."""
+    out: list[str] = []
+    for e in events:
+        if isinstance(e, TtyChar):
+            out.append(e.char)
+        elif isinstance(e, TtyRetract):
+            del out[len(out) - e.count :]
+    return "".join(out)
 
 
 def _merge(starts: list[int], within: int) -> list[int]:
@@ -155,7 +189,8 @@ class TtyDecoder:
         self,
         *,
         sample_rate: int = 8000,
-        unshift_on_space: bool = False,
+        shift: ShiftConvention = "auto",
+        unshift_on_space: bool | None = None,
         figures: FiguresTable = "us",
         detect_chars: int = 4,
         redetect_chars: int = 2,
@@ -170,8 +205,12 @@ class TtyDecoder:
             raise ValueError("end_after_s must be between 0.2 and 60 s")
         if not 0 <= session_s <= 3600:
             raise ValueError("session_s must be between 0 and 3600 s")
+        if shift not in SHIFT_CONVENTIONS:
+            raise ValueError(f"shift must be one of {list(SHIFT_CONVENTIONS)}, not {shift!r}")
+        if unshift_on_space is not None:  # the old switch: a fixed convention
+            shift = "unshift_on_space" if unshift_on_space else "keep"
         self.sample_rate = sample_rate
-        self._reader = BaudotReader(figures=figures, unshift_on_space=unshift_on_space)
+        self._reader = ShiftReader(shift=shift, figures=figures)
         self._detect_chars = detect_chars
         self._redetect_chars = redetect_chars
         self._session_s = session_s
@@ -187,6 +226,7 @@ class TtyDecoder:
         self._session_until = -1
         self._level = 0.0  # typical frame energy over noise of the detected TTY
         self._doubt: _Doubt | None = None
+        self._held: Frame | None = None  # a frame with bad framing, until the next one
         self._pending: list[npt.NDArray[np.float32]] = []
         self._pending_n = 0
 
@@ -244,11 +284,13 @@ class TtyDecoder:
                 limit = avail if end is None else min(avail, end)
                 alive = self._alive
                 for frame in tracker.run(limit, masked=False):
-                    self._print(frame, events)
+                    self._take(frame, events)
                 if self._alive > alive:
                     continue  # a character moved the end further out
                 if end is None:
                     return events
+                self._release(events)
+                self._reader.commit()  # the line is over: its reading is final
                 events.append(TtyEnded(time=fe.time_of(end)))
                 log.info("TTY ended at %.2f s", fe.time_of(end))
                 self._session_baud = tracker.baud
@@ -388,7 +430,10 @@ class TtyDecoder:
         self._state = _State.ACTIVE
         self._locked = tr
         self._alive = decided
-        self._reader.reset()
+        if self._session_baud is not None and decided < self._session_until:
+            self._reader.reset()  # the same caller again: its shift convention holds
+        else:
+            self._reader.forget()
         good = sorted(f.snr for f in frames if f.valid and f.snr >= GATE_SNR)
         self._level = good[len(good) // 2] if good else 0.0
         t = fe.time_of(decided)
@@ -400,8 +445,9 @@ class TtyDecoder:
             mark_hz,
             space_hz,
         )
+        self._held = None
         for frame in frames:
-            self._print(frame, events)
+            self._take(frame, events)
 
     def _rate_choice(self, anchors: list[int], search: int, limit: int) -> tuple[int, float]:
         """Which tracker's rate fits the character starts found: (index, evidence in nats).
@@ -475,6 +521,35 @@ class TtyDecoder:
         self._alive = alive
         return end if end <= avail else None
 
+    def _take(self, f: Frame, events: list[TtyEvent]) -> None:
+        """A frame read while a TTY is detected: printed, or held if its framing is bad.
+
+        A frame with a bad start or stop bit that the next frame overlaps was a misframe
+        (the tracker hunts on half a bit later and finds the real character), most often
+        at the carrier's start, where the lead-in may be two bits short: it is dropped.
+        Of two overlapping bad frames the stronger stays held.
+        """
+        held, self._held = self._held, None
+        if held is not None:
+            if f.start >= held.end - self._locked_nb() // 2:
+                self._print(held, events)
+            elif not f.valid and f.snr <= held.snr:
+                self._held = held  # the weaker of two overlapping bad frames goes
+                return
+        if f.valid:
+            self._print(f, events)
+        else:
+            self._held = f
+
+    def _release(self, events: list[TtyEvent]) -> None:
+        """Print a held frame: nothing came after it."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._print(held, events)
+
+    def _locked_nb(self) -> int:
+        return self._locked.nb if self._locked is not None else self._trackers[0].nb
+
     def _print(self, f: Frame, events: list[TtyEvent]) -> None:
         """Print a frame read while a TTY is detected, unless it is not a character.
 
@@ -494,9 +569,14 @@ class TtyDecoder:
         ):
             return
         code = self._reader.decide(f.llr)
-        char = self._reader.read(code)
-        if char:
-            events.append(TtyChar(time=self._fe.time_of(f.end), char=char, code=code))
+        retract, chars = self._reader.read(code, self._fe.time_of(f.end))
+        if retract:
+            events.append(TtyRetract(time=self._fe.time_of(f.end), count=retract))
+        for char, t, c in chars:
+            events.append(TtyChar(time=t, char=char, code=c, revised=retract > 0))
+
+
+SenderConvention = Literal["both", "unshift_on_space", "keep"]
 
 
 class TtyEncoder:
@@ -515,6 +595,7 @@ class TtyEncoder:
         hold_s: float = 0.3,
         figures: FiguresTable = "us",
         shift_after_space: bool = True,
+        convention: SenderConvention = "both",
     ) -> None:
         if not 6000 <= sample_rate <= 192000:
             raise ValueError("sample_rate must be between 6000 and 192000 Hz")
@@ -537,7 +618,15 @@ class TtyEncoder:
         self.space_hz = space_hz
         self.lead_in_s = lead_in_s
         self.hold_s = hold_s
-        self._writer = BaudotWriter(figures=figures, shift_after_space=shift_after_space)
+        if convention not in ("both", "unshift_on_space", "keep"):
+            raise ValueError("convention must be 'both', 'unshift_on_space' or 'keep'")
+        # "both": shifts that read right on either kind of receiver (what we send). The
+        # other two write as one kind of caller's TTY does, for tests and the simulator.
+        self._writer = BaudotWriter(
+            figures=figures,
+            shift_after_space=shift_after_space and convention == "both",
+            unshift_on_space=convention == "unshift_on_space",
+        )
 
     def codes(self, text: str) -> list[int]:
         """The Baudot codes `encode` would send (shifts included)."""

@@ -725,6 +725,7 @@ class Tracker:
         on = [(m if b else v) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
         off = [(v if b else m) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
         on_sum, off_sum = sum(on), sum(off)
+        ref_m = env_m / n_mark if n_mark else 0.0
         noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
         llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
         return Frame(
@@ -736,7 +737,10 @@ class Tracker:
             # begun in the silence or noise before a carrier is not a character).
             start_ok=not bits[0]
             and sl[1] ** 2 >= START_REL * on_sum / 7.0
-            and (self.amp_s > 0 or sl[1] ** 2 > TRIGGER_SNR * noise),
+            and (sl[1] >= 0.5 * self.amp_s if self.amp_s > 0 else sl[1] ** 2 > TRIGGER_SNR * noise)
+            # The bit before the start bit is carrier too (idle mark or a stop bit): a frame
+            # begun in the noise before a carrier that starts with a short lead-in is not.
+            and max(ml[0], sl[0]) >= 0.5 * (self.amp_m if self.amp_m > 0 else ref_m),
             stop_ok=bits[6],
             snr=on_sum / 7.0 / noise if noise > 0 else 0.0,
             min_snr=min(on) / noise if noise > 0 else 0.0,
