@@ -96,13 +96,17 @@ def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "reported), each Modbus module polled once, and with a loopback fitted from a "
             "channel's audio output to its input, a 1 kHz tone measured (tone) and a TTY "
             "message decoded back (tty). The daemon must NOT be running on "
-            "this hardware (systemctl stop consolegw): diag checks the broker for it and "
-            "refuses to touch the hardware while it is online. Exit status: 0 every check "
-            "passed or was skipped, 1 a check failed, 2 bad config or arguments."
+            "this hardware (systemctl stop consolegw): diag checks the lock the daemon holds "
+            "in its state_dir, and the broker, and refuses to touch the hardware while the "
+            "daemon runs or while neither can tell (unless --force). Exit status: 0 every "
+            "check passed or was skipped, 1 a check failed, 2 bad config or arguments."
         ),
     )
     diag.add_argument("-c", "--config", help="config file; without it, inventory only")
     diag.add_argument("--json", action="store_true", help="print one JSON document (for tickets)")
+    diag.add_argument(
+        "--broker", help="ask this broker for the daemon's status, not mqtt.url (as run --broker)"
+    )
     diag.add_argument(
         "--key-seconds",
         type=_positive_seconds(30),
@@ -120,6 +124,12 @@ def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--yes",
         action="store_true",
         help="do not ask before keying transmitters (required when stdin is not a terminal)",
+    )
+    diag.add_argument(
+        "--force",
+        action="store_true",
+        help="touch the hardware even when the daemon runs or that cannot be told (you have "
+        "made sure it is stopped: two programs on one radio fight over PTT)",
     )
     diag.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     diag.set_defaults(func=_cmd_diag, parser=diag)

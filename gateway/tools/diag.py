@@ -3,8 +3,11 @@
 The checks drive the hardware directly through the shipped drivers, exactly as the daemon
 would, so the daemon must not be running on the same hardware: two processes on one serial
 port or USB interface fight over PTT, and closing a port drops its lines under the other. The
-`daemon` check asks the broker for the daemon's retained status first, and no check touches
-the hardware while it reports online.
+`daemon` check runs first: the daemon holds an flock in its state_dir (gateway.lock) while it
+runs, so a held lock proves it runs, and a lock diag can take proves it does not (diag then
+holds it until it is done, so no daemon can start under its checks). The broker's retained
+status is asked too. No check touches the hardware while the daemon runs, or while neither
+the lock nor the broker can tell, unless the technician passes --force.
 
 Checks are a registry (`register_check`) run in registration order; each returns one result
 per target (channel, module...): `daemon`, `ptt`, `modbus`, then the audio loop-back checks
@@ -50,6 +53,7 @@ from gateway.tools import ToolError
 
 if TYPE_CHECKING:
     from drivers.audio import AudioCapture, AudioPlayback
+    from gateway.lock import LockProbe, StateDirLock
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -93,8 +97,17 @@ class DiagContext:
     inventory: Inventory
     keying_confirmed: bool
     progress: Callable[[str], None]
+    broker: str | None = None
+    """A broker URL to ask instead of the config's mqtt.url (as `consolegw run --broker`)."""
+    force: bool = False
+    """Touch the hardware even when the `daemon` check refuses it."""
     daemon_online: bool | None = None
-    """Set by the `daemon` check: True when the daemon reports online on the broker."""
+    """Set by the `daemon` check: True when the daemon runs (lock held, or online on the
+    broker), False when it surely does not, None when that cannot be told."""
+    refusal: str | None = None
+    """Set by the `daemon` check: why the hardware checks must not run (None: they may)."""
+    lock: StateDirLock | None = None
+    """The daemon's state_dir lock, held by diag while the checks run (when it could)."""
 
     def wanted(self, target: str) -> bool:
         return self.only is None or target in self.only
@@ -415,51 +428,97 @@ async def _retained_status(client: aiomqtt.Client, topic: str) -> dict[str, Any]
     return None
 
 
-async def check_daemon(ctx: DiagContext) -> list[CheckResult]:
-    """Is the daemon online on the broker? Then nothing here may touch the hardware."""
+async def _broker_status(ctx: DiagContext) -> tuple[str, dict[str, Any] | None, str]:
+    """(broker url, its retained status or None, why it could not be asked or "")."""
     from gateway.tools.mqtt_view import BrokerTarget
 
-    if ctx.config is None:
-        return [CheckResult("daemon", "-", "SKIP", "no config: cannot ask the broker")]
-    target = BrokerTarget.from_config(ctx.config)
-    topic = f"{target.prefix}/status"
-    status: dict[str, Any] | None = None
+    assert ctx.config is not None
+    target = BrokerTarget.from_config(ctx.config, broker=ctx.broker)
     try:
         async with asyncio.timeout(5.0):
             client = target.client(identifier=f"consolegw-diag-{os.getpid()}", timeout=3.0)
             async with client:
-                status = await _retained_status(client, topic)
+                status = await _retained_status(client, f"{target.prefix}/status")
     except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
-        ctx.daemon_online = None
-        return [
-            CheckResult(
-                "daemon",
-                "-",
-                "SKIP",
-                f"broker {target.mqtt.url} unreachable ({exc or 'timeout'}): cannot tell "
-                "whether the daemon runs; make sure it is stopped (systemctl stop consolegw)",
-            )
-        ]
+        return target.mqtt.url, None, str(exc) or "timeout"
+    return target.mqtt.url, status, ""
+
+
+def _lock_note(found: LockProbe, state_dir: Path) -> str:
+    if found.state == "free":
+        held = "; diag holds it until it is done" if found.lock is not None else ""
+        return f"no daemon holds the lock in state_dir {state_dir}{held}"
+    return f"the lock {found.path} cannot be inspected ({found.reason})"
+
+
+async def check_daemon(ctx: DiagContext) -> list[CheckResult]:
+    """Does the daemon run on this console? Then nothing here may touch the hardware.
+
+    The state_dir lock answers first and best; the broker's retained status is asked too (a
+    daemon with another state_dir, or stopped while the lock could not be read)."""
+    from gateway.lock import probe
+
+    if ctx.config is None:
+        return [CheckResult("daemon", "-", "SKIP", "no config: nothing to ask")]
+    state_dir = ctx.config.gateway.state_dir
+    found = await asyncio.to_thread(probe, state_dir)
+    ctx.lock = found.lock
+    data: dict[str, Any] = {"lock": str(found.path), "lock_state": found.state}
+    verdict = "--force: the hardware is checked anyway" if ctx.force else "hardware checks refused"
+    if found.state == "held":
+        assert found.holder is not None
+        holder = found.holder.describe()
+        data["lock_holder"] = {"pid": found.holder.pid, "command": found.holder.command}
+        ctx.daemon_online = True
+        ctx.refusal = (
+            f"the daemon runs ({holder} holds its state_dir lock): stop it first "
+            "(systemctl stop consolegw), or pass --force"
+        )
+        detail = (
+            f"the daemon runs on this console: {holder} holds {found.path}; stop it first "
+            f"(systemctl stop consolegw); {verdict}"
+        )
+        return [CheckResult("daemon", "-", "FAIL", detail, data)]
+    url, status, error = await _broker_status(ctx)
+    data.update(broker=url, status=status)
+    lock_note = _lock_note(found, state_dir)
     if isinstance(status, dict) and status.get("state") == "online":
         ctx.daemon_online = True
-        return [
-            CheckResult(
-                "daemon",
-                "-",
-                "FAIL",
-                f"the daemon is online (session {status.get('session')}, since "
-                f"{status.get('ts')}): stop it first (systemctl stop consolegw); hardware "
-                "checks skipped",
-                {"status": status},
-            )
-        ]
-    ctx.daemon_online = False
-    said = "offline" if status else "never connected to this broker"
-    return [
-        CheckResult(
-            "daemon", "-", "PASS", f"daemon {said}: the hardware is ours", {"status": status}
+        ctx.refusal = "the daemon is online: stop it first, or pass --force"
+        elsewhere = (
+            " (yet it holds no lock in this config's state_dir: it runs with another "
+            "config or on another machine?)"
+            if found.state == "free"
+            else ""
         )
-    ]
+        detail = (
+            f"the daemon is online on {url} (session {status.get('session')}, since "
+            f"{status.get('ts')}){elsewhere}: stop it first (systemctl stop consolegw); "
+            f"{verdict}"
+        )
+        return [CheckResult("daemon", "-", "FAIL", detail, data)]
+    if error:
+        data["broker_error"] = error
+        if found.state == "free":
+            ctx.daemon_online = False
+            detail = f"{lock_note}: the hardware is ours (broker {url} unreachable: {error})"
+            return [CheckResult("daemon", "-", "PASS", detail, data)]
+        ctx.daemon_online = None
+        ctx.refusal = (
+            "cannot tell whether the daemon runs (lock and broker both unavailable): "
+            "pass --force once it is surely stopped"
+        )
+        detail = (
+            f"cannot tell whether the daemon runs: {lock_note} and broker {url} is "
+            f"unreachable ({error}); {verdict}. Run diag as a user who can read state_dir "
+            "(sudo), give --broker URL, or pass --force once the daemon is surely stopped "
+            "(systemctl stop consolegw)"
+        )
+        return [CheckResult("daemon", "-", "SKIP" if ctx.force else "FAIL", detail, data)]
+    ctx.daemon_online = False
+    said = "offline" if status else "never connected"
+    detail = f"{lock_note}; daemon {said} on {url}: the hardware is ours"
+    return [CheckResult("daemon", "-", "PASS", detail, data)]
 
 
 async def _read(radio: Any) -> Any:
@@ -1229,7 +1288,7 @@ async def check_tty(ctx: DiagContext) -> list[CheckResult]:
 
 register_check(
     "daemon",
-    "the daemon is not running on this hardware (asks the broker for its status)",
+    "the daemon is not running on this hardware (its state_dir lock, then the broker)",
     check_daemon,
     touches_hardware=False,
 )
@@ -1274,9 +1333,13 @@ async def run_diag(
     only: Iterable[str] | None = None,
     confirm: Callable[[str], bool] | None = None,
     progress: Callable[[str], None] | None = None,
+    broker: str | None = None,
+    force: bool = False,
 ) -> DiagReport:
     """Inventory, then the selected checks (all by default). `confirm(question)` is asked
-    once before anything keys a transmitter; without it, such checks are skipped."""
+    once before anything keys a transmitter; without it, such checks are skipped. `broker`
+    replaces the config's mqtt.url; `force` runs the hardware checks even when the `daemon`
+    check refuses them (the technician's word that the daemon is stopped)."""
     if not 0 < key_seconds <= 30:
         raise ValueError(f"key_seconds must be in (0, 30], not {key_seconds!r}")
     names = list(CHECKS) if checks is None else list(checks)
@@ -1296,7 +1359,26 @@ async def run_diag(
         inventory=inventory,
         keying_confirmed=False,
         progress=say,
+        broker=broker,
+        force=force,
     )
+    try:
+        results = await _run_checks(ctx, selected, confirm)
+    finally:
+        if ctx.lock is not None:
+            ctx.lock.release()
+    return DiagReport(
+        inventory=inventory,
+        results=results,
+        config_path=config_path,
+        gateway=config.gateway.id if config else None,
+    )
+
+
+async def _run_checks(
+    ctx: DiagContext, selected: list[Check], confirm: Callable[[str], bool] | None
+) -> list[CheckResult]:
+    config = ctx.config
     results: list[CheckResult] = []
     asked = False
     for check in selected:
@@ -1304,14 +1386,14 @@ async def run_diag(
             reason = None
             if config is None:
                 reason = "no config (-c): nothing to check against"
-            elif ctx.daemon_online:
-                reason = "the daemon is online: stop it first"
+            elif ctx.refusal is not None and not ctx.force:
+                reason = ctx.refusal
             elif check.keys_transmitters and not asked:
                 asked = True
-                targets = _keying_targets(config, only_set)
+                targets = _keying_targets(config, ctx.only)
                 question = (
                     f"Key {len(targets)} transmitter(s) ({', '.join(targets)}) for "
-                    f"{key_seconds:g} s each?"
+                    f"{ctx.key_seconds:g} s each?"
                 )
                 ctx.keying_confirmed = bool(targets) and confirm is not None and confirm(question)
             if reason is None and check.keys_transmitters and not ctx.keying_confirmed:
@@ -1320,12 +1402,7 @@ async def run_diag(
                 results.append(CheckResult(check.name, "-", "SKIP", reason))
                 continue
         results.extend(await check.run(ctx))
-    return DiagReport(
-        inventory=inventory,
-        results=results,
-        config_path=config_path,
-        gateway=config.gateway.id if config else None,
-    )
+    return results
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -1475,8 +1552,12 @@ def run(args: argparse.Namespace) -> int:
     config = None
     if args.config is not None:
         from gateway.config import load_config
+        from gateway.tools.mqtt_view import BrokerTarget
 
         config = load_config(args.config)
+        BrokerTarget.from_config(config, broker=args.broker)  # a bad --broker: exit 2 now
+    elif args.broker is not None:
+        args.parser.error("--broker needs -c CONFIG (the checks run against a config)")
     errors = Console(file=sys.stderr)
     if config is not None and not args.json:
         errors.print(
@@ -1491,6 +1572,8 @@ def run(args: argparse.Namespace) -> int:
         only=_split(args.only),
         confirm=(lambda _: True) if args.yes else _ask,
         progress=lambda text: errors.print(f"[dim]{text} ...[/]"),
+        broker=args.broker,
+        force=args.force,
     )
     try:
         report = asyncio.run(_stoppable(diag))

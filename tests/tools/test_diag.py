@@ -5,8 +5,12 @@ simulated sound card is a private PulseAudio server behind an ALSA device, hw_si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from drivers import audio
 from drivers.audio import AudioCapture, AudioPlayback
 from gateway.cli import main
 from gateway.config import Config, load_config
+from gateway.lock import StateDirLocked, acquire
 from gateway.tools.diag import (
     CHECKS,
     TONE_DBFS,
@@ -35,7 +40,9 @@ from gateway.tools.diag import (
 )
 from hw_sim.audio import Silence, Tone
 from hw_sim.console import Cm108SimRadio, SerialSimRadio, SimConsole
-from tests.mqtt_tools import Broker
+from hw_sim.resolve import config_text
+from tests.mqtt_tools import ROOT, Broker, free_port
+from tests.sim_tools import ConsoleUnderTest
 from tests.tools.helpers import tools_config, until
 
 KEY = "0.3"
@@ -46,11 +53,19 @@ def sim(tmp_path: Path, broker: Broker) -> Iterator[tuple[Path, Config, SimConso
     gid, text = tools_config(tmp_path, broker)
     path = tmp_path / f"{gid}.toml"
     path.write_text(text)
-    config = load_config(path)
-    console = SimConsole(config)
-    console.start()
+    console, config = _serve(path)
     yield path, config, console
     console.stop()
+
+
+def _serve(path: Path) -> tuple[SimConsole, Config]:
+    """The config's devices, on ports the system picks as they are bound (a port picked
+    first and bound later can be taken meanwhile by another test); `path` is rewritten with
+    them, for diag."""
+    console = SimConsole(load_config(path), free_ports=True)
+    console.start()
+    path.write_text(config_text(load_config(path), ports=console.ports))
+    return console, load_config(path)
 
 
 def _diag(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
@@ -152,8 +167,9 @@ def test_nothing_keyed_without_confirmation(sim, capsys):
     assert _usb(console, "police").sim.ptt_log() == []
 
 
-def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
-    path, config, console = sim
+@contextlib.contextmanager
+def _online(broker: Broker, config: Config) -> Iterator[None]:
+    """The retained `online` status a running daemon leaves on its broker; cleared after."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -161,11 +177,17 @@ def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
     online = json.dumps({"state": "online", "session": 7, "ts": "2026-01-01T00:00:00.000Z"})
     client.publish(topic, online, qos=1, retain=True).wait_for_publish(5)
     try:
-        code, report = _diag(capsys, "-c", str(path), "--yes")
+        yield
     finally:
         client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
         client.loop_stop()
         client.disconnect()
+
+
+def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
+    path, config, console = sim
+    with _online(broker, config):
+        code, report = _diag(capsys, "-c", str(path), "--yes")
     results = _results(report)
     assert code == 1
     assert results[("daemon", "-")]["status"] == "FAIL"
@@ -176,6 +198,176 @@ def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
         assert results[(check, "-")]["status"] == "SKIP"
         assert "daemon is online" in results[(check, "-")]["detail"]
     assert _keyed_history(console, "fire") == []
+
+
+# -- the daemon guard: the state_dir lock, then the broker ----------------------------------
+
+
+def _dead_broker() -> str:
+    return f"mqtt://127.0.0.1:{free_port()}"  # nobody listens there
+
+
+def _replace_line(text: str, start: str, line: str) -> str:
+    """`text` with its (one) line starting with `start` replaced by `line`."""
+    lines = text.splitlines()
+    (index,) = [i for i, old in enumerate(lines) if old.startswith(start)]
+    lines[index] = line
+    return "\n".join(lines) + "\n"
+
+
+def _no_broker(text: str) -> str:
+    return _replace_line(text, 'url = "mqtt://', f'url = "{_dead_broker()}"')
+
+
+def _write(tmp_path: Path, text: str) -> tuple[Path, Config]:
+    path = tmp_path / f"diag-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(text)
+    return path, load_config(path)
+
+
+def test_running_daemon_holds_the_lock_and_diag_refuses(
+    console_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real daemon: a second one on its state_dir refuses to start, naming the state_dir
+    and the first one's pid; diag, given a broker nobody answers on, still refuses."""
+    cut: ConsoleUnderTest = console_factory()
+    assert cut.daemon.proc is not None
+    pid = cut.daemon.proc.pid
+    config = load_config(cut.daemon.config_path)
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(cut.daemon.config_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"state_dir {config.gateway.state_dir} " in second.stderr
+    assert f"pid {pid} " in second.stderr and "Traceback" not in second.stderr
+    assert cut.daemon.proc.poll() is None  # the first one runs on, untouched
+
+    code, report = _diag(
+        capsys, "-c", str(cut.daemon.config_path), "--yes", "--broker", _dead_broker()
+    )
+    results = _results(report)
+    assert code == 1
+    daemon = results[("daemon", "-")]
+    assert daemon["status"] == "FAIL" and f"pid {pid} " in daemon["detail"], daemon
+    assert daemon["data"]["lock_holder"]["pid"] == pid
+    for check in ("ptt", "modbus", "tone", "tty"):
+        assert results[(check, "-")]["status"] == "SKIP"
+        assert "the daemon runs" in results[(check, "-")]["detail"]
+    # The daemon's channels never saw a diag key-up.
+    assert all(not s.json()["ptt"] for s in cut.sub.on("/channels/fire/state"))
+
+
+def test_lock_held_refuses_ptt_unless_forced(sim, tmp_path, capsys):
+    text, console = sim[0].read_text(), sim[2]
+    path, config = _write(tmp_path, text)
+    with acquire(config.gateway.state_dir):  # what a running daemon holds
+        code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt")
+        results = _results(report)
+        assert code == 1 and results[("daemon", "-")]["status"] == "FAIL"
+        assert f"pid {os.getpid()} " in results[("daemon", "-")]["detail"]
+        assert results[("ptt", "-")]["status"] == "SKIP"
+        assert "--force" in results[("ptt", "-")]["detail"]
+        assert _keyed_history(console, "fire") == []
+
+        code, report = _diag(
+            capsys, "-c", str(path), "--yes", "--checks", "ptt", "--only", "fire", "--force"
+        )
+        results = _results(report)
+        assert "--force: the hardware is checked anyway" in results[("daemon", "-")]["detail"]
+        assert results[("ptt", "fire")]["status"] == "PASS"
+        assert _keyed_history(console, "fire") == [True, False]
+        assert code == 1  # the daemon check still fails: it does run
+
+
+def test_no_broker_but_free_lock_proves_the_daemon_stopped(sim, tmp_path, capsys):
+    """The old gap: with the broker unreachable diag keyed radios on a guess. Now the lock
+    decides; and diag holds it while it checks, so no daemon can start under it."""
+    text, console = sim[0].read_text(), sim[2]
+    path, config = _write(tmp_path, _no_broker(text))
+    state_dir = config.gateway.state_dir
+    acquire(state_dir).release()  # a daemon ran here once and stopped
+    seen: list[str] = []
+
+    async def daemon_tries_to_start(ctx: DiagContext) -> list[CheckResult]:
+        try:
+            acquire(state_dir).release()
+        except StateDirLocked as exc:
+            seen.append(str(exc))
+        return [CheckResult("start_test", "-", "PASS", "tried")]
+
+    register_check("start_test", "test only", daemon_tries_to_start)
+    try:
+        code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt,start_test")
+    finally:
+        del CHECKS["start_test"]
+    results = _results(report)
+    daemon = results[("daemon", "-")]
+    assert daemon["status"] == "PASS" and "unreachable" in daemon["detail"], daemon
+    assert "diag holds it" in daemon["detail"]
+    assert results[("ptt", "fire")]["status"] == "PASS"
+    assert _keyed_history(console, "fire") == [True, False]
+    assert len(seen) == 1 and f"pid {os.getpid()} " in seen[0]
+    assert code == 0
+    acquire(state_dir).release()  # released when diag is done
+
+
+def test_unreadable_lock_and_no_broker_refuse_unless_forced(sim, tmp_path, capsys):
+    text, console = sim[0].read_text(), sim[2]
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    text = _replace_line(_no_broker(text), "state_dir", f'state_dir = "{blocker}/state"')
+    path, _ = _write(tmp_path, text)
+    code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt")
+    results = _results(report)
+    daemon = results[("daemon", "-")]
+    assert code == 1 and daemon["status"] == "FAIL", daemon
+    assert "cannot tell whether the daemon runs" in daemon["detail"]
+    assert "Not a directory" in daemon["detail"] and "unreachable" in daemon["detail"]
+    assert results[("ptt", "-")]["status"] == "SKIP"
+    assert _keyed_history(console, "fire") == []
+
+    code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt", "--force")
+    results = _results(report)
+    assert results[("daemon", "-")]["status"] == "SKIP"
+    assert results[("ptt", "fire")]["status"] == "PASS" and code == 0
+
+
+def test_broker_option_asks_that_broker(sim, tmp_path, broker, capsys):
+    """--broker means what it means for `consolegw run`: the config's mqtt.url replaced."""
+    text, console = sim[0].read_text(), sim[2]
+    path, config = _write(tmp_path, _no_broker(text))
+    with _online(broker, config):
+        code, report = _diag(
+            capsys, "-c", str(path), "--yes", "--checks", "ptt", "--broker", broker.url
+        )
+    daemon = _results(report)[("daemon", "-")]
+    assert code == 1 and daemon["status"] == "FAIL", daemon
+    assert f"online on {broker.url}" in daemon["detail"]
+    assert "another config or on another machine" in daemon["detail"]  # no lock held
+    assert _results(report)[("ptt", "-")]["status"] == "SKIP"
+    assert _keyed_history(console, "fire") == []
+    assert main(["diag", "-c", str(path), "--broker", "ftp://nowhere"]) == 2
+    assert "--broker ftp://nowhere" in capsys.readouterr().err
+
+
+def test_simulated_cm108_passes(sim, capsys):
+    """The CM108 is reached through the section's usb_backend (hw_sim over loopback), as the
+    daemon reaches it: listed, matched to its channel, keyed and unkeyed."""
+    path, _, console = sim
+    code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt", "--only", "police")
+    results = _results(report)
+    police = results[("ptt", "police")]
+    assert code == 0 and police["status"] == "PASS", police
+    assert police["data"]["interface"].startswith("cm108 usb")
+    assert [c.keyed for c in _usb(console, "police").sim.ptt_log()] == [True, False]
+    (usb,) = report["inventory"]["usb_interfaces"]
+    assert usb["backend"].startswith("sim://") and usb["channels"] == ["police"]
+    assert not [n for n in report["inventory"]["notes"] if "police" in n]
 
 
 def test_usage_and_config_errors(tmp_path, capsys):
@@ -257,9 +449,7 @@ column = 1
     gid, text = tools_config(tmp_path, broker, extra=extra)
     path = tmp_path / f"{gid}.toml"
     path.write_text(text)
-    config = load_config(path)
-    console = SimConsole(config)
-    console.start()
+    console, config = _serve(path)
     try:
         # What the daemon's environment gets: PortAudio must see the simulated card. This
         # process initialised PortAudio long ago, hence the rescan.
