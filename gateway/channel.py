@@ -37,6 +37,7 @@ from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timest
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
+from gateway.radios import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ class ChannelMonitor:
         self._timed_out = False  # refuse re-keying until the requester releases
         self._timed_out_asked_at = 0.0  # the last PTT request since the time-out
         radio_cfg = config.radio
-        self._cos_wired = radio_cfg is not None and (
-            radio_cfg.kind == "cm108" or radio_cfg.cos is not None
-        )
+        self._cos_wired = radio_cfg is not None and kind_of(radio_cfg).has_cos(radio_cfg)
         """A COS line is configured: carrier is reported, or else unknown (not just absent)."""
         self._cos_raw: bool | None = None
         self._cos_raw_since = 0.0

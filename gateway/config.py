@@ -10,51 +10,27 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from gateway.config_base import ConfigModel, HostName, Identifier, host_problem
 from gateway.errors import ConfigError
+from gateway.radios import RadioSection, kind_of
 
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-"""Ids end up in MQTT topics: no '/', '+', '#' or spaces."""
+# Re-exported: the simulator and diag name the two first kinds' sections from here.
+from gateway.radios.cm108 import Cm108RadioSection as Cm108RadioSection  # noqa: PLC0414
+from gateway.radios.serial import SerialRadioSection as SerialRadioSection  # noqa: PLC0414
 
-
-class _Model(BaseModel):
-    # Unknown keys are typos until proven otherwise: refuse them. No setting here means
-    # anything when infinite or NaN (TOML has inf and nan): refuse those too.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _host_problem(host: str) -> str | None:
-    """Why a host name cannot be looked up, or None. The resolver raises UnicodeError (not
-    OSError) for an empty or over-long label ("broker..lan"): caught here, not at run time."""
-    if any(ord(c) < 0x20 or c == "\x7f" for c in host):
-        return "host name contains a control character"
-    try:
-        host.encode("idna")
-    except UnicodeError:
-        return "host name has an empty or over-long part"
-    return None
-
-
-def _valid_host(value: str) -> str:
-    problem = _host_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-HostName = Annotated[str, AfterValidator(_valid_host)]
+# The pieces every config section is made of, shared with the radio kinds' sections.
+_Model = ConfigModel
+_host_problem = host_problem
 
 
 def _mqtt_string_problem(value: str, max_bytes: int = 65_535) -> str | None:
@@ -242,74 +218,6 @@ class OutboxSection(_Model):
     """fsync every commit (survives power loss); false survives a process crash only."""
     in_flight: int = Field(default=64, ge=1, le=10_000)
     """QoS 1 publishes awaiting PUBACK at once."""
-
-
-class SerialRadioSection(_Model):
-    kind: Literal["serial"]
-    url: str
-    """Device path, /dev/serial/by-id/... name, or rfc2217://host:port."""
-    ptt: tuple[Literal["rts", "dtr"], ...] = ("rts",)
-    ptt_invert: bool = False
-    cos: Literal["cts", "dsr", "cd", "ri"] | None = "cts"
-    cos_invert: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.strip() or value != value.strip() or "\0" in value:
-            raise ValueError("must be a device path or URL without spaces around it")
-        return value
-
-    @field_validator("ptt")
-    @classmethod
-    def _ptt_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError('must name "rts", "dtr" or both, once each')
-        return value
-
-
-class Cm108RadioSection(_Model):
-    kind: Literal["cm108"]
-    vendor_id: int = Field(default=0x0D8C, ge=0, le=0xFFFF)
-    product_id: int | None = Field(default=None, ge=0, le=0xFFFF)
-    """Needed when vendor_id is not C-Media's (whose CM1xx product ids are known)."""
-    serial: str | None = Field(default=None, min_length=1)
-    port_path: str | None = Field(default=None, pattern=r"^\d+-\d+(\.\d+)*$")
-    """USB port path as in /sys/bus/usb/devices, e.g. 1-1.4: stable across reboots."""
-    ptt_gpio: int = Field(default=3, ge=1, le=8)
-    ptt_invert: bool = False
-    cos_bit: int = 1
-    """HID input bit carrying COS: 0 VOLUP, 1 VOLDN (most boards), 4 HOOK, 8-15 GPIO1-8."""
-    cos_invert: bool = False
-    ptt_sense_gpio: int | None = Field(default=None, ge=1, le=8)
-    """A GPIO wired (as input) to the keyed line: gives a true PTT read-back."""
-    ptt_sense_invert: bool = False
-    usb_backend: str | None = Field(default=None, pattern=r"^sim://[^:/]+:\d+$")
-    """Simulator only: sim://host:port forwards USB transfers to hw_sim."""
-
-    @field_validator("cos_bit")
-    @classmethod
-    def _cos_bit(cls, value: int) -> int:
-        if value not in (0, 1, 4, *range(8, 16)):
-            raise ValueError("must be 0 (VOLUP), 1 (VOLDN), 4 (HOOK) or 8-15 (GPIO1-8)")
-        return value
-
-    @model_validator(mode="after")
-    def _sense_differs(self) -> Cm108RadioSection:
-        # The driver refuses the same combinations: refused here, check-config tells.
-        if self.ptt_sense_gpio == self.ptt_gpio:
-            raise ValueError("ptt_sense_gpio must differ from ptt_gpio")
-        if self.product_id is None and self.vendor_id != 0x0D8C:
-            raise ValueError("product_id is required when vendor_id is not C-Media's (0x0d8c)")
-        cos_gpio = self.cos_bit - 7 if self.cos_bit >= 8 else None
-        if cos_gpio == self.ptt_gpio:
-            raise ValueError(f"cos_bit {self.cos_bit} is GPIO{cos_gpio}, the PTT output")
-        if cos_gpio is not None and cos_gpio == self.ptt_sense_gpio:
-            raise ValueError(f"cos_bit {self.cos_bit} is GPIO{cos_gpio}, the ptt_sense_gpio")
-        return self
-
-
-RadioSection = Annotated[SerialRadioSection | Cm108RadioSection, Field(discriminator="kind")]
 
 
 class AudioDeviceSection(_Model):
@@ -612,29 +520,19 @@ def _check_whole(data: dict[str, Any], config: Config, source: Path) -> None:
             f"{source}: (top level): nothing to run: no [channels.<id>], [alarms.<id>] or "
             "[modbus.modules.<id>] table; see config/example.toml"
         )
-    ports: dict[str, str] = {}
+    taken: dict[str, str] = {}
     for channel_id, channel in config.channels.items():
         radio = channel.radio
-        if not isinstance(radio, SerialRadioSection):
+        claim = kind_of(radio).claims(radio) if radio is not None else None
+        if claim is None:
             continue
-        port = _same_port_key(radio.url)
-        other = ports.setdefault(port, channel_id)
+        key, what = claim
+        other = taken.setdefault(what, channel_id)
         if other != channel_id:
             raise ConfigError(
-                f"{source}: channels.{channel_id}.radio.url: {radio.url} is channel {other}'s "
-                "port too: a serial port is opened by one channel (give each radio its own)"
+                f"{source}: channels.{channel_id}.radio.{key}: {what} is channel {other}'s "
+                "too: one radio interface serves one channel (give each radio its own)"
             )
-
-
-def _same_port_key(url: str) -> str:
-    """One key for the spellings of one port: by-id links resolved, host names folded."""
-    if "://" in url:
-        parts = urlsplit(url)
-        return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port}"
-    try:
-        return str(Path(url).resolve())
-    except (OSError, RuntimeError, ValueError):
-        return url
 
 
 def config_warnings(config: Config) -> list[str]:

@@ -216,7 +216,7 @@ SERIAL = '[channels.{id}.radio]\nkind = "serial"\nurl = "{url}"\n'
             + SERIAL.format(id="a", url="rfc2217://Serial-1:4001")
             + SERIAL.format(id="b", url="rfc2217://serial-1:4001"),
             "channels.b.radio.url",
-            "channel a's port too",
+            "is channel a's too",
         ),
     ],
 )
@@ -239,7 +239,7 @@ def test_one_port_under_two_names_is_one_port(tmp_path: Path) -> None:
         + SERIAL.format(id="fire", url=device)
         + SERIAL.format(id="ems", url=by_id)
     )
-    with pytest.raises(ConfigError, match=r"channels\.ems\.radio\.url: .* channel fire's port"):
+    with pytest.raises(ConfigError, match=r"channels\.ems\.radio\.url: .* channel fire's too"):
         load_config(path)
 
 
