@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
@@ -63,6 +65,45 @@ K = TypeVar("K")
 # lock: PortAudio is not thread-safe across those calls, and a re-initialisation must not
 # overlap any of them. Callbacks never take it.
 _pa_lock = threading.RLock()
+
+# ALSA's library writes its errors (a card unplugged, a PCM gone) straight to stderr, once
+# per retry from PortAudio's rescans: dozens of lines an hour for a loss this driver already
+# reports once as DeviceLost. Its error handler is ours instead: each distinct message once,
+# at debug level. The CFUNCTYPE object must live as long as the process.
+_ALSA_HANDLER_TYPE = ctypes.CFUNCTYPE(
+    None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+)
+_alsa_seen: set[tuple[bytes, int]] = set()
+
+
+def _alsa_error(
+    file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None
+) -> None:
+    key = (function or b"", err)
+    if key not in _alsa_seen and len(_alsa_seen) < 256:
+        _alsa_seen.add(key)
+        log.debug(
+            "ALSA %s: %s (error %d)",
+            (function or b"?").decode(errors="replace"),
+            (fmt or b"").decode(errors="replace").strip(),
+            err,
+        )
+
+
+_alsa_handler = _ALSA_HANDLER_TYPE(_alsa_error)
+
+
+def _route_alsa_errors() -> None:
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        return  # no ALSA (another host API): nothing writes behind our back
+    try:
+        ctypes.CDLL(name).snd_lib_error_set_handler(_alsa_handler)
+    except (OSError, AttributeError):
+        log.debug("could not route ALSA's error messages; they go to stderr")
+
+
+_route_alsa_errors()
 _owners: set[_StreamOwner] = set()  # objects with an open PortAudio stream
 
 
