@@ -323,7 +323,8 @@ class TtyDecoder:
             if self._gate(i, f):
                 # Detected, or the rate is still in doubt and both trackers were set back
                 # to read on from this frame: either way, go round again.
-                self._detect(self._burst_start(self._runs[i].frames[0].start), decided, events)
+                first = self._runs[i].frames[0].start
+                self._detect(self._presence_start(first), decided, events, gate=i)
                 return True
         if doubt is not None and avail >= doubt.until:
             # The rate stayed in doubt and no more characters settled it: the burst may
@@ -380,10 +381,21 @@ class TtyDecoder:
                 return False
         return True
 
-    def _detect(self, p0: int, decided: int, events: list[TtyEvent], force: bool = False) -> None:
+    def _detect(
+        self,
+        p0: int,
+        decided: int,
+        events: list[TtyEvent],
+        force: bool = False,
+        gate: int | None = None,
+    ) -> None:
         """A gate passed: read the burst again from its start at both rates, keep the better.
 
         `force`: a doubtful rate's wait ran out; decide on the data up to `decided`.
+        `gate`: the tracker whose gate run passed; `p0` is then a first guess at the burst
+        start from hop presence, refined to the carrier's start (_onset) once the running
+        sums hold the tone frequencies measured (before, a mixer may be far off the tone
+        it has not seen yet).
 
         Both readings start at the burst start (so both are in step with the characters,
         which a hunt started mid-stream need not be) and use the tone frequencies measured
@@ -396,6 +408,10 @@ class TtyDecoder:
         space_hz = float(fe.p_space.a[hop - fe.p_space.base])
         start = p0 - 2 * max(tr.nb for tr in self._trackers) - 2
         fe.recompute(start, decided, mark_hz, space_hz)
+        for tr in self._trackers:
+            tr.invalidate(start)
+        if gate is not None:
+            p0 = self._onset(gate, p0, self._runs[gate].frames[0].start)
         readings: list[list[Frame]] = []
         for tr in self._trackers:
             tr.invalidate(start)
@@ -481,7 +497,33 @@ class TtyDecoder:
             nats += 2.0 * max(f0, f1) * span * (f0 - f1) / noise
         return (0 if nats >= 0 else 1), nats
 
-    def _burst_start(self, first: int) -> int:
+    def _onset(self, i: int, lo: int, first: int) -> int:
+        """Where the carrier before `first` starts: the end of the last stretch of two bit
+        times without tone at the gate run's level (within a burst, only a bit window
+        straddling a transition dips, and briefly). `lo` if there is none after it."""
+        tr = self._trackers[i]
+        frames = self._runs[i].frames
+        amp_m = float(np.median([f.mark_env for f in frames]))
+        amp_s = float(np.median([f.space_env for f in frames if f.n_mark < 7] or [amp_m]))
+        if amp_m <= 0 or amp_s <= 0:
+            return lo
+        tr.refresh()
+        nb = tr.nb
+        a, b = max(lo + nb - 1, tr.rm.base), min(first + nb, tr.rm.end)
+        if b - a < 2 * nb:
+            return lo
+        quiet = (tr.rm.get(a, b) < 0.5 * amp_m) & (tr.rs.get(a, b) < 0.5 * amp_s)
+        # Runs of quiet window ends: the last one at least 2 bits long.
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+        starts, ends = edges[0::2], edges[1::2]
+        long_runs = np.flatnonzero(ends - starts >= 2 * nb)
+        if len(long_runs) == 0:
+            return lo
+        e = a + int(ends[long_runs[-1]]) - 1  # last quiet window end
+        # That window holds less than half a bit of carrier: it starts after e - nb / 2.
+        return max(lo, e - nb // 2 - nb // 4)
+
+    def _presence_start(self, first: int) -> int:
         """Where the burst containing `first` began: after the last long absence of tones."""
         fe = self._fe
         lo = max(first - int(REDECODE_BACK_S * fe.fs2), self._idle_from, fe.cm.base + 64)
@@ -496,7 +538,7 @@ class TtyDecoder:
         for j in range(len(absent) - 1, -1, -1):
             streak = streak + 1 if absent[j] else 0
             if streak >= 6:
-                start_hop = h_lo + j + streak - 2
+                start_hop = h_lo + j + streak - 6  # presence lags a weak carrier's start
                 break
         return max(lo, start_hop * HOP)
 
@@ -554,9 +596,9 @@ class TtyDecoder:
         """Print a frame read while a TTY is detected, unless it is not a character.
 
         Not a character: noise (too little tone energy, or both tones at once), or, for a
-        frame with a bad start or stop bit, one that is weak for this TTY (a frame hanging
-        over the end of the carrier). Frames with good framing keep the TTY alive and
-        track its level.
+        frame with a bad start or stop bit, one that is weak for this TTY or has bits
+        without carrier (a frame hanging over the end of the carrier). Frames with good
+        framing keep the TTY alive and track its level.
         """
         if f.snr < ACTIVE_SNR or f.leak > ACTIVE_LEAK:
             return
@@ -564,8 +606,10 @@ class TtyDecoder:
         if f.valid:
             self._level = f.snr if level <= 0 else level + 0.1 * (f.snr - level)
             self._alive = max(self._alive, f.end)
-        elif f.snr < ACTIVE_REL * level or (
-            level >= ACTIVE_MIN_LEVEL and f.min_snr < 0.25 * ACTIVE_REL * level
+        elif (
+            f.snr < ACTIVE_REL * level
+            or f.absent >= 2
+            or (level >= ACTIVE_MIN_LEVEL and f.min_snr < 0.25 * ACTIVE_REL * level)
         ):
             return
         code = self._reader.decide(f.llr)

@@ -461,6 +461,7 @@ class Frame:
     min_snr: float  # the same for the weakest of the 7 bits
     leak: float  # off-tone over on-tone energy, summed over the 7 bits
     llr: F32  # log-likelihood ratios of the 5 data bits (positive = mark = 1)
+    absent: int  # of the 7 bits, how many hold less than half the TTY's level of their tone
     n_mark: int  # bits read as mark, and the mean envelope of each tone on its own bits
     mark_env: float
     space_env: float
@@ -540,6 +541,10 @@ class Tracker:
         """The running sums changed from `start` on: drop envelopes that used them."""
         self.rm.truncate(start)
         self.rs.truncate(start)
+
+    def refresh(self) -> None:
+        """Bring the envelopes up to the running sums (for reading them from outside)."""
+        self._update()
 
     def _update(self) -> None:
         fe, nb = self.fe, self.nb
@@ -726,6 +731,13 @@ class Tracker:
         off = [(v if b else m) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
         on_sum, off_sum = sum(on), sum(off)
         ref_m = env_m / n_mark if n_mark else 0.0
+        absent = 0
+        if self.amp_m > 0 and self.amp_s > 0:
+            half_m, half_s = 0.5 * self.amp_m, 0.5 * self.amp_s
+            absent = sum(
+                (m < half_m) if b else (v < half_s)
+                for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)
+            )
         noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
         llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
         return Frame(
@@ -746,6 +758,7 @@ class Tracker:
             min_snr=min(on) / noise if noise > 0 else 0.0,
             leak=off_sum / on_sum if on_sum > 0 else 1.0,
             llr=llr,
+            absent=absent,
             n_mark=n_mark,
             mark_env=env_m / n_mark if n_mark else 0.0,
             space_env=env_s / (7 - n_mark) if n_mark < 7 else 0.0,
