@@ -410,6 +410,7 @@ class TtyDecoder:
         fe.recompute(start, decided, mark_hz, space_hz)
         for tr in self._trackers:
             tr.invalidate(start)
+            tr.reset_chain(mark_hz, space_hz)
         if gate is not None:
             p0 = self._onset(gate, p0, self._runs[gate].frames[0].start)
         readings: list[list[Frame]] = []
@@ -612,7 +613,11 @@ class TtyDecoder:
             or (level >= ACTIVE_MIN_LEVEL and f.min_snr < 0.25 * ACTIVE_REL * level)
         ):
             return
-        code = self._reader.decide(f.llr)
+        code = (
+            self._reader.decide(f.llr)
+            if f.code_ll is None
+            else self._reader.decide_codes(f.code_ll)
+        )
         retract, chars = self._reader.read(code, self._fe.time_of(f.end))
         if retract:
             events.append(TtyRetract(time=self._fe.time_of(f.end), count=retract))
