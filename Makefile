@@ -14,9 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # sound cards (a private PulseAudio per card, reached through ALSA's pulse plugin).
 # systemd: systemd-analyze, which verifies the unit; dpkg-dev: dpkg-shlibdeps, for `make deb`;
 # lintian and debootstrap: the .deb's checks and its install into a throwaway Debian root
-# (tests/test_deb.py).
+# (tests/test_deb.py). rabbitmq-server: RabbitMQ 3.10 as a real MQTT 3.1.1 peer, one node or a
+# cluster of three (tests/rabbitmq.py); its own service is not used.
 DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio ser2net \
-	libasound2-plugins systemd dpkg-dev lintian debootstrap
+	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server
 
 .PHONY: demo test lint typecheck pytest system-deps venv bench deb clean
 

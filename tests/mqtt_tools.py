@@ -139,7 +139,8 @@ class Received:
 
 
 class Subscriber:
-    """A paho MQTT v5 client that records what it receives, with condition waits."""
+    """A paho MQTT client (v5 unless `protocol` says otherwise) that records what it
+    receives, with condition waits."""
 
     def __init__(
         self,
@@ -152,15 +153,22 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
         tls: dict[str, Any] | None = None,
+        protocol: int = paho.MQTTv5,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._topics = topics
         self._connected = threading.Event()
+        self.subscribed = threading.Event()  # every topic's SUBACK came
+        self.session_present: bool | None = None
+        self._subacks = 0
+        v5 = protocol == paho.MQTTv5
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=protocol,
+            # 3.1.1 asks for a persistent session in the constructor, v5 in connect().
+            clean_session=None if v5 else not persistent,
         )
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -168,21 +176,33 @@ class Subscriber:
             self.client.tls_set(**tls)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         props = None
-        if persistent:
+        if persistent and v5:
             # A session that outlives disconnections: what a CAD subscriber should use.
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
-        self.client.connect(broker_host, broker_port, clean_start=not persistent, properties=props)
+        if v5:
+            self.client.connect(
+                broker_host, broker_port, clean_start=not persistent, properties=props
+            )
+        else:
+            self.client.connect(broker_host, broker_port)
         nodelay(self.client)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise RuntimeError("subscriber could not connect")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.session_present = bool(flags.session_present)
         for topic in self._topics:
             client.subscribe(topic, qos=1)
         self._connected.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
+        self._subacks += 1
+        if self._subacks >= len(self._topics):
+            self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
