@@ -489,6 +489,7 @@ LEARN_SNR: Final = 3.0  # frames that teach the threshold correction the tone le
 LEARN_LEAK: Final = 0.5
 RHYTHM_NATS: Final = 5.0  # prior for a start exactly one period after a back-to-back one
 COHERENCE_MIN: Final = 0.8  # read frames coherently once the signal holds its phase this well
+PAIRS_MIN: Final = 8  # and each tone's frequency is learnt from this many pairs of like bits
 # Timing score weights over the 8 windows (idle, start, 5 data, stop): |q| of the data bits
 # plus q of the idle and stop bits (mark) minus q of the start bit (space).
 _DATA_W: Final = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=np.float32)
@@ -519,13 +520,15 @@ class Tracker:
         # each window under that code (the signal phase runs on at the tone's frequency).
         pattern = np.array([[1, 0, *((c >> i) & 1 for i in range(5)), 1] for c in range(32)])
         self._is_mark = pattern.astype(bool)
-        self._starts = self.offs - self.nb + 1
-        steps = np.diff(self._starts)
-        before_m = np.zeros((32, 8), np.float64)
-        before_s = np.zeros((32, 8), np.float64)
-        before_m[:, 1:] = np.cumsum(pattern[:, :-1] * steps, axis=1)
-        before_s[:, 1:] = np.cumsum((1 - pattern[:, :-1]) * steps, axis=1)
-        self._before_m, self._before_s = before_m, before_s
+        # Bits last nbf samples (a fraction at some rates) while windows start on whole
+        # samples: each window's start is `frac` off the ideal grid, spent in its own bit.
+        starts = self.offs - self.nb + 1
+        frac = (starts - starts[0]) - self.nbf * np.arange(8)
+        bits_m = np.zeros((32, 8), np.float64)
+        bits_m[:, 1:] = np.cumsum(pattern[:, :-1], axis=1)
+        self._before_m = self.nbf * bits_m + frac * pattern
+        self._before_s = self.nbf * (np.arange(8) - bits_m) + frac * (1 - pattern)
+        steps = np.diff(starts)
         self._steps = steps.astype(np.float64)
         self._n_mark = pattern.sum(axis=1).astype(np.float64)
         self.reset_chain(MARK_HZ, SPACE_HZ)
@@ -537,6 +540,7 @@ class Tracker:
         self._w_ref = (mark_hz * k, space_hz * k)  # rad/sample, as measured
         self.w_m, self.w_s = self._w_ref  # as learnt from the phase of its bits
         self._pair = [0j, 0j]  # phase steps between like bits, accumulated
+        self._pairs_n = [0, 0]  # how many, per tone
         self.coherence = 0.0  # how well the signal follows a continuous phase (0..1)
         self._coh_n = 0  # frames it was measured on
 
@@ -789,7 +793,7 @@ class Tracker:
         noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
         llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
         dm, ds = self._windows(t0)
-        code_ll = self.coherent(dm, ds, noise) if self.coherence >= COHERENCE_MIN else None
+        code_ll = self.coherent(dm, ds, noise) if self.coherent_ready else None
         return Frame(
             start=t0,
             end=t0 + self.frame_len,
@@ -824,6 +828,13 @@ class Tracker:
         dm: C128 = self.dm.take(ends).astype(np.complex128)
         ds: C128 = self.ds.take(ends).astype(np.complex128)
         return dm, ds
+
+    @property
+    def coherent_ready(self) -> bool:
+        """Both tone frequencies learnt from the phase of enough bits, and the signal
+        found to hold its phase (a frequency off by a few hertz turns the phase of a
+        frame's last windows by radians: read coherently then, a frame reads worse)."""
+        return min(self._pairs_n) >= PAIRS_MIN and self.coherence >= COHERENCE_MIN
 
     def _turns(self) -> C128:
         """e^{-j theta}: per code and window, the signal phase the code predicts there
@@ -864,6 +875,7 @@ class Tracker:
             if sel.any():
                 ref = np.exp(-1j * self._w_ref[tone] * self._steps[sel])
                 self._pair[tone] = 0.9 * self._pair[tone] + complex((steps[sel] * ref).sum())
+                self._pairs_n[tone] += int(sel.sum())
         nb = float(self.nb)
         self.w_m = self._w_ref[0] + math.atan2(self._pair[0].imag, self._pair[0].real) / nb
         self.w_s = self._w_ref[1] + math.atan2(self._pair[1].imag, self._pair[1].real) / nb
