@@ -55,6 +55,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hw_sim.resolve import dump_toml  # noqa: E402
 from tests.mqtt_tools import Broker, Daemon, Received, Subscriber, free_port  # noqa: E402
 from tests.sim_tools import ConsoleUnderTest, start_config  # noqa: E402
 
@@ -108,45 +109,7 @@ def sim_config(tmp: Path, broker: Broker) -> str:
     walk(data)
     data["gateway"]["state_dir"] = str(tmp / "state")
     data["mqtt"]["url"] = broker.url
-    return toml_text(data)
-
-
-def toml_text(table: dict[str, Any]) -> str:
-    """A TOML document for plain data (tables, strings, numbers, booleans, lists)."""
-    return "\n".join(_toml_blocks(table, ()))
-
-
-def _toml_blocks(table: dict[str, Any], path: tuple[str, ...]) -> Iterator[str]:
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if not _is_table(v)]
-    if path and (lines or not table):  # a table holding only tables needs no header
-        lines.insert(0, f"[{'.'.join(_toml_key(p) for p in path)}]")
-    if lines:
-        yield "".join(line + "\n" for line in lines)
-    for key, value in table.items():
-        if _is_table(value):
-            yield from _toml_blocks(value, (*path, key))
-
-
-def _is_table(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML for {value!r}")
+    return dump_toml(data)
 
 
 _TCP_STATES = {"01": "established", "06": "time_wait", "08": "close_wait", "0A": "listen"}
