@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -127,8 +127,15 @@ class AckRequest(Request):
 
 
 class SetOutputRequest(Request):
-    output: str
-    state: bool
+    output: str = Field(description="The output's name, as in the module's `outputs` config")
+    state: bool = Field(description="true switches the relay on, false off")
+
+
+class SetOutputResponse(Payload):
+    """`data` of the answer to `set_output`, once the module has taken the write."""
+
+    output: str = Field(description="The output's name")
+    state: bool = Field(description="What it was set to: true on, false off")
 
 
 class AlarmPoint:
@@ -280,7 +287,7 @@ class AlarmPoint:
 
     # -- commands --------------------------------------------------------------------------
 
-    def acknowledge(self, by: str | None) -> dict[str, Any]:
+    def acknowledge(self, by: str | None) -> AlarmState:
         if not self._active:
             raise CommandError(f"alarm {self.alarm_id} is not active: nothing to acknowledge")
         if not self._acknowledged:
@@ -290,7 +297,7 @@ class AlarmPoint:
             if self._cond != "alarm":
                 self._clear(time.time())
             self._publish_state()
-        return self.snapshot().model_dump(mode="json")
+        return self.snapshot()
 
     # -- state -----------------------------------------------------------------------------
 
@@ -459,7 +466,7 @@ class ModuleMonitor:
         for point in self.points:
             point.module_offline()
 
-    async def set_output(self, name: str, state: bool) -> dict[str, Any]:
+    async def set_output(self, name: str, state: bool) -> SetOutputResponse:
         channel = self._cfg.outputs.get(name)
         if channel is None:
             known = ", ".join(sorted(self._cfg.outputs)) or "none configured"
@@ -469,7 +476,7 @@ class ModuleMonitor:
         except DeviceError as exc:
             raise CommandError(f"module {self.module_id}: output not set: {exc}") from None
         log.info("module %s: output %s set %s", self.module_id, name, "on" if state else "off")
-        return {"output": name, "state": state}
+        return SetOutputResponse(output=name, state=state)
 
 
 def modbus_link(section: ModbusLinkSection) -> ModbusLink:
@@ -519,17 +526,17 @@ def build_alarm_system(
 def register_alarm_commands(
     router: CommandRouter, points: dict[str, AlarmPoint], modules: dict[str, ModuleMonitor]
 ) -> None:
-    async def ack(params: AckRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def ack(params: AckRequest, ctx: RequestContext) -> AlarmState:
         return points[ctx.target].acknowledge(ctx.client)
 
-    async def alarm_status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
-        return points[ctx.target].snapshot().model_dump(mode="json")
+    async def alarm_status(params: StatusRequest, ctx: RequestContext) -> AlarmState:
+        return points[ctx.target].snapshot()
 
-    async def set_output(params: SetOutputRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def set_output(params: SetOutputRequest, ctx: RequestContext) -> SetOutputResponse:
         return await modules[ctx.target].set_output(params.output, params.state)
 
-    async def module_status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
-        return modules[ctx.target].snapshot().model_dump(mode="json")
+    async def module_status(params: StatusRequest, ctx: RequestContext) -> ModuleState:
+        return modules[ctx.target].snapshot()
 
     router.set_targets("alarms", points.keys)
     router.set_targets("modules", modules.keys)
@@ -538,16 +545,30 @@ def register_alarm_commands(
         "ack",
         AckRequest,
         ack,
+        response=AlarmState,
         description="Acknowledge an active alarm; a restored latched alarm then clears.",
     )
-    router.register("alarms", "status", StatusRequest, alarm_status, description="Alarm snapshot.")
+    router.register(
+        "alarms",
+        "status",
+        StatusRequest,
+        alarm_status,
+        response=AlarmState,
+        description="Alarm snapshot.",
+    )
     router.register(
         "modules",
         "set_output",
         SetOutputRequest,
         set_output,
+        response=SetOutputResponse,
         description="Switch a named relay output of an IO module on or off.",
     )
     router.register(
-        "modules", "status", StatusRequest, module_status, description="IO module snapshot."
+        "modules",
+        "status",
+        StatusRequest,
+        module_status,
+        response=ModuleState,
+        description="IO module snapshot.",
     )

@@ -9,7 +9,8 @@ import os
 import sqlite3
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+
+from pydantic import Field
 
 from gateway.alarms import build_alarm_system, register_alarm_commands
 from gateway.audio import build_audio, register_audio_commands
@@ -21,6 +22,7 @@ from gateway.events import (
     GatewayStartedData,
     GatewayState,
     OutboxData,
+    Payload,
     UncleanStopData,
     utc_timestamp,
 )
@@ -46,6 +48,12 @@ def package_version() -> str:
 
 class RebirthRequest(Request):
     pass
+
+
+class RebirthResponse(Payload):
+    """`data` of the answer to `rebirth`."""
+
+    topics: int = Field(description="How many retained state topics will be republished")
 
 
 class Gateway:
@@ -136,6 +144,7 @@ class Gateway:
             "rebirth",
             RebirthRequest,
             self._rebirth,
+            response=RebirthResponse,
             description="Republish every retained state topic.",
         )
         self.router.register(
@@ -143,6 +152,7 @@ class Gateway:
             "status",
             StatusRequest,
             self._status,
+            response=GatewayState,
             description="The gateway's health: version, session, outbox, channels.",
         )
         register_channel_commands(self.router, self.channels)
@@ -150,13 +160,13 @@ class Gateway:
         register_tty_commands(self.router, self.ttys)
         register_alarm_commands(self.router, self.alarms, self.modules)
 
-    async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> RebirthResponse:
         self._publish_gateway_state()
         self.publisher.mark_all_dirty()
-        return {"topics": len(self.publisher.retained_snapshot())}
+        return RebirthResponse(topics=len(self.publisher.retained_snapshot()))
 
-    async def _status(self, params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
-        return self._gateway_state().model_dump(mode="json")
+    async def _status(self, params: StatusRequest, ctx: RequestContext) -> GatewayState:
+        return self._gateway_state()
 
     def _gateway_state(self) -> GatewayState:
         return GatewayState(

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from gateway.alarms import AlarmState, ModuleState
 from gateway.audio import AudioLevels
-from gateway.commands import Scope
+from gateway.commands import GATEWAY, Scope
 from gateway.config import Config
 from gateway.events import (
     EVENT_TYPES,
@@ -23,12 +23,33 @@ from gateway.tty import TtyState
 
 _REF = "#/components/schemas/{model}"
 _BASE = "consolegw/{gateway_id}"
-_SCOPE_PATH: dict[Scope, str] = {
-    "gateway": _BASE,
-    "channels": _BASE + "/channels/{channel_id}",
-    "alarms": _BASE + "/alarms/{alarm_id}",
-    "modules": _BASE + "/modules/{module_id}",
-}
+
+
+def _noun(scope: Scope) -> str:
+    """`channels` -> `channel`: what one target of the scope is called."""
+    return scope if scope == GATEWAY else scope.removesuffix("s")
+
+
+def _scope_path(scope: Scope) -> str:
+    return _BASE if scope == GATEWAY else f"{_BASE}/{scope}/{{{_noun(scope)}_id}}"
+
+
+def _response_schema(
+    key: str, data: type[BaseModel], envelope: dict[str, str], schemas: dict[str, Any]
+) -> dict[str, str]:
+    """The response envelope with `data` as the command's own response model when ok."""
+    schemas[key] = {
+        "title": key,
+        "description": f"The response envelope; with status ok, `data` is a {data.__name__}.",
+        "allOf": [
+            envelope,
+            {
+                "if": {"properties": {"status": {"const": "ok"}}},
+                "then": {"properties": {"data": _schema(data, schemas)}},
+            },
+        ],
+    }
+    return {"$ref": _REF.format(model=key)}
 
 
 def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
@@ -176,23 +197,37 @@ def build_document() -> dict[str, Any]:
     )
     response = _schema(ResponsePayload, schemas)
     gateway = Gateway(Config())
-    for scope, commands in gateway.router.commands().items():
-        base = _SCOPE_PATH[scope]
-        noun = "gateway" if scope == "gateway" else scope[:-1]
-        for name, (params, description) in sorted(commands.items()):
+    for scope, commands in gateway.router.command_docs().items():
+        base = _scope_path(scope)
+        noun = _noun(scope)
+        for name, doc in sorted(commands.items()):
             add(
                 f"{noun}Request_{name}",
                 f"{base}/request/{name}",
-                _schema(params, schemas),
+                _schema(doc.params, schemas),
                 action="receive",
-                summary=description or f"{name} request",
+                summary=doc.description or f"{name} request",
             )
+        for name, doc in sorted(commands.items()):
+            if doc.response is None:
+                continue
+            key = f"{noun}Response_{name}"
+            add(
+                key,
+                f"{base}/response/{name}",
+                _response_schema(
+                    f"{noun[0].upper()}{noun[1:]}Response_{name}", doc.response, response, schemas
+                ),
+                action="send",
+                summary=f"The answer to {noun} {name}: {doc.response.__name__} when ok",
+            )
+        # Last, so a command's own response channel above matches first.
         add(
             f"{noun}Response",
             f"{base}/response/{{command}}",
             response,
             action="send",
-            summary=f"The answer to every {noun} request, including refused and unknown ones",
+            summary=f"The answer to any {noun} request, including refused and unknown ones",
         )
     return {
         "asyncapi": "3.0.0",
@@ -205,7 +240,12 @@ def build_document() -> dict[str, Any]:
                 "config (mqtt.prefix).\n"
                 "Events are QoS 1 and never retained; a subscriber can see one twice (at least "
                 "once delivery) and drops duplicates by `event_id`. `seq` increases by one per "
-                "event across restarts; a gap means the outbox overflowed (see outbox.full).\n"
+                "event and continues across restarts. A gap in `seq` has one cause: the outbox "
+                "was full (outbox.max_events) and dropped its oldest undelivered droppable "
+                "events (cos.*, recall.saved, gateway.started; alarm, module, fault, PTT, "
+                "TTY, outbox and unclean-stop events are never dropped). The outbox.full event "
+                "and the retained gateway state (`outbox_full`) report it while it lasts, "
+                "outbox.ok when it ends, and `outbox_dropped` counts the events dropped.\n"
                 "Requests must not be retained (a retained request is refused). Each gets one "
                 "response on the matching response topic; MQTT v5 response topic and "
                 "correlation data are honoured."

@@ -79,7 +79,24 @@ class AudioLevels(Payload):
 
 
 class RecallRequest(Request):
-    seconds: float = Field(default=30.0, gt=0, le=3600)
+    seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How much of the latest audio to write; less if less has been recorded",
+    )
+
+
+class RecallResponse(Payload):
+    """`data` of the answer to `recall`: the WAV written (its JSON sidecar holds the same
+    facts, without `path`)."""
+
+    channel: str = Field(description="The channel id")
+    start_ts: str = Field(description="Wall-clock time of the first sample, RFC 3339 UTC")
+    seconds: float = Field(description="Length of the recording written, in seconds")
+    samplerate: int = Field(description="Sample rate of the WAV, Hz (16-bit mono PCM)")
+    reason: str = Field(description="request, or the fault code that triggered the recall")
+    path: str = Field(description="Where the WAV was written, on the gateway host")
 
 
 def to_pcm16(samples: NDArray[np.floating[Any]]) -> NDArray[np.int16]:
@@ -369,7 +386,7 @@ class ChannelAudio:
             except OSError as exc:
                 log.error("channel %s: cannot write the fault recall: %s", self.channel_id, exc)
 
-    def recall(self, seconds: float, *, reason: str = "request") -> dict[str, Any]:
+    def recall(self, seconds: float, *, reason: str = "request") -> RecallResponse:
         """Write the last `seconds` of audio to a WAV (and a JSON sidecar); returns its facts."""
         samples = self.ring.last(int(seconds * self._sr))
         if not len(samples):
@@ -381,19 +398,21 @@ class ChannelAudio:
         millis = int((start_wall % 1) * 1000)
         path = self._recall_dir / f"{self.channel_id}-{stamp}{millis:03d}Z-{reason}.wav"
         write_wav16(path, samples, self._sr)
-        sidecar = {
-            "channel": self.channel_id,
-            "start_ts": utc_timestamp(start_wall),
-            "seconds": round(length, 3),
-            "samplerate": self._sr,
-            "reason": reason,
-        }
+        facts = RecallResponse(
+            channel=self.channel_id,
+            start_ts=utc_timestamp(start_wall),
+            seconds=round(length, 3),
+            samplerate=self._sr,
+            reason=reason,
+            path=str(path),
+        )
+        sidecar = facts.model_dump(mode="json", exclude={"path"})
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
         _prune(self._recall_dir, self.channel_id)
         log.info("channel %s: recall of %.1f s written to %s", self.channel_id, length, path)
         data = RecallData(path=str(path), seconds=round(length, 3), reason=reason)
         self._pub.emit("channel", self.channel_id, "recall.saved", data)
-        return {**sidecar, "path": str(path)}
+        return facts
 
 
 def capture_for(config: AudioDeviceSection, *, queue_seconds: float = 2.0) -> AudioCapture:
@@ -533,7 +552,7 @@ def build_audio(
 
 
 def register_audio_commands(router: CommandRouter, audio: dict[str, ChannelAudio]) -> None:
-    async def recall(params: RecallRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def recall(params: RecallRequest, ctx: RequestContext) -> RecallResponse:
         channel = audio.get(ctx.target)
         if channel is None:
             raise CommandError(f"channel {ctx.target} has no audio configured")
@@ -544,5 +563,6 @@ def register_audio_commands(router: CommandRouter, audio: dict[str, ChannelAudio
         "recall",
         RecallRequest,
         recall,
+        response=RecallResponse,
         description="Write the last `seconds` of the channel's audio to a WAV; answers its path.",
     )

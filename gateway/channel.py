@@ -26,14 +26,21 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import ChannelSection
 from gateway.errors import CommandError
-from gateway.events import ChannelState, CosData, FaultData, PttData, utc_timestamp
+from gateway.events import (
+    ChannelState,
+    CosData,
+    FaultData,
+    Payload,
+    PttData,
+    utc_timestamp,
+)
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
@@ -52,6 +59,31 @@ class PttRequest(Request):
     duration_s: float | None = Field(
         default=None, gt=0, description="Lease length; capped at the channel's max_lease_s"
     )
+
+
+class PttResponse(Payload):
+    """`data` of the answer to `ptt`: the channel's PTT once the command has acted."""
+
+    ptt: bool = Field(description="Keyed, as read back from the hardware where it can be")
+    ptt_readback: bool = Field(
+        description="True when the radio interface reads PTT back, so `ptt` is not just commanded"
+    )
+    tx_remaining_s: float | None = Field(
+        description="Seconds until the time-out timer unkeys, while keyed; null when unkeyed"
+    )
+    faults: list[str] = Field(description="Fault codes active on the channel, sorted")
+    lease_s: float | None = Field(
+        default=None,
+        description="With state=on: the lease granted, in seconds (duration_s capped at the "
+        "channel's max_lease_s); absent with state=off",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_lease(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("lease_s") is None:
+            body.pop("lease_s", None)  # absent, not null: the shape CAD has always had
+        return body
 
 
 class ChannelMonitor:
@@ -262,7 +294,7 @@ class ChannelMonitor:
 
     # -- commands ------------------------------------------------------------------------
 
-    async def request_ptt(self, params: PttRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def request_ptt(self, params: PttRequest, ctx: RequestContext) -> PttResponse:
         if self._radio is None:
             raise CommandError(f"channel {self.channel_id} has no radio interface")
         if params.state == "off":
@@ -303,20 +335,19 @@ class ChannelMonitor:
             except DeviceError as exc:
                 self._device_lost(exc)
                 raise CommandError(f"radio interface lost: {exc}") from None
-        reply = self._ptt_reply()
-        reply["lease_s"] = round(lease, 3)
-        return reply
+        return self._ptt_reply(lease_s=round(lease, 3))
 
-    def _ptt_reply(self) -> dict[str, Any]:
-        return {
-            "ptt": self._ptt_hw,
-            "ptt_readback": bool(self._radio and self._radio.can_read_back_ptt),
-            "tx_remaining_s": self._tx_remaining(),
-            "faults": sorted(self.faults),
-        }
+    def _ptt_reply(self, *, lease_s: float | None = None) -> PttResponse:
+        return PttResponse(
+            ptt=self._ptt_hw,
+            ptt_readback=bool(self._radio and self._radio.can_read_back_ptt),
+            tx_remaining_s=self._tx_remaining(),
+            faults=sorted(self.faults),
+            lease_s=lease_s,
+        )
 
-    async def request_status(self, params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
-        return self.snapshot().model_dump(mode="json")
+    async def request_status(self, params: StatusRequest, ctx: RequestContext) -> ChannelState:
+        return self.snapshot()
 
     async def release_all(self, reason: str) -> None:
         """Unkey now if possible (used on stop; never raises)."""
@@ -586,10 +617,10 @@ class ChannelMonitor:
 def register_channel_commands(router: CommandRouter, channels: dict[str, ChannelMonitor]) -> None:
     """The `ptt` and `status` requests on `<prefix>/channels/<id>/request/<cmd>`."""
 
-    async def ptt(params: PttRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def ptt(params: PttRequest, ctx: RequestContext) -> PttResponse:
         return await channels[ctx.target].request_ptt(params, ctx)
 
-    async def status(params: StatusRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def status(params: StatusRequest, ctx: RequestContext) -> ChannelState:
         return await channels[ctx.target].request_status(params, ctx)
 
     router.set_targets("channels", channels.keys)
@@ -598,6 +629,14 @@ def register_channel_commands(router: CommandRouter, channels: dict[str, Channel
         "ptt",
         PttRequest,
         ptt,
+        response=PttResponse,
         description="Key (state=on, optional duration_s lease) or unkey (state=off) the radio.",
     )
-    router.register("channels", "status", StatusRequest, status, description="Channel snapshot.")
+    router.register(
+        "channels",
+        "status",
+        StatusRequest,
+        status,
+        response=ChannelState,
+        description="Channel snapshot.",
+    )

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,10 +32,11 @@ from gateway.request_boundary import (
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["gateway", "channels", "alarms", "modules"]
+Scope = str
+"""`gateway`, or the first topic level of a kind of target (`channels`, `alarms`, ...): the
+scopes are whatever the subsystems register, nothing is listed here."""
 
-
-_SCOPES: dict[str, Scope] = {"channels": "channels", "alarms": "alarms", "modules": "modules"}
+GATEWAY: Scope = "gateway"
 
 
 class Request(BaseModel):
@@ -59,13 +61,27 @@ class RequestContext:
     """Who asked: the transaction, for logs and events."""
 
 
-Handler = Callable[[Any, RequestContext], Awaitable[dict[str, Any]]]
+P = TypeVar("P", bound=Request)
+
+Handler = Callable[[P, RequestContext], Awaitable[BaseModel | dict[str, Any]]]
+"""A command's handler: its own parameters model in, its response model out (the `data` of
+the response). A plain dict is accepted for tests and ad hoc commands, undocumented."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Command:
     params: type[Request]
-    handler: Handler
+    handler: Handler[Any]
+    description: str
+    response: type[BaseModel] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDoc:
+    """What is registered for one command, for documentation."""
+
+    params: type[Request]
+    response: type[BaseModel] | None
     description: str
 
 
@@ -86,50 +102,70 @@ class CommandRouter:
         self._limits = limits or RequestLimits()
         self.refusals = RefusalLog()
         self._gateway_id = gateway_id
-        self._commands: dict[Scope, dict[str, _Command]] = {
-            "gateway": {},
-            "channels": {},
-            "alarms": {},
-            "modules": {},
-        }
-        self._targets: dict[Scope, Callable[[], Collection[str]]] = {
-            "gateway": lambda: (gateway_id,),
-            "channels": lambda: (),
-            "alarms": lambda: (),
-            "modules": lambda: (),
-        }
+        # Scopes appear as they are registered, in that order; the gateway's is always there.
+        self._commands: dict[Scope, dict[str, _Command]] = {GATEWAY: {}}
+        self._targets: dict[Scope, Callable[[], Collection[str]]] = {GATEWAY: lambda: (gateway_id,)}
         # One lock per target keeps commands for one channel in arrival order.
         self._locks: dict[tuple[Scope, str], asyncio.Lock] = {}
 
     @property
+    def scopes(self) -> list[Scope]:
+        """Every registered scope, the gateway's first."""
+        return list(self._commands)
+
+    @property
     def subscriptions(self) -> list[str]:
         return [
-            f"{self._prefix}/request/+",
-            f"{self._prefix}/channels/+/request/+",
-            f"{self._prefix}/alarms/+/request/+",
-            f"{self._prefix}/modules/+/request/+",
+            f"{self._prefix}/request/+"
+            if scope == GATEWAY
+            else f"{self._prefix}/{scope}/+/request/+"
+            for scope in self._commands
         ]
 
+    def _scope(self, scope: Scope) -> dict[str, _Command]:
+        if scope not in self._commands:
+            if not _SCOPE_NAME.fullmatch(scope):
+                raise ValueError(f"bad command scope {scope!r}: lowercase letters and _ only")
+            self._commands[scope] = {}
+            self._targets.setdefault(scope, _no_targets)
+        return self._commands[scope]
+
     def set_targets(self, scope: Scope, targets: Callable[[], Collection[str]]) -> None:
+        """The ids a scope answers for (`<prefix>/<scope>/<id>/request/<cmd>`)."""
+        if scope == GATEWAY:
+            raise ValueError("the gateway scope has one target, the gateway itself")
+        self._scope(scope)
         self._targets[scope] = targets
 
     def register(
         self,
         scope: Scope,
         name: str,
-        params: type[Request],
-        handler: Handler,
+        params: type[P],
+        handler: Handler[P],
         *,
+        response: type[BaseModel] | None = None,
         description: str = "",
     ) -> None:
-        if name in self._commands[scope]:
+        """Add a command; `response` is the model of its answer's `data` (documented)."""
+        commands = self._scope(scope)
+        if name in commands:
             raise ValueError(f"command {scope}/{name} registered twice")
-        self._commands[scope][name] = _Command(params, handler, description)
+        commands[name] = _Command(params, handler, description, response)
 
     def commands(self) -> dict[Scope, dict[str, tuple[type[Request], str]]]:
-        """What is registered, for documentation."""
+        """What is registered: parameters and description per command, by scope."""
         return {
             scope: {name: (c.params, c.description) for name, c in cmds.items()}
+            for scope, cmds in self._commands.items()
+        }
+
+    def command_docs(self) -> dict[Scope, dict[str, CommandDoc]]:
+        """What is registered, with response models, for the AsyncAPI document."""
+        return {
+            scope: {
+                name: CommandDoc(c.params, c.response, c.description) for name, c in cmds.items()
+            }
             for scope, cmds in self._commands.items()
         }
 
@@ -188,11 +224,12 @@ class CommandRouter:
     async def _run(
         self, scope: Scope, target: str, name: str, body: dict[str, Any]
     ) -> ResponsePayload:
-        command = self._commands[scope].get(name)
+        commands = self._commands.get(scope, {})
+        command = commands.get(name)
         if command is None:
-            known = ", ".join(sorted(self._commands[scope])) or "none"
+            known = ", ".join(sorted(commands)) or "none"
             raise UnknownCommand(f"unknown command {name[:64]!r} (known: {known})")
-        if target not in self._targets[scope]():
+        if target not in self._targets.get(scope, _no_targets)():
             noun = scope if scope == "gateway" else scope[:-1]
             raise UnknownTarget(f"unknown {noun} {target[:64]!r}")
         try:
@@ -208,7 +245,8 @@ class CommandRouter:
         if lock is None:
             lock = self._locks[(scope, target)] = asyncio.Lock()
         async with lock:
-            data = await command.handler(params, context)
+            result = await command.handler(params, context)
+        data = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
         return ResponsePayload(status="ok", data=data)
 
     def _parse_topic(self, topic: str) -> tuple[Scope, str, str, str] | None:
@@ -218,11 +256,23 @@ class CommandRouter:
         if len(parts) == 2 and parts[0] == "request":
             reply = f"{self._prefix}/response/{parts[1]}"
             return "gateway", self._gateway_id, parts[1], reply
-        if len(parts) == 4 and parts[0] in _SCOPES and parts[2] == "request":
-            scope = _SCOPES[parts[0]]
+        if (
+            len(parts) == 4
+            and parts[0] != GATEWAY
+            and _SCOPE_NAME.fullmatch(parts[0])
+            and parts[2] == "request"
+        ):
+            scope = parts[0]
             reply = f"{self._prefix}/{parts[0]}/{parts[1]}/response/{parts[3]}"
             return scope, parts[1], parts[3], reply
         return None
+
+
+_SCOPE_NAME = re.compile(r"[a-z_]+")
+
+
+def _no_targets() -> Collection[str]:
+    return ()
 
 
 _MINIMAL_ERROR = (

@@ -106,7 +106,13 @@ class Event(Payload):
     """An event as published on `<prefix>/<source>s/<id>/event` (or `<prefix>/event`)."""
 
     event_id: str = Field(description="Unique id; use it to drop the duplicates QoS 1 allows")
-    seq: int = Field(description="Monotonic per gateway, kept across restarts; gaps never occur")
+    seq: int = Field(
+        description="Increases by one per event, per gateway, and continues across restarts. "
+        "A gap means the outbox was full (outbox.max_events) and dropped its oldest "
+        "undelivered droppable events (cos.*, recall.saved, gateway.started; alarm, module, "
+        "fault, PTT, TTY, outbox and unclean-stop events are never dropped): reported by the "
+        "outbox.full and outbox.ok events and counted in the gateway state's `outbox_dropped`"
+    )
     ts: str = Field(description="When it happened, RFC 3339 UTC")
     type: str = Field(description="Event type, e.g. ptt.on, cos.off, fault.raised")
     gateway: str

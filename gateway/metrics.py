@@ -18,26 +18,51 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from gateway.alarms import ModuleMonitor
+from gateway.config import Config
 from gateway.events import Event, Payload
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
 ALARM_STATES = ("normal", "active", "trouble", "unknown")
 
 
+class _Link(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class MetricsSource(Protocol):
+    """What metrics read of the daemon (gateway.app.Gateway is one); no import of the app."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def publisher(self) -> Publisher: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def link(self) -> _Link: ...
+    @property
+    def channels(self) -> Collection[str]: ...
+    @property
+    def modules(self) -> Mapping[str, ModuleMonitor]: ...
+
+
 class GatewayCollector:
     """Keeps the latest state per channel/alarm/module and event counts; renders on scrape."""
 
-    def __init__(self, *, gateway: Gateway) -> None:
+    def __init__(self, *, gateway: MetricsSource) -> None:
         self._gateway = gateway
         self._prefix = gateway.config.prefix + "/"
         self._lock = threading.Lock()
@@ -253,7 +278,7 @@ def _alarm_metrics(
     yield raised
 
 
-def start_metrics(gateway: Gateway) -> Callable[[], None]:
+def start_metrics(gateway: MetricsSource) -> Callable[[], None]:
     """Serve /metrics on config.metrics.host:port; returns the function that stops it.
 
     A port that cannot be bound is logged and otherwise ignored: metrics must never keep the

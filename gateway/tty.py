@@ -301,18 +301,27 @@ def build_tty(
     return ttys, outputs
 
 
+class TtySendResponse(Payload):
+    """`data` of the answer to `tty`, once the text has been played."""
+
+    text: str = Field(description="The text sent, upper-cased (Baudot has no lower case)")
+    baud: float = Field(description="The rate it was sent at: 45.45 or 50")
+    seconds: float = Field(description="How long it played, in seconds")
+
+
 def register_tty_commands(router: CommandRouter, ttys: dict[str, ChannelTty]) -> None:
-    async def tty(params: TtyRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def tty(params: TtyRequest, ctx: RequestContext) -> TtySendResponse:
         channel = ttys.get(ctx.target)
         if channel is None:
             raise CommandError(f"channel {ctx.target} has no TTY configured")
-        return await channel.send(params.text, params.baud)
+        return TtySendResponse.model_validate(await channel.send(params.text, params.baud))
 
     router.register(
         "channels",
         "tty",
         TtyRequest,
         tty,
+        response=TtySendResponse,
         description="Send text as TTY/TDD (Baudot) on the channel's audio output; answers "
         "once it has been played.",
     )
