@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
-"""TTY decoder benchmark: consolegw vs `minimodem --rx tdd`, side by side on the same files.
+"""TTY decoder benchmark: consolegw vs minimodem, side by side, on signals made elsewhere.
 
-For each condition and SNR (-12..+6 dB, noise in a 3 kHz band, 300-3300 Hz, relative to the
-mean power of the TTY signal while its carrier is on), a few TTY transmissions are encoded,
-impaired, written as 16-bit WAV files and decoded by both decoders. Reported:
-- character error rate (edit distance / reference length) per SNR, and the SNR where each
-  decoder reaches 1 % CER (log-linear interpolation; the lowest SNR above which every point
-  is at or under 1 %);
-- decode throughput (seconds of audio per CPU second; ours in-process with one BLAS thread,
-  minimodem's from the children's rusage);
-- false characters per minute on band noise, speech-like audio and silence.
-The last line of output is one JSON object with every figure.
+Signals: `minimodem --tx` makes the audio (45.45 baud 1400/1800 Hz, 2 stop bits; and each
+impairment), so the decoder is measured on a modulator that is not ours. minimodem's
+transmitter unshifts on space; a caller that keeps the shift (TIA-825-A) is made by our
+encoder (`TtyEncoder(convention="keep")`), as minimodem cannot send that way. Messages:
+random 160-character lines of letter words, numbers, mixed groups and punctuation, half a
+second of silence before and after, noise in a 3 kHz band (300-3300 Hz) at an SNR relative
+to the TTY signal's mean power while its carrier is on. Both decoders see the same 16-bit
+WAV samples; ours runs with its defaults (shift convention and rate found from the
+signal), minimodem with the mode that matches each signal (its rate and stop length).
 
-Usage: bench/tty_cer.py [--quick] [--seed N] [--minutes M] [--jobs J]
+Reported, per condition and SNR: character error rate (Levenshtein distance / reference
+length) with a 95 % Wilson interval on the character errors; the SNR where each decoder
+reaches 1 % CER (log-linear interpolation between the grid points around it; the interval
+from the Wilson bounds of those points); our margin over minimodem; each impairment's
+penalty against the clean figure; shift errors on address-style text from senders of both
+conventions at 0 dB and above; false characters in noise, speech-like audio and silence;
+throughput (seconds of audio per CPU second: ours in process on one core, minimodem from
+its children's rusage) and the ratio. The last line is one JSON object with every figure.
+
+Character errors cluster (a lost shift garbles a word), so the Wilson interval, which
+treats characters as independent, is on the narrow side.
+
+Usage: bench/tty_cer.py [--quick] [--seed N] [--chars N] [--minutes M] [--jobs J]
+                        [--conditions a,b] [--snr LO,HI,STEP]
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import sys
 import tempfile
 import time
 import wave
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,150 +54,130 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.dsp.tty import BAUD_45, BAUD_50, TtyChar, TtyDecoder, TtyEncoder
+from gateway.dsp.tty import TtyDecoder, TtyEncoder, final_text
 from gateway.dsp.tty_channel import add_noise, g711, speech_like, tilt
 
 FS = 8000
-WORDS = [
-    "HELLO",
-    "THIS",
-    "IS",
-    "911",
-    "WHAT",
-    "IS",
-    "YOUR",
-    "EMERGENCY",
-    "GA",
-    "MY",
-    "HUSBAND",
-    "FELL",
-    "DOWN",
-    "AND",
-    "CANNOT",
-    "GET",
-    "UP",
-    "ADDRESS",
-    "IS",
-    "4127",
-    "N",
-    "MAIN",
-    "ST",
-    "APT",
-    "3B",
-    "CALL",
-    "BACK",
-    "555-0142",
-    "PLEASE",
-    "HURRY",
-    "Q",
-    "SK",
-    "HE",
-    "IS",
-    "72",
-    "YEARS",
-    "OLD",
-    "BREATHING",
-    "YES",
-    "NO",
-    "AMBULANCE",
-    "ON",
-    "THE",
-    "WAY",
-    "STAY",
-    "ON",
-    "LINE",
-    "UNIT",
-    "12",
-    "ETA",
-    "5",
-    "MIN",
-    "DOOR",
-    "UNLOCKED?",
-    "OK",
-    "THANK",
-    "YOU",
-    "(RED",
-    "HOUSE)",
-    "CORNER",
-    "OF",
-    "5TH",
-    "&",
-    "ELM",
-]
+Audio = npt.NDArray[np.float32]
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DIGITS = "0123456789"
+PUNCT = "-?:().,'/$!&#\";"
+ADDRESSES = (
+    "1234 MAIN ST APT 5B",
+    "CALL 555 1212 NOW",
+    "CALL 911 555 1212 HELLO",
+    "4127 N ELM ST 2ND FLOOR",
+    "UNIT 12 ETA 5 MIN GA",
+    "MY ADDRESS IS 88 OAK AVE APT 3 GA",
+    "ROOM 12 GA",
+    "HE IS 72 YEARS OLD 2 PILLS AT 9 PM",
+)
 
 
 @dataclass(frozen=True)
 class Condition:
     name: str
-    baud: float = BAUD_45
+    baud: str = "45.45"
     stop_bits: float = 2.0
     offset_hz: float = 0.0
     g711: bool = False
     tilt_db: float = 0.0
     amplitude: float = 0.5
+    sender: str = "minimodem"  # or "keep": our encoder, a keep-shift caller
 
 
 CONDITIONS = (
     Condition("clean"),
+    Condition("keep_sender", sender="keep"),
+    Condition("stop_1.5", stop_bits=1.5),
+    Condition("baud_50", baud="50", stop_bits=1.5),
     Condition("offset_15hz", offset_hz=15.0),
     Condition("offset_30hz", offset_hz=30.0),
-    Condition("baud_50", baud=BAUD_50),
-    Condition("stop_1.5", stop_bits=1.5),
-    Condition("g711", g711=True, amplitude=0.1),
+    Condition("g711_offset_15hz", g711=True, offset_hz=15.0, amplitude=0.1),
     Condition("imbalance_6db", tilt_db=6.0),
 )
 
 
-@dataclass
-class Point:
-    ref_chars: int = 0
-    ours_err: int = 0
-    mm_err: int = 0
+def token(rng: np.random.Generator) -> str:
+    r = rng.random()
+    if r < 0.5:
+        return "".join(rng.choice(list(LETTERS), size=int(rng.integers(1, 9))))
+    if r < 0.75:
+        return "".join(rng.choice(list(DIGITS), size=int(rng.integers(1, 6))))
+    if r < 0.87:
+        return "".join(rng.choice(list(DIGITS + LETTERS), size=int(rng.integers(2, 5))))
+    word = "".join(rng.choice(list(LETTERS + DIGITS), size=int(rng.integers(1, 6))))
+    p = str(rng.choice(list(PUNCT)))
+    k = rng.random()
+    return p + word if k < 0.3 else word + p if k < 0.8 else p
 
 
-@dataclass
-class Totals:
-    audio_s: float = 0.0
-    ours_cpu: float = 0.0
-    mm_cpu: float = 0.0
-    points: dict[str, dict[float, Point]] = field(default_factory=dict)
+def message(rng: np.random.Generator, chars: int = 160) -> str:
+    out = ""
+    while len(out) < chars:
+        out += token(rng) + " "
+    return out[:chars].strip()
 
 
-def message(rng: np.random.Generator, chars: int) -> str:
-    out: list[str] = []
-    n = 0
-    while n < chars:
-        w = str(WORDS[int(rng.integers(len(WORDS)))])
-        out.append(w)
-        n += len(w) + 1
-    return " ".join(out)[:chars].strip()
+def minimodem_mode(cond: Condition) -> list[str]:
+    mark, space = 1400.0 + cond.offset_hz, 1800.0 + cond.offset_hz
+    stop = f"{cond.stop_bits:g}"
+    return ["--baudot", "--stopbits", stop, "-M", f"{mark:g}", "-S", f"{space:g}", cond.baud]
 
 
-def make_signal(
-    cond: Condition, text: str, snr_db: float, rng: np.random.Generator
-) -> npt.NDArray[np.float32]:
-    enc = TtyEncoder(
-        sample_rate=FS,
-        baud=cond.baud,
-        stop_bits=cond.stop_bits,
-        amplitude=cond.amplitude,
-        mark_hz=1400.0 + cond.offset_hz,
-        space_hz=1800.0 + cond.offset_hz,
+def transmit(cond: Condition, text: str, tmp: Path) -> Audio:
+    """The clean transmission at full scale (minimodem's, or our keep-shift caller's)."""
+    if cond.sender == "keep":
+        enc = TtyEncoder(
+            sample_rate=FS,
+            baud=float(cond.baud),
+            stop_bits=cond.stop_bits,
+            amplitude=1.0,
+            mark_hz=1400.0 + cond.offset_hz,
+            space_hz=1800.0 + cond.offset_hz,
+            lead_in_s=0.05,
+            hold_s=0.05,
+            convention="keep",
+        )
+        return enc.encode(text)
+    path = tmp / "tx.wav"
+    subprocess.run(
+        ["minimodem", "--tx", *minimodem_mode(cond), "-R", str(FS), "-f", str(path)],
+        input=text.encode(),
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
-    tx = enc.encode(text).astype(np.float64)
+    return read_wav(path)
+
+
+def impair(cond: Condition, tx: Audio, snr_db: float, rng: np.random.Generator) -> Audio:
+    x = tx.astype(np.float64) * cond.amplitude
     if cond.tilt_db:
-        tx = tilt(tx, cond.tilt_db, sample_rate=FS).astype(np.float64)
-    pad = np.zeros(int(0.7 * FS))
-    power = float(np.mean(tx**2))  # carrier on for the whole transmission
-    x = add_noise(
-        np.concatenate([pad, tx, pad]), snr_db, sample_rate=FS, signal_power=power, rng=rng
+        x = tilt(x, cond.tilt_db, sample_rate=FS).astype(np.float64)
+    power = float(np.mean(x**2))  # the carrier is on for the whole transmission
+    pad = np.zeros(FS // 2)
+    y = add_noise(
+        np.concatenate([pad, x, pad]), snr_db, sample_rate=FS, signal_power=power, rng=rng
     )
     if cond.g711:
-        x = g711(x, sample_rate=FS)
-    return x
+        y = g711(y, sample_rate=FS)
+    return quantise(y)
 
 
-def write_wav(path: Path, x: npt.NDArray[np.float32]) -> None:
+def quantise(x: npt.NDArray[np.floating]) -> Audio:
+    """What a 16-bit WAV file holds, so both decoders see the same samples."""
+    pcm = np.clip(np.rint(np.asarray(x) * 32767.0), -32768, 32767)
+    return (pcm / 32767.0).astype(np.float32)
+
+
+def read_wav(path: Path) -> Audio:
+    with wave.open(str(path)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return (pcm / 32768.0).astype(np.float32)
+
+
+def write_wav(path: Path, x: Audio) -> None:
     pcm = np.clip(np.rint(x * 32767.0), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -194,33 +186,24 @@ def write_wav(path: Path, x: npt.NDArray[np.float32]) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def read_back(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """What the WAV file holds, so both decoders see the same 16-bit samples."""
-    out: npt.NDArray[np.float32] = (np.clip(np.rint(x * 32767.0), -32768, 32767) / 32767.0).astype(
-        np.float32
-    )
-    return out
-
-
-def ours(x: npt.NDArray[np.float32]) -> tuple[str, float]:
+def ours(x: Audio) -> tuple[str, float]:
     t0 = time.process_time()
     dec = TtyDecoder(sample_rate=FS)
     events = dec.feed(x) + dec.flush()
-    cpu = time.process_time() - t0
-    return "".join(e.char for e in events if isinstance(e, TtyChar)), cpu
+    return final_text(events), time.process_time() - t0
 
 
-def minimodem(path: Path) -> tuple[str, float]:
+def minimodem_rx(path: Path, mode: list[str]) -> tuple[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(
-        ["minimodem", "--rx", "tdd", "-q", "-f", str(path)],
+        ["minimodem", "--rx", *mode, "-q", "-f", str(path)],
         capture_output=True,
         check=False,
         timeout=600,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return res.stdout.decode("latin-1"), cpu
+    return res.stdout.decode("latin-1").strip("\r\n"), cpu
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -237,16 +220,29 @@ def edit_distance(a: str, b: str) -> int:
         cur = np.empty_like(prev)
         cur[0] = i
         cur[1:] = np.minimum(prev[1:] + 1, sub)
-        # insertions: cur[j] = min_k cur[k] + (j - k)
-        cur = np.minimum.accumulate(cur - ar) + ar
+        cur = np.minimum.accumulate(cur - ar) + ar  # insertions
         prev = cur
     return int(prev[-1])
 
 
-def snr_at_1pct(curve: dict[float, float]) -> float | None:
-    """Lowest SNR from which every point is at or under 1 % CER (interpolated in log CER)."""
+def wilson(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for a proportion errors / n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(1.0, errors / n)
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def snr_at(curve: dict[float, float], target: float = 0.01) -> float | None:
+    """Lowest SNR from which every point is at or under `target` (log-linear interpolation).
+
+    None if the highest SNR is over it; the lowest SNR if every point is under (a bound).
+    """
     snrs = sorted(curve)
-    ok = [curve[s] <= 0.01 for s in snrs]
+    ok = [curve[s] <= target for s in snrs]
     if not ok[-1]:
         return None
     i = len(snrs) - 1
@@ -255,9 +251,87 @@ def snr_at_1pct(curve: dict[float, float]) -> float | None:
     if i == 0:
         return snrs[0]
     s_hi, s_lo = snrs[i], snrs[i - 1]
-    c_hi, c_lo = max(curve[s_hi], 1e-4), curve[s_lo]
-    frac = (math.log10(c_lo) - math.log10(0.01)) / (math.log10(c_lo) - math.log10(c_hi))
+    c_hi, c_lo = max(curve[s_hi], 1e-5), curve[s_lo]
+    frac = (math.log10(c_lo) - math.log10(target)) / (math.log10(c_lo) - math.log10(c_hi))
     return round(s_lo + frac * (s_hi - s_lo), 2)
+
+
+@dataclass
+class Point:
+    chars: int = 0
+    ours: int = 0
+    mm: int = 0
+
+
+@dataclass
+class Totals:
+    audio_s: float = 0.0
+    ours_cpu: float = 0.0
+    mm_audio_s: float = 0.0
+    mm_cpu: float = 0.0
+    points: dict[str, dict[float, Point]] = field(default_factory=dict)
+
+
+def run_condition(
+    cond: Condition,
+    *,
+    snrs: list[float],
+    texts: list[str],
+    seed: int,
+    index: int,
+    tmp: Path,
+    pool: ThreadPoolExecutor | None,
+    tot: Totals,
+) -> dict[float, Point]:
+    clean = [transmit(cond, t, tmp) for t in texts]
+    mode = minimodem_mode(cond)
+    points: dict[float, Point] = {}
+    for snr in snrs:
+        pt = Point()
+        jobs: list[tuple[str, Future[tuple[str, float]], Path, float]] = []
+        for k, (text, tx) in enumerate(zip(texts, clean, strict=True)):
+            rng = np.random.default_rng([seed, index, k, round(10 * snr) + 1000])
+            x = impair(cond, tx, snr, rng)
+            if pool is not None:
+                path = tmp / f"{cond.name}_{snr:+.1f}_{k}.wav"
+                write_wav(path, x)
+                jobs.append((text, pool.submit(minimodem_rx, path, mode), path, len(x) / FS))
+            got, cpu = ours(x)
+            tot.ours_cpu += cpu
+            tot.audio_s += len(x) / FS
+            pt.chars += len(text)
+            pt.ours += edit_distance(text, got)
+        for text, fut, path, seconds in jobs:
+            mm_text, mm_cpu = fut.result()
+            tot.mm_cpu += mm_cpu
+            tot.mm_audio_s += seconds
+            pt.mm += edit_distance(text, mm_text)
+            path.unlink()
+        if pool is None:
+            pt.mm = pt.chars
+        points[snr] = pt
+    return points
+
+
+def shift_errors(seed: int, tmp: Path, noise_draws: int) -> dict[str, object]:
+    """Address-style lines from senders of both conventions at 0 dB and above: lines read
+    wrong (any character), and which."""
+    out: dict[str, object] = {}
+    snrs = (0.0, 3.0, 6.0, 10.0)
+    for cond in (Condition("unshift_sender"), Condition("keep_sender", sender="keep")):
+        wrong: list[str] = []
+        lines = 0
+        for j, text in enumerate(ADDRESSES):
+            tx = transmit(cond, text, tmp)
+            for snr in snrs:
+                for d in range(noise_draws):
+                    rng = np.random.default_rng([seed, 77, j, round(10 * snr) + 1000, d])
+                    got, _ = ours(impair(cond, tx, snr, rng))
+                    lines += 1
+                    if got != text:
+                        wrong.append(f"{snr:+.0f} dB: {text!r} read {got!r}")
+        out[cond.name] = {"lines": lines, "wrong": len(wrong), "examples": wrong[:5]}
+    return out
 
 
 def false_chars(
@@ -270,40 +344,44 @@ def false_chars(
         x = speech_like(minutes * 60, sample_rate=FS, rng=rng)
     else:
         x = (rng.standard_normal(n) * 10 ** (-80 / 20)).astype(np.float32)
-    x = read_back(x)
+    x = quantise(x)
     text, _cpu = ours(x)
-    out = {"ours": len(text) / minutes}
+    out: dict[str, float] = {"ours": float(len(text))}
     if has_mm:
         path = tmp / f"false_{kind}.wav"
         write_wav(path, x)
-        mm_text, _ = minimodem(path)
-        out["minimodem"] = len(mm_text.strip()) / minutes
+        mm_text, _ = minimodem_rx(path, ["tdd"])
+        out["minimodem"] = float(len(mm_text.strip()))
         path.unlink()
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer characters per point (~1 min)")
-    ap.add_argument("--seed", type=int, default=20240511)
-    ap.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="minutes of noise/speech/silence each (default 10, quick 1)",
-    )
+    ap.add_argument("--quick", action="store_true", help="about 1,900 characters per point")
+    ap.add_argument("--seed", type=int, default=20261203)
+    ap.add_argument("--chars", type=int, default=None, help="characters per point (default 12,000)")
+    ap.add_argument("--minutes", type=float, default=None, help="of each non-TTY audio (10)")
     ap.add_argument("--jobs", type=int, default=2, help="minimodem processes in parallel")
     ap.add_argument("--conditions", default="", help="comma-separated subset")
+    ap.add_argument("--snr", default="-12,-3,1", help="grid: lowest, highest, step (dB)")
     args = ap.parse_args()
 
-    files_per_point, chars_per_file = (2, 120) if args.quick else (4, 250)
+    chars = args.chars or (1900 if args.quick else 12000)
     minutes = args.minutes if args.minutes is not None else (1.0 if args.quick else 10.0)
-    snrs = [float(s) for s in range(-12, 7)]
-    conds = [c for c in CONDITIONS if not args.conditions or c.name in args.conditions.split(",")]
+    lo, hi, step = (float(v) for v in args.snr.split(","))
+    snrs = [round(lo + i * step, 2) for i in range(round((hi - lo) / step) + 1)]
+    names = [c for c in args.conditions.split(",") if c]
+    conds = [c for c in CONDITIONS if not names or c.name in names]
     has_mm = shutil.which("minimodem") is not None
     if not has_mm:
-        print("minimodem not found: consolegw figures only", file=sys.stderr)
+        print("minimodem not found (Debian: apt install minimodem)", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
+    texts: list[str] = []
+    while sum(len(t) for t in texts) < chars:
+        texts.append(message(rng))
+    n_chars = sum(len(t) for t in texts)
     tot = Totals()
     started = time.monotonic()
     with (
@@ -311,98 +389,119 @@ def main() -> int:
         ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool,
     ):
         tmp = Path(tmpd)
-        for cond in conds:
-            tot.points[cond.name] = {}
-            for snr in snrs:
-                pt = Point()
-                jobs = []
-                for k in range(files_per_point):
-                    text = message(rng, chars_per_file)
-                    x = read_back(make_signal(cond, text, snr, rng))
-                    path = tmp / f"{cond.name}_{snr:+.0f}_{k}.wav"
-                    if has_mm:
-                        write_wav(path, x)
-                        jobs.append((text, pool.submit(minimodem, path), path))
-                    got, cpu = ours(x)
-                    tot.ours_cpu += cpu
-                    tot.audio_s += len(x) / FS
-                    pt.ref_chars += len(text)
-                    pt.ours_err += edit_distance(text, got)
-                    if not has_mm:
-                        pt.mm_err += len(text)
-                for text, fut, path in jobs:
-                    mm_text, mm_cpu = fut.result()
-                    tot.mm_cpu += mm_cpu
-                    pt.mm_err += edit_distance(text, mm_text.strip("\r\n"))
-                    path.unlink()
-                tot.points[cond.name][snr] = pt
+        for index, cond in enumerate(CONDITIONS):
+            if cond not in conds:
+                continue
+            tot.points[cond.name] = run_condition(
+                cond,
+                snrs=snrs,
+                texts=texts,
+                seed=args.seed,
+                index=index,
+                tmp=tmp,
+                pool=pool,
+                tot=tot,
+            )
             print(f"# {cond.name} done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+        shifts = shift_errors(args.seed, tmp, 2 if args.quick else 8)
+        print(f"# shift errors done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
         false = {
             k: false_chars(k, minutes, rng, tmp, has_mm) for k in ("noise", "speech", "silence")
         }
 
     # -- report ---------------------------------------------------------------------------
-    result: dict[str, object] = {"snr_db": snrs, "conditions": {}}
     print(
-        f"TTY CER benchmark: {files_per_point} x {chars_per_file} characters per point, "
-        f"noise in 300-3300 Hz, seed {args.seed}"
+        f"TTY CER benchmark: {len(texts)} messages, {n_chars} characters per point, seed "
+        f"{args.seed}; noise in 300-3300 Hz; 95 % Wilson intervals"
     )
-    header = "SNR dB     " + " ".join(f"{s:>6.0f}" for s in snrs)
-    clean_ours = None
+    header = "SNR dB       " + " ".join(f"{s:>7.1f}" for s in snrs)
+    result: dict[str, object] = {
+        "seed": args.seed,
+        "chars_per_point": n_chars,
+        "messages_per_point": len(texts),
+        "snr_db": snrs,
+    }
     cond_out: dict[str, object] = {}
-    ours_1pct: dict[str, float | None] = {}
+    at_1pct: dict[str, float | None] = {}
     for cond in conds:
         pts = tot.points[cond.name]
-        c_ours = {s: p.ours_err / p.ref_chars for s, p in pts.items()}
-        c_mm = {s: p.mm_err / p.ref_chars for s, p in pts.items()}
-        s_ours, s_mm = snr_at_1pct(c_ours), snr_at_1pct(c_mm) if has_mm else None
-        ours_1pct[cond.name] = s_ours
-        if cond.name == "clean":
-            clean_ours = s_ours
-        print(f"\n[{cond.name}]  1% CER at: consolegw {_fmt(s_ours)} dB, minimodem {_fmt(s_mm)} dB")
+        figures: dict[str, object] = {}
+        print(f"\n[{cond.name}]")
         print(header)
-        print("consolegw  " + " ".join(f"{c_ours[s]:6.3f}" for s in snrs))
-        if has_mm:
-            print("minimodem  " + " ".join(f"{c_mm[s]:6.3f}" for s in snrs))
-        cond_out[cond.name] = {
-            "cer_consolegw": [round(c_ours[s], 4) for s in snrs],
-            "cer_minimodem": [round(c_mm[s], 4) for s in snrs] if has_mm else None,
-            "snr_1pct_consolegw": s_ours,
-            "snr_1pct_minimodem": s_mm,
-        }
+        for who, attr in (("consolegw", "ours"), ("minimodem", "mm")):
+            errs = {s: getattr(p, attr) for s, p in pts.items()}
+            cer = {s: errs[s] / pts[s].chars for s in snrs}
+            lo_ci = {s: wilson(errs[s], pts[s].chars)[0] for s in snrs}
+            hi_ci = {s: wilson(errs[s], pts[s].chars)[1] for s in snrs}
+            s1 = snr_at(cer)
+            interval = (snr_at(lo_ci), snr_at(hi_ci))
+            print(f"{who:<12} " + " ".join(f"{100 * cer[s]:6.2f}%" for s in snrs))
+            figures[who] = {
+                "cer": [round(cer[s], 5) for s in snrs],
+                "errors": [errs[s] for s in snrs],
+                "cer_ci95": [[round(lo_ci[s], 5), round(hi_ci[s], 5)] for s in snrs],
+                "snr_1pct_db": s1,
+                "snr_1pct_ci95_db": list(interval),
+            }
+            if who == "consolegw":
+                at_1pct[cond.name] = s1
+        o, m = figures["consolegw"], figures["minimodem"]
+        assert isinstance(o, dict) and isinstance(m, dict)
+        so, sm = o["snr_1pct_db"], m["snr_1pct_db"]
+        margin = round(sm - so, 2) if so is not None and sm is not None else None
+        figures["margin_db"] = margin
+        print(
+            f"1% CER at: consolegw {_fmt(so)} dB {_ci(o['snr_1pct_ci95_db'])}, minimodem "
+            f"{_fmt(sm)} dB {_ci(m['snr_1pct_ci95_db'])}; margin {_fmt(margin)} dB"
+        )
+        cond_out[cond.name] = figures
     result["conditions"] = cond_out
-    if clean_ours is not None:
-        result["impairment_penalty_db"] = {
-            name: None if s is None else round(s - clean_ours, 2) for name, s in ours_1pct.items()
-        }
+    clean = at_1pct.get("clean")
+    if clean is not None:
+        penalty = {k: None if v is None else round(v - clean, 2) for k, v in at_1pct.items()}
+        result["penalty_vs_clean_db"] = penalty
+        print(
+            "\npenalty against clean (dB): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in penalty.items())
+        )
+    result["shift_errors_0db_and_above"] = shifts
+    for name, v in shifts.items():
+        assert isinstance(v, dict)
+        print(f"shift errors, {name}, 0 to +10 dB: {v['wrong']} of {v['lines']} lines")
+        for ex in v["examples"]:
+            print(f"    {ex}")
     thr_ours = tot.audio_s / tot.ours_cpu if tot.ours_cpu else None
-    thr_mm = tot.audio_s / tot.mm_cpu if has_mm and tot.mm_cpu else None
+    thr_mm = tot.mm_audio_s / tot.mm_cpu if tot.mm_cpu else None
+    ratio = round(thr_ours / thr_mm, 3) if thr_ours and thr_mm else None
     result["throughput_x_realtime"] = {
         "consolegw": round(thr_ours, 1) if thr_ours else None,
         "minimodem": round(thr_mm, 1) if thr_mm else None,
-        "ratio_consolegw_to_minimodem": round(thr_ours / thr_mm, 4)
-        if thr_ours and thr_mm
-        else None,
+        "ratio_consolegw_to_minimodem": ratio,
         "audio_seconds": round(tot.audio_s, 1),
     }
-    result["false_chars_per_minute"] = false
-    result["false_minutes_each"] = minutes
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(
-        f"\nthroughput (audio s per CPU s): consolegw {_fmt(thr_ours, 0)}x, "
-        f"minimodem {_fmt(thr_mm, 0)}x"
+        f"throughput (audio s per CPU s): consolegw {_fmt(thr_ours, 0)}x, minimodem "
+        f"{_fmt(thr_mm, 0)}x, ratio {_fmt(ratio, 2)}"
     )
+    result["false_chars"] = false
+    result["false_minutes_each"] = minutes
     for kind, v in false.items():
         print(
-            f"false chars/min on {kind} ({minutes:g} min): consolegw {v['ours']:.2f}"
-            + (f", minimodem {v['minimodem']:.2f}" if "minimodem" in v else "")
+            f"false characters in {minutes:g} min of {kind}: consolegw {v['ours']:.0f}, "
+            f"minimodem {v.get('minimodem', float('nan')):.0f}"
         )
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, separators=(",", ":")))
     return 0
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def _ci(v: object) -> str:
+    assert isinstance(v, list)
+    return "[" + ", ".join(_fmt(x) for x in v) + "]"
 
 
 if __name__ == "__main__":
