@@ -119,6 +119,7 @@ class ChannelMonitor:
         self._lease_holder: str | None = None
         self._timed_out = False  # refuse re-keying until the requester releases
         self._timed_out_asked_at = 0.0  # the last PTT request since the time-out
+        self._command_reason = "device_opened"  # why the last PTT command was sent
         radio_cfg = config.radio
         self._cos_wired = radio_cfg is not None and kind_of(radio_cfg).has_cos(radio_cfg)
         """A COS line is configured: carrier is reported, or else unknown (not just absent)."""
@@ -259,6 +260,7 @@ class ChannelMonitor:
         elif not keyed:
             self._keyed_at = None
         self._ptt_commanded = keyed
+        self._command_reason = reason
         try:
             await self._io_set_ptt(keyed)
         except TimeoutError:
@@ -526,7 +528,11 @@ class ChannelMonitor:
         if lines.ptt is None:
             return
         if lines.ptt != self._ptt_hw:
-            self._set_reported_ptt(lines.ptt, "readback")
+            # A poll may see a command's effect before the command's own read-back does:
+            # then it is that command's change, with its reason. "readback" is for the line
+            # moving on its own.
+            agrees = lines.ptt == self._ptt_commanded
+            self._set_reported_ptt(lines.ptt, self._command_reason if agrees else "readback")
         if lines.ptt != self._ptt_commanded:
             if now - self._ptt_changed_at >= _READBACK_GRACE_S:
                 want = "keyed" if self._ptt_commanded else "unkeyed"

@@ -238,3 +238,20 @@ def test_sigkill_while_keyed(console_factory):
     cut.daemon.start()
     wait_for(lambda: not cut.usb("police").keyed, timeout=15, what="CM108 unkeyed on restart")
     assert time.monotonic() - started < 15
+
+
+def test_keying_reports_the_request_as_the_reason_not_the_poll(console_factory):
+    # A poll can see a command's effect on the line before the command's own read-back
+    # does; the change is still the request's.
+    cut = console_factory()
+    for _ in range(15):
+        assert cut.ptt("fire", "on")["status"] == "ok"
+        time.sleep(0.05)
+        assert cut.ptt("fire", "off")["status"] == "ok"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    changes = [e for e in cut.sub.events() if e["type"] in ("ptt.on", "ptt.off")]
+    assert len(changes) == 30
+    assert {e["data"]["reason"] for e in changes} == {"request"}, [
+        e["data"]["reason"] for e in changes
+    ]
