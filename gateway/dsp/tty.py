@@ -79,9 +79,15 @@ ACTIVE_SNR: Final = 3.0
 ACTIVE_LEAK: Final = 0.7
 ACTIVE_MIN_LEVEL: Final = 20.0  # above this level every bit window must hold some tone
 ACTIVE_REL: Final = 0.2  # and a frame at least this fraction of the TTY's usual energy
-RATE_NATS: Final = 10.0  # rate evidence (log-likelihood ratio) below this: read more characters
-RATE_MORE_CHARS: Final = 3  # at most this many more before deciding anyway
-RATE_WAIT_S: Final = 0.6  # or this long (about 3 characters), if the burst ends sooner
+RATE_NATS: Final = 25.0  # rate evidence (log-likelihood ratio) below this: read more characters
+RATE_MORE_CHARS: Final = 10  # at most this many more before deciding anyway
+RATE_WAIT_S: Final = 2.0  # or this long (about 11 characters), if the burst ends sooner
+# After detection the rate is checked again every VERIFY_STEP characters for VERIFY_S: at
+# -8 dB a few characters can mislead the grid fit, a few tens do not.
+VERIFY_STEP: Final = 5
+VERIFY_S: Final = 8.0
+VERIFY_DONE_NATS: Final = 80.0  # evidence for the rate chosen that ends the check
+RATE_SWITCH_NATS: Final = 25.0  # evidence against it that reads the burst again at the other
 REDECODE_BACK_S: Final = 3.0  # how far before the gate run a burst may have started
 _CHUNK_S: Final = 4.0  # longest block handed to the front end at once
 _MIN_BLOCK_S: Final = 0.064  # shortest (smaller blocks are gathered up to this)
@@ -142,6 +148,19 @@ class _Doubt:
     p0: int  # where the burst began
     anchors: int  # character starts it had then
     until: int  # decide anyway with the data up to here
+
+
+@dataclass(slots=True)
+class _Verify:
+    """The rate chosen at detection, checked again as more characters come."""
+
+    p0: int  # where the burst began
+    anchors: list[int]  # character starts read since
+    next_check: int  # check again once this many
+    evidence: float  # the shift-convention evidence before the burst
+    mark_hz: float
+    space_hz: float
+    line_done: bool = False  # a CR or LF was printed: what came before it stands
 
 
 @dataclass(slots=True)
@@ -227,6 +246,8 @@ class TtyDecoder:
         self._level = 0.0  # typical frame energy over noise of the detected TTY
         self._doubt: _Doubt | None = None
         self._held: Frame | None = None  # a frame with bad framing, until the next one
+        self._verify: _Verify | None = None
+        self._shown = 0  # characters given since detection (less those withdrawn)
         self._pending: list[npt.NDArray[np.float32]] = []
         self._pending_n = 0
 
@@ -283,8 +304,13 @@ class TtyDecoder:
                 end = self._find_end(avail)
                 limit = avail if end is None else min(avail, end)
                 alive = self._alive
+                verify = self._verify
                 for frame in tracker.run(limit, masked=False):
+                    if verify is not None and frame.valid:
+                        verify.anchors.append(frame.start)
                     self._take(frame, events)
+                if verify is not None:
+                    self._check_rate(limit, events)
                 if self._alive > alive:
                     continue  # a character moved the end further out
                 if end is None:
@@ -300,7 +326,56 @@ class TtyDecoder:
             if not self._idle_step(avail, events):
                 return events
 
+    def _check_rate(self, limit: int, events: list[TtyEvent]) -> None:
+        """Fit both rates to the character starts read since detection; if the other rate
+        fits clearly better, read the burst again at it (withdrawing what was shown, unless
+        a line was completed meanwhile: then from here on)."""
+        v = self._verify
+        locked = self._locked
+        assert v is not None and locked is not None
+        fe = self._fe
+        if len(v.anchors) < v.next_check:
+            return
+        v.next_check = len(v.anchors) + VERIFY_STEP
+        within = min(t.nb for t in self._trackers) // 2
+        anchors = _merge(sorted(v.anchors), within)
+        best, nats = self._rate_choice(anchors, within, limit)
+        index = self._trackers.index(locked)
+        for_locked = nats if index == 0 else -nats
+        if for_locked >= VERIFY_DONE_NATS or anchors[-1] - v.p0 > VERIFY_S * fe.fs2:
+            self._verify = None
+            return
+        if for_locked > -RATE_SWITCH_NATS or best == index:
+            return
+        self._verify = None
+        tr = self._trackers[best]
+        log.info("TTY rate revised to %.2f baud (%.0f nats)", tr.baud, -for_locked)
+        start = v.p0
+        if v.line_done:
+            start = anchors[-1] + locked.frame_len  # what was printed stands
+        tr.reset(start)
+        tr.amp_m, tr.amp_s = locked.amp_m, locked.amp_s
+        tr.reset_chain(v.mark_hz, v.space_hz)
+        frames = tr.run(limit, masked=False)
+        self._held = None
+        if not v.line_done:
+            if self._shown:
+                events.append(TtyRetract(time=fe.time_of(limit), count=self._shown))
+            self._shown = 0
+            self._reader.evidence = v.evidence
+            self._reader.reset()
+            self._reader.commit()
+        self._locked = tr
+        events.append(
+            TtyDetected(
+                time=fe.time_of(limit), baud=tr.baud, mark_hz=v.mark_hz, space_hz=v.space_hz
+            )
+        )
+        for frame in frames:
+            self._take(frame, events)
+
     def _go_idle(self, position: int) -> None:
+        self._verify = None
         self._state = _State.IDLE
         self._locked = None
         self._idle_from = position
@@ -463,6 +538,15 @@ class TtyDecoder:
             space_hz,
         )
         self._held = None
+        self._shown = 0
+        self._verify = _Verify(
+            p0=p0,
+            anchors=[f.start for f in frames if f.valid],
+            next_check=len(frames) + VERIFY_STEP,
+            evidence=self._reader.evidence,
+            mark_hz=mark_hz,
+            space_hz=space_hz,
+        )
         for frame in frames:
             self._take(frame, events)
 
@@ -621,6 +705,9 @@ class TtyDecoder:
         retract, chars = self._reader.read(code, self._fe.time_of(f.end))
         if retract:
             events.append(TtyRetract(time=self._fe.time_of(f.end), count=retract))
+        self._shown += len(chars) - retract
+        if self._verify is not None and any(c in "\r\n" for c, _t, _c in chars):
+            self._verify.line_done = True
         for char, t, c in chars:
             events.append(TtyChar(time=t, char=char, code=c, revised=retract > 0))
 
