@@ -157,7 +157,9 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         self._session = uuid.uuid4().hex
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
+        # Each connection with the thread it serves: a driver that reopens gets a new I/O
+        # thread each time, and the connections of threads that ended are closed.
+        self._sockets: dict[socket.socket, threading.Thread] = {}
         self._closed = False
         self._trees: dict[str, dict[str, Any]] = {}
 
@@ -177,7 +179,7 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         """
         with self._lock:
             self._closed = True
-            sockets, self._sockets = self._sockets, set()
+            sockets, self._sockets = list(self._sockets), {}
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -214,7 +216,13 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
                 raise usb.core.USBError(
                     "simulator backend closed", _LIBUSB_ERROR_NO_DEVICE, errno.ENODEV
                 )
-            self._sockets.add(sock)
+            self._sockets[sock] = threading.current_thread()
+            ended = [s for s, thread in self._sockets.items() if not thread.is_alive()]
+            for old in ended:
+                del self._sockets[old]
+        for old in ended:  # after the new one is in: the session never drops to zero
+            with contextlib.suppress(OSError):
+                old.close()
         self._local.sock = sock
         return sock
 
@@ -231,7 +239,7 @@ class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
         except (OSError, ValueError) as exc:
             self._local.sock = None
             with self._lock:
-                self._sockets.discard(sock)
+                self._sockets.pop(sock, None)
             sock.close()
             raise usb.core.USBError(
                 f"simulator connection lost: {exc}", _LIBUSB_ERROR_NO_DEVICE, errno.ENODEV

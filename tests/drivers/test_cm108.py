@@ -418,3 +418,24 @@ def test_constructor_refuses_bad_arguments(kwargs: dict[str, Any]) -> None:
         CM108Radio(**kwargs)
     with pytest.raises(TypeError):
         CM108Radio(ptt_invert=1)  # type: ignore[arg-type]
+
+
+def test_remote_backend_closes_the_connections_of_threads_that_ended() -> None:
+    # The driver gets a new I/O thread at every reopen; a device that stays unplugged for
+    # an hour must not leave an hour of reopen attempts' connections open.
+    import threading
+
+    sim = SimCM108(serial_number="SIM-LEAK")
+    server = CM108SimServer(devices=[sim]).start()
+    backend = RemoteBackend(*server.address)
+    try:
+        for _ in range(12):
+            worker = threading.Thread(target=lambda: list(backend.enumerate_devices()))
+            worker.start()
+            worker.join()
+        list(backend.enumerate_devices())  # this thread's, which prunes the ended ones
+        assert len(backend._sockets) <= 2
+    finally:
+        backend.close()
+        server.stop()
+        sim.close()
