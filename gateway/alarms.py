@@ -40,6 +40,7 @@ from gateway.events import EventData, Payload, register_event_type, utc_timestam
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
+from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -572,3 +573,46 @@ def register_alarm_commands(
         response=ModuleState,
         description="IO module snapshot.",
     )
+
+
+class Alarms(Subsystem):
+    """Alarm inputs on Modbus IO modules: the links, module monitors and alarm points."""
+
+    name = "alarms"
+
+    def __init__(
+        self,
+        links: dict[str, ModbusLink],
+        modules: dict[str, ModuleMonitor],
+        points: dict[str, AlarmPoint],
+    ) -> None:
+        self.links = links
+        self.modules = modules
+        self.points = points
+
+    @classmethod
+    def build(cls, ctx: SubsystemContext) -> Alarms:
+        config = ctx.config
+        return cls(
+            *build_alarm_system(
+                links=config.modbus.links,
+                modules=config.modbus.modules,
+                alarms=config.alarms,
+                publisher=ctx.publisher,
+                memory=JsonMemory(ctx.state_dir / "alarms.json", fsync=config.outbox.fsync),
+            )
+        )
+
+    def tasks(self) -> dict[str, Task]:
+        return {f"module {module_id}": m.run for module_id, m in self.modules.items()}
+
+    def register(self, router: CommandRouter) -> None:
+        register_alarm_commands(router, self.points, self.modules)
+
+    def summary(self) -> list[str]:
+        return [f"{len(self.modules)} IO modules", f"{len(self.points)} alarm inputs"]
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(link.close() for link in self.links.values()), return_exceptions=True
+        )

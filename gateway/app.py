@@ -12,9 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import Field
 
-from gateway.alarms import build_alarm_system, register_alarm_commands
-from gateway.audio import build_audio, register_audio_commands
-from gateway.channel import ChannelMonitor, register_channel_commands
+from gateway.alarms import Alarms, ModuleMonitor
+from gateway.audio import Audio
+from gateway.channel import ChannelMonitor, Radios
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import Config
 from gateway.errors import ConsoleGwError
@@ -30,13 +30,17 @@ from gateway.memory import JsonMemory
 from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
-from gateway.radios import make_radio
 from gateway.request_boundary import RequestLimits
 from gateway.sdnotify import SystemdNotifier
+from gateway.subsystem import Builder, Subsystem, SubsystemContext
 from gateway.supervisor import Supervisor
-from gateway.tty import build_tty, close_outputs, register_tty_commands
+from gateway.tty import Tty
 
 log = logging.getLogger(__name__)
+
+SUBSYSTEMS: tuple[Builder, ...] = (Radios.build, Audio.build, Tty.build, Alarms.build)
+"""Every subsystem, in build order (each may use those before it); closed in reverse.
+A new subsystem is one module and one entry here."""
 
 
 def package_version() -> str:
@@ -92,47 +96,17 @@ class Gateway:
         # Read before anything writes them: what the last run left behind.
         self._run_marker = JsonMemory(state_dir / "running.json", fsync=True)
         self.ptt_journal = JsonMemory(state_dir / "ptt-keyed.json", fsync=False)
-        self.channels: dict[str, ChannelMonitor] = {
-            channel_id: ChannelMonitor(
-                channel_id=channel_id,
-                config=section,
-                radio=make_radio(section.radio) if section.radio is not None else None,
-                publisher=self.publisher,
-                ptt_journal=self.ptt_journal,
-            )
-            for channel_id, section in config.channels.items()
-        }
-        self.cards, self.audio = build_audio(
-            devices=config.audio.devices,
-            channels={
-                channel_id: (section.audio, self.channels[channel_id])
-                for channel_id, section in config.channels.items()
-                if section.audio is not None
-            },
+        context = SubsystemContext(
+            config=config,
             publisher=self.publisher,
-            recall_dir=config.gateway.state_dir / "recall",
+            state_dir=state_dir,
+            ptt_journal=self.ptt_journal,
         )
-        self.ttys, self.outputs = build_tty(
-            channels={
-                channel_id: (
-                    section.tty,
-                    self.audio[channel_id],
-                    section.audio.device,
-                    section.audio.column,
-                )
-                for channel_id, section in config.channels.items()
-                if section.tty is not None and section.audio is not None
-            },
-            devices=config.audio.devices,
-            publisher=self.publisher,
-        )
-        self.links, self.modules, self.alarms = build_alarm_system(
-            links=config.modbus.links,
-            modules=config.modbus.modules,
-            alarms=config.alarms,
-            publisher=self.publisher,
-            memory=JsonMemory(state_dir / "alarms.json", fsync=config.outbox.fsync),
-        )
+        for build in SUBSYSTEMS:
+            context.built.append(build(context))
+        self.subsystems: list[Subsystem] = list(context.built)
+        self.channels: dict[str, ChannelMonitor] = context.get(Radios).channels
+        self.modules: dict[str, ModuleMonitor] = context.get(Alarms).modules
         self._register_commands()
 
     def request_stop(self) -> None:
@@ -155,10 +129,8 @@ class Gateway:
             response=GatewayState,
             description="The gateway's health: version, session, outbox, channels.",
         )
-        register_channel_commands(self.router, self.channels)
-        register_audio_commands(self.router, self.audio)
-        register_tty_commands(self.router, self.ttys)
-        register_alarm_commands(self.router, self.alarms, self.modules)
+        for subsystem in self.subsystems:
+            subsystem.register(self.router)
 
     async def _rebirth(self, params: RebirthRequest, ctx: RequestContext) -> RebirthResponse:
         self._publish_gateway_state()
@@ -231,20 +203,14 @@ class Gateway:
                 GatewayStartedData(version=self.version, outbox_depth=self.outbox.depth),
             )
             self._publish_gateway_state()
-            for tty in self.ttys.values():
-                tty.publish_state()
+            for subsystem in self.subsystems:
+                subsystem.publish_states()
             link_task = asyncio.create_task(self.link.run(), name="mqtt")
             self.supervisor.start("health", self._watch_health)
-            for channel_id, monitor in self.channels.items():
-                self.supervisor.start(f"channel {channel_id}", monitor.run)
-            for module_id, module in self.modules.items():
-                self.supervisor.start(f"module {module_id}", module.run)
-            for card_id, card in self.cards.items():
-                self.supervisor.start(f"audio {card_id}", card.run)
-            summary = (
-                f"{len(self.channels)} channels, {len(self.cards)} audio devices, "
-                f"{len(self.modules)} IO modules, {len(self.alarms)} alarm inputs"
-            )
+            for subsystem in self.subsystems:
+                for task_name, task in subsystem.tasks().items():
+                    self.supervisor.start(task_name, task)
+            summary = ", ".join(part for s in self.subsystems for part in s.summary())
             stop_metrics = self._start_metrics()
             self.notifier.ready(summary)
             log.info(
@@ -313,14 +279,16 @@ class Gateway:
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         log.info("stopping: releasing every PTT first")
         self.notifier.stopping()
-        # Channels unkey in their own cleanup; do it here too in case a task is wedged.
+        # Every PTT released (Radios.make_safe) before any task stops or anything closes.
         await asyncio.gather(
-            *(monitor.release_all("stop") for monitor in self.channels.values()),
-            return_exceptions=True,
+            *(subsystem.make_safe() for subsystem in self.subsystems), return_exceptions=True
         )
         await self.supervisor.stop()
-        await asyncio.gather(*(link.close() for link in self.links.values()))
-        await close_outputs(self.outputs)
+        for subsystem in reversed(self.subsystems):
+            try:
+                await subsystem.close()
+            except Exception:
+                log.exception("stopping: closing %s failed", subsystem.name)
         self.link.stop()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(link_task, timeout=5.0)

@@ -34,13 +34,14 @@ from pydantic import Field
 
 from drivers.audio import AudioCapture, AudioPlayback
 from drivers.errors import DeviceLost, DeviceUnavailable
-from gateway.channel import ChannelMonitor
+from gateway.channel import ChannelMonitor, Radios
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import AudioDeviceSection, ChannelAudioSection
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
 from gateway.levels import FLOOR_DBFS, FRAME_S, CardAnalyzer, Chunk, to_dbfs
 from gateway.publisher import Publisher
+from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -566,3 +567,37 @@ def register_audio_commands(router: CommandRouter, audio: dict[str, ChannelAudio
         response=RecallResponse,
         description="Write the last `seconds` of the channel's audio to a WAV; answers its path.",
     )
+
+
+class Audio(Subsystem):
+    """Audio monitoring: one AudioCard per capture device, one ChannelAudio per channel."""
+
+    name = "audio"
+
+    def __init__(self, cards: dict[str, AudioCard], channels: dict[str, ChannelAudio]) -> None:
+        self.cards = cards
+        self.channels = channels
+
+    @classmethod
+    def build(cls, ctx: SubsystemContext) -> Audio:
+        monitors = ctx.get(Radios).channels
+        cards, channels = build_audio(
+            devices=ctx.config.audio.devices,
+            channels={
+                channel_id: (section.audio, monitors[channel_id])
+                for channel_id, section in ctx.config.channels.items()
+                if section.audio is not None
+            },
+            publisher=ctx.publisher,
+            recall_dir=ctx.state_dir / "recall",
+        )
+        return cls(cards, channels)
+
+    def tasks(self) -> dict[str, Task]:
+        return {f"audio {card_id}": card.run for card_id, card in self.cards.items()}
+
+    def register(self, router: CommandRouter) -> None:
+        register_audio_commands(router, self.channels)
+
+    def summary(self) -> list[str]:
+        return [f"{len(self.cards)} audio devices"]

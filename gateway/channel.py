@@ -44,7 +44,8 @@ from gateway.events import (
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
-from gateway.radios import kind_of
+from gateway.radios import kind_of, make_radio
+from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -646,3 +647,43 @@ def register_channel_commands(router: CommandRouter, channels: dict[str, Channel
         response=ChannelState,
         description="Channel snapshot.",
     )
+
+
+class Radios(Subsystem):
+    """The radio channels: one ChannelMonitor per configured channel."""
+
+    name = "radios"
+
+    def __init__(self, channels: dict[str, ChannelMonitor]) -> None:
+        self.channels = channels
+
+    @classmethod
+    def build(cls, ctx: SubsystemContext) -> Radios:
+        return cls(
+            {
+                channel_id: ChannelMonitor(
+                    channel_id=channel_id,
+                    config=section,
+                    radio=make_radio(section.radio) if section.radio is not None else None,
+                    publisher=ctx.publisher,
+                    ptt_journal=ctx.ptt_journal,
+                )
+                for channel_id, section in ctx.config.channels.items()
+            }
+        )
+
+    def tasks(self) -> dict[str, Task]:
+        return {f"channel {channel_id}": m.run for channel_id, m in self.channels.items()}
+
+    def register(self, router: CommandRouter) -> None:
+        register_channel_commands(router, self.channels)
+
+    def summary(self) -> list[str]:
+        return [f"{len(self.channels)} channels"]
+
+    async def make_safe(self) -> None:
+        # Channels unkey in their own cleanup; do it here too in case a task is wedged.
+        await asyncio.gather(
+            *(monitor.release_all("stop") for monitor in self.channels.values()),
+            return_exceptions=True,
+        )

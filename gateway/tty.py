@@ -22,13 +22,14 @@ from pydantic import Field, field_validator
 
 from drivers.audio import AudioPlayback
 from drivers.errors import DeviceError
-from gateway.audio import ChannelAudio, playback_for, to_pcm16, write_wav16
+from gateway.audio import Audio, ChannelAudio, playback_for, to_pcm16, write_wav16
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import AudioDeviceSection, ChannelTtySection
 from gateway.dsp import TtyChar, TtyDecoder, TtyDetected, TtyEncoder, TtyEnded, TtyEvent
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
 from gateway.publisher import Publisher
+from gateway.subsystem import Subsystem, SubsystemContext
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,45 @@ def register_tty_commands(router: CommandRouter, ttys: dict[str, ChannelTty]) ->
         description="Send text as TTY/TDD (Baudot) on the channel's audio output; answers "
         "once it has been played.",
     )
+
+
+class Tty(Subsystem):
+    """TTY/TDD on the channels that have audio and a `[channels.<id>.tty]` section."""
+
+    name = "tty"
+
+    def __init__(self, ttys: dict[str, ChannelTty], outputs: dict[str, SharedOutput]) -> None:
+        self.ttys = ttys
+        self.outputs = outputs
+
+    @classmethod
+    def build(cls, ctx: SubsystemContext) -> Tty:
+        audio = ctx.get(Audio).channels
+        ttys, outputs = build_tty(
+            channels={
+                channel_id: (
+                    section.tty,
+                    audio[channel_id],
+                    section.audio.device,
+                    section.audio.column,
+                )
+                for channel_id, section in ctx.config.channels.items()
+                if section.tty is not None and section.audio is not None
+            },
+            devices=ctx.config.audio.devices,
+            publisher=ctx.publisher,
+        )
+        return cls(ttys, outputs)
+
+    def register(self, router: CommandRouter) -> None:
+        register_tty_commands(router, self.ttys)
+
+    def publish_states(self) -> None:
+        for tty in self.ttys.values():
+            tty.publish_state()
+
+    async def close(self) -> None:
+        await close_outputs(self.outputs)
 
 
 # -- the `consolegw tty` command -----------------------------------------------------------
