@@ -236,6 +236,29 @@ class TestOneNode:
         assert str(error) == "Operation timed out"
         assert took >= 1.4
 
+    def test_the_gateway_falls_back_to_3_1_1_and_answers(
+        self, rabbit: RabbitBroker, daemon_factory: Any, tmp_path: Any
+    ) -> None:
+        # The real thing the fact above is for: `protocol = "auto"` against a broker that
+        # drops a v5 CONNECT without a word.
+        gid = "rmq" + os.urandom(4).hex()
+        daemon = daemon_factory(
+            f'[gateway]\nid = "{gid}"\nstate_dir = "{tmp_path}/state"\n'
+            f'[mqtt]\nurl = "{rabbit.url}"\n[channels.spare]\n'
+        )
+        daemon.start()
+        wait_for(lambda: "with MQTT 3.1.1" in daemon.log(), 40, "a 3.1.1 connection")
+        log = daemon.log()
+        assert "did not take a v5 CONNECT" in log and "speaks 3.1.1 only" in log
+        cad = Subscriber(rabbit.host, rabbit.port, [f"consolegw/{gid}/#"], protocol=V311)
+        try:
+            answer = cad.request(f"consolegw/{gid}/request/status", {"transaction": "r1"})
+            assert answer["status"] == "ok" and answer["transaction"] == "r1"
+            assert answer["data"]["session"] == 1  # the refused v5 attempt is no session
+        finally:
+            cad.close()
+        assert "Traceback" not in daemon.log()
+
     def test_users_passwords_and_topic_permissions(self, rabbit: RabbitBroker) -> None:
         """A wrong password or an unknown user is CONNACK 4; a publish or a subscription outside
         the user's topic permissions closes the connection (no PUBACK, no SUBACK failure code).
