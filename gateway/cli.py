@@ -124,11 +124,21 @@ def cmd_tty(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "decode":
-            text, notes = decode_file(args.file)
+            chars, notes = decode_file(args.file, shift=args.shift, baud=args.baud)
             for note in notes:
                 print(note, file=sys.stderr)
+            text = "".join(c.char for c in chars)
             if not text:
                 print("no TTY text found", file=sys.stderr)
+            if args.json:
+                import json
+
+                for c in chars:
+                    line = {"time": round(c.time, 3), "char": c.char, "code": c.code}
+                    if c.revised:
+                        line["revised"] = True
+                    print(json.dumps(line))
+                return EXIT_OK
             sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
             return EXIT_OK
         seconds = encode_file(args.text, args.output, baud=args.baud)
@@ -175,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
         "decode", help="print the text in a WAV file (only the text on stdout)"
     )
     decode.add_argument("file", help="WAV file (8 or 16 bit PCM, any rate from 6 kHz)")
+    decode.add_argument(
+        "--shift",
+        choices=["auto", "unshift_on_space", "keep"],
+        default="auto",
+        help="the sender's shift convention (default: found from the signal)",
+    )
+    decode.add_argument(
+        "--baud",
+        type=float,
+        choices=[45.45, 50.0],
+        default=None,
+        help="read only this rate (default: 45.45 and 50, told apart)",
+    )
+    decode.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per character: time (s, end of its first stop bit), char, code, "
+        "and revised when it was read again",
+    )
     decode.set_defaults(func=cmd_tty)
     encode = tty_sub.add_parser("encode", help="write text as TTY audio to a WAV file")
     encode.add_argument("text")

@@ -276,14 +276,34 @@ class ChannelTtySection(_Model):
     """TTY/TDD (Baudot) on a channel's audio: decode callers, send the call taker's replies."""
 
     enabled: bool = True
-    unshift_on_space: bool = False
-    """US TTYs do not unshift on space (TIA-825-A practice); set true for ITA2 peers."""
+    shift: Literal["auto", "unshift_on_space", "keep"] = "auto"
+    """Callers' shift convention. "auto" finds it from each caller's signal (a FIGS or LTRS
+    sent again right after a space shows it; until then the more plausible reading is
+    shown and read again when it shows). "keep": TTYs that keep the shift across a space
+    (TIA-825-A); "unshift_on_space": ones that unshift (RTTY practice, ITA2 machines)."""
+    unshift_on_space: bool | None = None
+    """Deprecated, use `shift`: true is "unshift_on_space", false "keep"."""
     reply_baud: float = 45.45
     output_device: Identifier | None = None
     """Audio device that plays replies; by default the channel's capture device."""
     output_column: int | None = Field(default=None, ge=0, le=31)
     """Column replies play on; by default the channel's capture column."""
     reply_level_dbfs: float = Field(default=-12.0, ge=-40, le=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_unshift_on_space(cls, data: Any) -> Any:
+        """The old switch still works: it sets `shift`, unless `shift` is given too."""
+        if isinstance(data, dict) and data.get("unshift_on_space") is not None:
+            if "shift" in data:
+                raise ValueError(
+                    "unshift_on_space is replaced by shift: give only shift "
+                    '("auto", "unshift_on_space" or "keep")'
+                )
+            value = data["unshift_on_space"]
+            if isinstance(value, bool):
+                data = {**data, "shift": "unshift_on_space" if value else "keep"}
+        return data
 
     @field_validator("reply_baud")
     @classmethod
@@ -544,6 +564,12 @@ def config_warnings(config: Config) -> list[str]:
                 f"{config.source}: channels.{channel_id}.radio.ptt_invert: true keys the "
                 "radio whenever the line is not driven (daemon stopped, crashed, cable or "
                 "USB unplugged); use it only for an interface that needs it"
+            )
+        if channel.tty is not None and channel.tty.unshift_on_space is not None:
+            warnings.append(
+                f"{config.source}: channels.{channel_id}.tty.unshift_on_space: deprecated, "
+                f'write shift = "{channel.tty.shift}" instead (or "auto", the default, to '
+                "find each caller's convention from its signal)"
             )
     return warnings
 

@@ -3,7 +3,10 @@
 The channel's captured audio feeds a streaming decoder (gateway.dsp.tty). Events:
 - tty.detected when a TTY is recognised (45.45 or 50 baud, tone frequencies measured);
 - tty.text with the characters decoded in one audio block (`line` false), as they arrive,
-  and with each whole line (`line` true) when the caller ends it or the TTY goes quiet;
+  and with each whole line (`line` true) when the caller ends it or the TTY goes quiet.
+  The caller's shift convention (unshift on space or not) is found from the signal; when
+  it shows, text typed after a space in figures may be read again: that tty.text has
+  `revised` true and replaces the line from its `offset` on. The line event is final;
 - tty.ended when the tones stop.
 The `tty` request encodes the call taker's text and plays it on the channel's output.
 """
@@ -25,7 +28,16 @@ from drivers.errors import DeviceError
 from gateway.audio import Audio, ChannelAudio, playback_for, to_pcm16, write_wav16
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import AudioDeviceSection, ChannelTtySection
-from gateway.dsp import TtyChar, TtyDecoder, TtyDetected, TtyEncoder, TtyEnded, TtyEvent
+from gateway.dsp import (
+    ShiftConvention,
+    TtyChar,
+    TtyDecoder,
+    TtyDetected,
+    TtyEncoder,
+    TtyEnded,
+    TtyEvent,
+    TtyRetract,
+)
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
 from gateway.publisher import Publisher
@@ -47,6 +59,17 @@ class TtyDetectedData(EventData):
 class TtyTextData(EventData):
     text: str
     line: bool = Field(description="False: characters as they arrive; true: a whole line")
+    revised: bool = Field(
+        default=False,
+        description="True: this text replaces the line's characters from `offset` on (read "
+        "again once the caller's shift convention showed); it may be empty",
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        description="Where in the current line this text starts (line false); the line event "
+        "carries the final reading",
+    )
 
 
 class TtyEndedData(EventData):
@@ -105,8 +128,10 @@ class ChannelTty:
         self._sr = samplerate
         self._player = player
         self._pub = publisher
-        self._decoder = TtyDecoder(sample_rate=samplerate, unshift_on_space=config.unshift_on_space)
+        self._decoder = TtyDecoder(sample_rate=samplerate, shift=config.shift)
         self._line: list[str] = []
+        self._chunk_at = 0  # where in the line the characters not published yet start
+        self._revised = False  # and whether they replace what was published from there
         self._chars = 0
         self._baud: float | None = None
         self._active = False
@@ -137,9 +162,12 @@ class ChannelTty:
 
     def _handle(self, events: list[TtyEvent]) -> None:
         arrived: list[str] = []
+        self._chunk_at = len(self._line)
         for event in events:
             if isinstance(event, TtyDetected):
-                self._active, self._baud, self._chars = True, round(event.baud, 2), 0
+                if not self._active:  # (a rate read again is told again, same session)
+                    self._chars = 0
+                self._active, self._baud = True, round(event.baud, 2)
                 log.info(
                     "channel %s: TTY detected, %g baud (mark %.0f Hz, space %.0f Hz)",
                     self.channel_id,
@@ -162,6 +190,13 @@ class ChannelTty:
                 else:
                     arrived.append(event.char)
                     self._line.append(event.char)
+            elif isinstance(event, TtyRetract):
+                self._flush_chars(arrived)
+                count = min(event.count, len(self._line))
+                self._chars -= event.count
+                del self._line[len(self._line) - count :]
+                self._chunk_at = len(self._line)
+                self._revised = True
             elif isinstance(event, TtyEnded):
                 self._flush_chars(arrived)
                 self._end_line()
@@ -173,15 +208,18 @@ class ChannelTty:
         self._flush_chars(arrived)
 
     def _flush_chars(self, arrived: list[str]) -> None:
-        if arrived:
+        if arrived or self._revised:
             text = "".join(arrived)
             arrived.clear()
-            data = TtyTextData(text=text, line=False)
+            data = TtyTextData(text=text, line=False, revised=self._revised, offset=self._chunk_at)
             self._pub.emit("channel", self.channel_id, "tty.text", data, keep=True)
+        self._revised = False
+        self._chunk_at = len(self._line)
 
     def _end_line(self) -> None:
         line = "".join(self._line).strip()
         self._line.clear()
+        self._chunk_at = 0
         if line:
             self._last_line = line
             data = TtyTextData(text=line, line=True)
@@ -370,8 +408,11 @@ class Tty(Subsystem):
 # -- the `consolegw tty` command -----------------------------------------------------------
 
 
-def decode_file(path: str) -> tuple[str, list[str]]:
-    """Decode a WAV file; returns (text, diagnostics)."""
+def decode_file(
+    path: str, *, shift: ShiftConvention = "auto", baud: float | None = None
+) -> tuple[list[TtyChar], list[str]]:
+    """Decode a WAV file: the characters of the final reading (withdrawn ones taken out),
+    and diagnostics."""
     import wave
 
     with wave.open(path, "rb") as recording:
@@ -389,9 +430,10 @@ def decode_file(path: str) -> tuple[str, list[str]]:
         raise ValueError(f"{path}: {8 * width}-bit samples are not supported")
     if channels > 1:
         samples = samples.reshape(-1, channels)[:, 0]
-    decoder = TtyDecoder(sample_rate=rate)
+    decoder = TtyDecoder(sample_rate=rate, shift=shift, baud=baud)
     events = decoder.feed(samples) + decoder.flush()
-    text: list[str] = []
+    chars: list[TtyChar] = []
+    revised = 0
     notes = [f"{path}: {len(samples) / rate:.1f} s at {rate} Hz"]
     for event in events:
         if isinstance(event, TtyDetected):
@@ -400,10 +442,15 @@ def decode_file(path: str) -> tuple[str, list[str]]:
                 f"{event.mark_hz:.0f} Hz, space {event.space_hz:.0f} Hz"
             )
         elif isinstance(event, TtyChar):
-            text.append(event.char)
+            chars.append(event)
+        elif isinstance(event, TtyRetract):
+            del chars[len(chars) - event.count :]
+            revised += 1
         elif isinstance(event, TtyEnded):
             notes.append(f"TTY ended at {event.time:.2f} s")
-    return "".join(text), notes
+    if revised:
+        notes.append(f"read again {revised} time(s) as the sender's shift convention showed")
+    return chars, notes
 
 
 def encode_file(text: str, path: str, *, baud: float, samplerate: int = 8000) -> float:

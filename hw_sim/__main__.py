@@ -123,7 +123,10 @@ def _tty_steps(console: SimConsole) -> list[Step]:
 
 
 def _call(console: SimConsole, line: str, text: str) -> None:
-    console.tty_call(line, text)
+    # The caller's TTY unshifts on space (RTTY practice, like minimodem's): no LTRS after
+    # "911 ", which a receiver keeping the shift (TIA-825-A) would read as figures. The
+    # daemon's default shift ("auto") finds that from the signal.
+    console.tty_call(line, text, convention="unshift_on_space")
 
 
 def _alarm_steps(console: SimConsole) -> list[Step]:

@@ -17,7 +17,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
@@ -255,13 +255,27 @@ class SimConsole:
                 else WhiteNoise(rms_dbfs=BACKGROUND_DBFS)
             )
 
-    def tty_call(self, channel_id: str, text: str, *, baud: float = 45.45) -> float:
-        """A caller's TTY types `text` on the channel's line; returns its length in seconds."""
+    def tty_call(
+        self,
+        channel_id: str,
+        text: str,
+        *,
+        baud: float = 45.45,
+        convention: Literal["both", "unshift_on_space", "keep"] = "both",
+    ) -> float:
+        """A caller's TTY types `text` on the channel's line; returns its length in seconds.
+
+        `convention`: how the caller's TTY shifts after a space. "unshift_on_space" (RTTY
+        software, minimodem) sends no LTRS after a space and FIGS again before figures;
+        "keep" (TIA-825-A) keeps figures across a space; "both" sends what either kind of
+        receiver needs.
+        """
         from gateway.dsp import TtyEncoder
 
         channel = self.audio_channels[channel_id]
         assert self.audio is not None
-        audio = TtyEncoder(sample_rate=self.audio.samplerate, baud=baud).encode(text)
+        encoder = TtyEncoder(sample_rate=self.audio.samplerate, baud=baud, convention=convention)
+        audio = encoder.encode(text)
         channel.queue(audio * 0.5)  # about -12 dBFS, a typical line level
         return len(audio) / self.audio.samplerate
 

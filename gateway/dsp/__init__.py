@@ -9,15 +9,22 @@ from gateway.dsp.tty import (
     TtyEncoder,
     TtyEnded,
     TtyEvent,
+    TtyRetract,
+    final_text,
 )
+from gateway.dsp.tty_baudot import SHIFT_CONVENTIONS, ShiftConvention
 
 __all__ = [
     "BAUD_45",
     "BAUD_50",
+    "SHIFT_CONVENTIONS",
+    "ShiftConvention",
     "TtyChar",
     "TtyDecoder",
     "TtyDetected",
     "TtyEncoder",
     "TtyEnded",
     "TtyEvent",
+    "TtyRetract",
+    "final_text",
 ]

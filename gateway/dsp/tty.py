@@ -215,9 +215,15 @@ class TtyDecoder:
         redetect_chars: int = 2,
         session_s: float = 30.0,
         end_after_s: float = 1.0,
+        baud: float | None = None,
     ) -> None:
+        """`shift`: the callers' shift convention, "auto" to find it from the signal.
+        `unshift_on_space`: the old switch for it (true: "unshift_on_space", false: "keep").
+        `baud`: 45.45 or 50 to read only that rate; by default both, told apart."""
         if not 6000 <= sample_rate <= 192000:
             raise ValueError("sample_rate must be between 6000 and 192000 Hz")
+        if baud is not None and not (abs(baud - BAUD_45) < 0.01 or abs(baud - BAUD_50) < 1e-9):
+            raise ValueError("baud must be 45.45 or 50")
         if not 1 <= redetect_chars <= detect_chars <= 16:
             raise ValueError("need 1 <= redetect_chars <= detect_chars <= 16")
         if not 0.2 <= end_after_s <= 60:
@@ -235,10 +241,11 @@ class TtyDecoder:
         self._session_s = session_s
         self._end_after_s = end_after_s
         self._fe = FrontEnd(sample_rate)
-        self._trackers = [Tracker(self._fe, BAUD_45), Tracker(self._fe, BAUD_50)]
+        rates = [BAUD_45, BAUD_50] if baud is None else [BAUD_45 if baud < 48 else BAUD_50]
+        self._trackers = [Tracker(self._fe, rate) for rate in rates]
         self._state = _State.IDLE
         self._locked: Tracker | None = None
-        self._runs: dict[int, _Run] = {0: _Run([]), 1: _Run([])}
+        self._runs: dict[int, _Run] = {i: _Run([]) for i in range(len(self._trackers))}
         self._idle_from = 0
         self._alive = 0  # latest sign of the detected TTY: a character's end or idle mark
         self._session_baud: float | None = None
@@ -571,6 +578,8 @@ class TtyDecoder:
         evidence at -3 dB is about 50 nats.
         """
         fe = self._fe
+        if len(self._trackers) == 1:
+            return 0, math.inf  # one rate given: nothing to choose
         fits = [t.rate_fit(anchors, search, limit) for t in self._trackers]
         span = 4.0 * sum(t.nbf for t in self._trackers)  # 8 bit times, the mean of both
         nats = 0.0

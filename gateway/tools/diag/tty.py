@@ -4,7 +4,7 @@ daemon replies at, and decoded on its input (needs a loop-back)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +22,9 @@ from gateway.tools.diag.loopback import (
     through_path,
 )
 
+if TYPE_CHECKING:
+    from gateway.dsp import ShiftConvention
+
 TTY_MESSAGE = "DIAG TTY 1234"
 """Letters, figures and spaces (both shifts), 3.1 s at 45.45 baud."""
 TTY_BAUD = 45.45
@@ -30,19 +33,21 @@ TTY_BAUD = 45.45
 class _TtyWatch:
     """Decodes the input as it comes; done once the whole message has been read."""
 
-    def __init__(self, rate: int, *, unshift_on_space: bool) -> None:
+    def __init__(self, rate: int, *, shift: ShiftConvention) -> None:
         from gateway.dsp import TtyDecoder
 
-        self.decoder = TtyDecoder(sample_rate=rate, unshift_on_space=unshift_on_space)
+        self.decoder = TtyDecoder(sample_rate=rate, shift=shift)
         self.chars: list[str] = []
         self.baud: float | None = None
 
     def take(self, events: Iterable[Any]) -> None:
-        from gateway.dsp import TtyChar, TtyDetected
+        from gateway.dsp import TtyChar, TtyDetected, TtyRetract
 
         for event in events:
             if isinstance(event, TtyChar):
                 self.chars.append(event.char)
+            elif isinstance(event, TtyRetract):
+                del self.chars[len(self.chars) - event.count :]
             elif isinstance(event, TtyDetected):
                 self.baud = event.baud
 
@@ -69,7 +74,7 @@ async def _tty_one(
         sample_rate=path.output.samplerate, baud=TTY_BAUD, amplitude=reply_amplitude(level)
     )
     ctx.progress(f"tty: {channel_id}: {TTY_MESSAGE!r} at {TTY_BAUD:g} baud, {path.description}")
-    watch = _TtyWatch(path.capture.samplerate, unshift_on_space=tty.unshift_on_space)
+    watch = _TtyWatch(path.capture.samplerate, shift=tty.shift)
     take = await through_path(
         "tty",
         channel_id,
