@@ -858,7 +858,8 @@ class SerialRadio:
             log.log(level, "%s: could not unkey before closing: %s", self._url, exc)
         _close_quietly(port)
         self._rfc = None
-        log.info("%s closed", self._url)
+        # After a loss the channel has said it all; a close then is routine.
+        log.log(logging.DEBUG if self._lost_logged else logging.INFO, "%s closed", self._url)
 
 
 def _read_input(port: Any, line: str) -> bool:

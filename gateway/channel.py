@@ -133,7 +133,10 @@ class ChannelMonitor:
         self.fault_listeners: list[Callable[[str, str], None]] = []
         """Called with (code, message) when a fault is raised (the audio recall hooks in)."""
         self._ever_opened = False
-        self.health = DeviceHealth(what=f"channel {channel_id}: radio interface", logger=log)
+        # Reopened at once after a loss: the first failure says nothing new.
+        self.health = DeviceHealth(
+            what=f"channel {channel_id}: radio interface", logger=log, quiet_first_change=True
+        )
         self._last_tx_state = 0.0
         self._last_reassert = 0.0
         self._keyed_at: float | None = None

@@ -26,9 +26,11 @@ class DeviceHealth:
         what: str,
         logger: logging.Logger,
         summary_s: float = SUMMARY_S,
+        quiet_first_change: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._what = what
+        self._quiet_first_change = quiet_first_change
         self._log = logger
         self._summary_s = summary_s
         self._clock = clock
@@ -56,8 +58,12 @@ class DeviceHealth:
             return True
         self.attempts += 1
         if error != self.last_error:
+            # A device reopened at once fails differently from the loss as a rule
+            # ("connection lost", then "connection refused"): with `quiet_first_change`
+            # that is in the state only. A later change of cause is news.
+            if self.attempts > 1 or not self._quiet_first_change:
+                self._log.warning("%s still lost, now: %s", self._what, error)
             self.last_error = error
-            self._log.warning("%s still lost, now: %s", self._what, error)
         if now - self._last_summary >= self._summary_s:
             self._last_summary = now
             self._log.warning(

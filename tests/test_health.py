@@ -37,3 +37,15 @@ def test_an_hour_lost_is_a_handful_of_lines(caplog: pytest.LogCaptureFixture) ->
     assert health.recovered() == "after 60 min, 3600 attempts"
     assert health.lost_since is None and health.attempts == 0 and not health.lost
     assert health.recovered() is None
+
+
+def test_a_quiet_first_change_is_in_the_state_only(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    log = logging.getLogger("test.health")
+    health = DeviceHealth(what="radio", logger=log, clock=clock, quiet_first_change=True)
+    caplog.set_level(logging.INFO, logger="test.health")
+    health.failed("connection lost")
+    health.failed("connection refused")  # the reopen right after the loss
+    assert caplog.records == [] and health.last_error == "connection refused"
+    health.failed("permission denied")
+    assert [r.getMessage() for r in caplog.records] == ["radio still lost, now: permission denied"]
