@@ -3,6 +3,7 @@ the call taker's reply over MQTT -> TTY audio on the line; and the `consolegw tt
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,24 @@ def test_caller_text_arrives_as_characters_and_lines(tty_console, baud):
     assert tty_state["last_line"] == "ADDRESS 12 ELM ST" and tty_state["active"] is False
 
 
+def test_a_caller_that_unshifts_on_space_is_read_again_and_the_line_is_final(tty_console):
+    """The default shift is auto: "TOP" after "12 " first reads as figures, then the FIGS
+    the caller sends again before "55" shows it unshifts, and the span is read again."""
+    cut = tty_console()
+    cut.console.tty_call("line1", "UNIT 12 TOP 55 GA\r\n", convention="unshift_on_space")
+    cut.sub.wait_event("tty.ended", source_id="line1", timeout=20)
+    chunks = [e["data"] for e in tty_events(cut, "tty.text") if not e["data"]["line"]]
+    lines = [e["data"]["text"] for e in tty_events(cut, "tty.text") if e["data"]["line"]]
+    assert lines == ["UNIT 12 TOP 55 GA"]
+    assert any(c["revised"] for c in chunks)
+    line = ""
+    for chunk in chunks:  # what a CAD client does with them
+        assert chunk["offset"] <= len(line)
+        assert chunk["revised"] or chunk["offset"] == len(line)
+        line = line[: chunk["offset"]] + chunk["text"]
+    assert line == "UNIT 12 TOP 55 GA"
+
+
 def test_reply_is_played_as_tty_on_the_line(tty_console):
     cut = tty_console()
     cut.console.audio_channels["line1"].played(clear=True)
@@ -159,6 +178,56 @@ def test_cli_decodes_a_minimodem_file(tmp_path: Path) -> None:
     decoded = consolegw("tty", "decode", str(wav))
     assert decoded.returncode == 0
     assert decoded.stdout.strip() == "MINIMODEM SAYS HI GA"
+
+
+def test_cli_decode_shift_baud_and_json(tmp_path: Path) -> None:
+    from gateway.audio import to_pcm16, write_wav16
+    from gateway.dsp import TtyEncoder
+
+    wav = tmp_path / "keep.wav"
+    audio = TtyEncoder(sample_rate=8000, convention="keep").encode("CALL 555 1212 NOW")
+    write_wav16(str(wav), to_pcm16(audio), 8000)
+    assert consolegw("tty", "decode", str(wav)).stdout == "CALL 555 1212 NOW\n"
+    misread = consolegw("tty", "decode", str(wav), "--shift", "unshift_on_space")
+    assert misread.stdout == "CALL 555 QWQW NOW\n"
+    only_50 = consolegw("tty", "decode", str(wav), "--baud", "50")
+    assert "50 baud" in only_50.stderr
+    as_json = consolegw("tty", "decode", str(wav), "--json", "--baud", "45.45")
+    chars = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert "".join(c["char"] for c in chars) == "CALL 555 1212 NOW"
+    assert all(set(c) >= {"time", "char", "code"} for c in chars)
+    times = [c["time"] for c in chars]
+    assert times == sorted(times) and 0 < times[0] < times[-1] < len(audio) / 8000
+    bad = consolegw("tty", "decode", str(wav), "--shift", "sometimes")
+    assert bad.returncode == 2 and "--shift" in bad.stderr
+
+
+def test_config_shift_and_the_old_unshift_on_space_key() -> None:
+    from gateway.config import ChannelTtySection
+
+    assert ChannelTtySection().shift == "auto"
+    assert ChannelTtySection(shift="keep").shift == "keep"
+    assert ChannelTtySection(unshift_on_space=True).shift == "unshift_on_space"
+    assert ChannelTtySection(unshift_on_space=False).shift == "keep"
+    with pytest.raises(ValueError, match="replaced by shift"):
+        ChannelTtySection(shift="auto", unshift_on_space=True)
+
+
+def test_config_warns_about_the_old_key(tmp_path: Path) -> None:
+    from gateway.config import config_warnings, load_config
+
+    text = (ROOT / "config" / "sim.toml").read_text()
+    old = text.replace(
+        "[channels.phone-1.tty]\n", "[channels.phone-1.tty]\nunshift_on_space = true\n"
+    )
+    assert old != text
+    path = tmp_path / "old.toml"
+    path.write_text(old)
+    config = load_config(path, check_files=False)
+    assert config.channels["phone-1"].tty is not None
+    assert config.channels["phone-1"].tty.shift == "unshift_on_space"
+    warned = [w for w in config_warnings(config) if "unshift_on_space" in w]
+    assert warned and 'shift = "unshift_on_space"' in warned[0]
 
 
 def test_cli_decode_bad_file(tmp_path: Path) -> None:
