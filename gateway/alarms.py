@@ -55,27 +55,29 @@ _CONDITIONS: dict[LineState, Condition] = {
 
 
 class AlarmData(EventData):
-    name: str
-    priority: str
+    name: str = Field(description="The alarm's display name (config `name`)")
+    priority: str = Field(description="critical, high, medium or low (config `priority`)")
     input: str = Field(description="normal, alarm, trouble_open, trouble_short or unknown")
     latched: bool = Field(description="True when the alarm stays active until acknowledged")
 
 
 class AckData(EventData):
-    name: str
-    priority: str
-    acknowledged_by: str | None = None
+    name: str = Field(description="The alarm's display name (config `name`)")
+    priority: str = Field(description="critical, high, medium or low (config `priority`)")
+    acknowledged_by: str | None = Field(
+        default=None, description="The ack request's transaction, when it had one"
+    )
 
 
 class TroubleData(EventData):
-    name: str
+    name: str = Field(description="The alarm's display name (config `name`)")
     trouble: str = Field(description="trouble_open (loop cut) or trouble_short (loop shorted)")
-    message: str
+    message: str = Field(description="One line a technician can act on")
 
 
 class ModuleData(EventData):
-    message: str
-    failed_polls: int
+    message: str = Field(description="Why it went offline, or that it answers again")
+    failed_polls: int = Field(description="Polls without a valid answer since the start")
 
 
 for _name, _model in (
@@ -94,33 +96,40 @@ for _name, _model in (
 class AlarmState(Payload):
     """`<prefix>/alarms/<id>/state`, retained."""
 
-    alarm: str
-    name: str
-    priority: str
-    module: str
-    state: Literal["normal", "active", "trouble", "unknown"]
-    input: Literal["normal", "alarm", "trouble_open", "trouble_short", "unknown"]
+    alarm: str = Field(description="The alarm id")
+    name: str = Field(description="The alarm's display name (config `name`)")
+    priority: str = Field(description="critical, high, medium or low (config `priority`)")
+    module: str = Field(description="The id of the IO module the input is wired to")
+    state: Literal["normal", "active", "trouble", "unknown"] = Field(
+        description="normal; active (raised, or latched until acknowledged); trouble (the "
+        "supervised loop is cut or shorted); unknown (the module is offline or not read yet)"
+    )
+    input: Literal["normal", "alarm", "trouble_open", "trouble_short", "unknown"] = Field(
+        description="What the input reads now, debounced"
+    )
     latched: bool = Field(description="Configured to latch until acknowledged")
-    acknowledged: bool
-    active_since: str | None
-    module_online: bool
-    ts: str
+    acknowledged: bool = Field(description="True once an active alarm has been acknowledged")
+    active_since: str | None = Field(description="While active: since when, RFC 3339 UTC")
+    module_online: bool = Field(description="True while its IO module answers")
+    ts: str = Field(description="When this snapshot was taken, RFC 3339 UTC")
 
 
 class ModuleState(Payload):
     """`<prefix>/modules/<id>/state`, retained."""
 
-    module: str
-    link: str
-    device_id: int
-    model: str
-    state: Literal["starting", "online", "offline"]
-    last_error: str | None
-    polls: int
-    failed_polls: int
+    module: str = Field(description="The module id")
+    link: str = Field(description="The id of the Modbus link it is polled over")
+    device_id: int = Field(description="Its Modbus unit id on that link")
+    model: str = Field(description="The module model (its register map)")
+    state: Literal["starting", "online", "offline"] = Field(
+        description="starting (not polled yet), online (answers), offline (stopped answering)"
+    )
+    last_error: str | None = Field(description="While not online: why the last poll failed")
+    polls: int = Field(description="Polls made since the start")
+    failed_polls: int = Field(description="Polls without a valid answer since the start")
     lost_since: str | None = Field(default=None, description="While offline: since when")
     attempts: int = Field(default=0, description="Failed polls since it went offline")
-    ts: str
+    ts: str = Field(description="When this snapshot was taken, RFC 3339 UTC")
 
 
 class AckRequest(Request):

@@ -53,8 +53,8 @@ _RECALL_KEEP = 100
 
 
 class RecallData(EventData):
-    path: str
-    seconds: float
+    path: str = Field(description="Where the WAV was written, on the gateway host")
+    seconds: float = Field(description="Length of the recording, in seconds")
     reason: str = Field(description="request, or the fault code that wrote it")
 
 
@@ -64,19 +64,21 @@ register_event_type("recall.saved", RecallData)
 class AudioLevels(Payload):
     """`<prefix>/channels/<id>/audio`, retained, about once a second and on activity change."""
 
-    channel: str
+    channel: str = Field(description="The channel id")
     rms_dbfs: float = Field(description="RMS over the last second")
     peak_dbfs: float = Field(description="Highest sample over the last second")
     floor_dbfs: float = Field(description="Tracked noise floor")
-    dc_offset: float
+    dc_offset: float = Field(description="Mean sample value over the last second (full scale 1)")
     hum_dbfs: float | None = Field(description="50/60 Hz hum with harmonics, last second")
     clipped: int = Field(description="Samples at full scale in the last second")
     active: bool = Field(description="Audio activity (VOX) with attack and hang times")
     overflows: int = Field(
         default=0, description="Blocks lost on this channel's card (input overflow, slow reader)"
     )
-    device: Literal["online", "offline"]
-    ts: str
+    device: Literal["online", "offline"] = Field(
+        description="The channel's capture device: online (audio flowing) or offline"
+    )
+    ts: str = Field(description="When these levels were measured, RFC 3339 UTC")
 
 
 class RecallRequest(Request):

@@ -56,7 +56,9 @@ _READBACK_GRACE_S = 0.25
 
 
 class PttRequest(Request):
-    state: Literal["on", "off"]
+    state: Literal["on", "off"] = Field(
+        description="on keys the transmitter for a lease; off unkeys it (and clears a time-out)"
+    )
     duration_s: float | None = Field(
         default=None, gt=0, description="Lease length; capped at the channel's max_lease_s"
     )

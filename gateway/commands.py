@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import BadRequest, CommandError, UnknownCommand, UnknownTarget
 from gateway.events import ResponsePayload
@@ -44,7 +44,11 @@ class Request(BaseModel):
     types are strict: `true` or `"5"` is no number, on a command that keys a transmitter."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    transaction: str | int | None = None
+    transaction: str | int | None = Field(
+        default=None,
+        description="Any string of at most 128 characters or an integer; echoed in the "
+        "response, and named in the events the command causes (requested_by, acknowledged_by)",
+    )
     """Echoed in the response; checked by the boundary before the model sees it."""
 
 

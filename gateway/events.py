@@ -58,14 +58,14 @@ class FaultData(EventData):
 
 
 class GatewayStartedData(EventData):
-    version: str
+    version: str = Field(description="The consolegw version now running")
     outbox_depth: int = Field(description="Events from before this start still to be sent")
 
 
 class UncleanStopData(EventData):
     previous_session: int = Field(description="The MQTT session of the run that died")
     last_seq: int = Field(description="The last event seq that run committed")
-    previous_pid: int | None = None
+    previous_pid: int | None = Field(default=None, description="The process id of that run")
     previous_start: str | None = Field(default=None, description="When that run started")
     left_keyed: list[str] = Field(
         description="Channels that run left keyed; each gets a ptt.off (reason restart) "
@@ -74,9 +74,12 @@ class UncleanStopData(EventData):
 
 
 class OutboxData(EventData):
-    depth: int
-    max_events: int
-    dropped: int = Field(description="Non-alarm events dropped since the outbox filled")
+    depth: int = Field(description="Events committed but not yet acknowledged by the broker")
+    max_events: int = Field(description="The outbox bound (outbox.max_events)")
+    dropped: int = Field(
+        description="Droppable events (not alarm, module, fault, PTT or TTY) the outbox "
+        "dropped because it was full, in total: kept in the outbox file across restarts"
+    )
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {
@@ -115,10 +118,14 @@ class Event(Payload):
     )
     ts: str = Field(description="When it happened, RFC 3339 UTC")
     type: str = Field(description="Event type, e.g. ptt.on, cos.off, fault.raised")
-    gateway: str
-    source: SourceKind
+    gateway: str = Field(description="The gateway id (gateway.id)")
+    source: SourceKind = Field(
+        description="What the event is about: gateway, channel, alarm or module"
+    )
     source_id: str = Field(description="Channel, alarm or module id; the gateway id for gateway")
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="Facts of the event; its schema depends on `type` (see below)"
+    )
 
 
 def new_event_id() -> str:
@@ -128,22 +135,30 @@ def new_event_id() -> str:
 class StatusPayload(Payload):
     """`<prefix>/status`, retained; the Last Will carries `offline` with the same session."""
 
-    state: Literal["online", "offline"]
+    state: Literal["online", "offline"] = Field(
+        description="online once connected; offline on a clean stop or as the Last Will"
+    )
     session: int = Field(description="Increments on every connection of this gateway")
-    ts: str
-    version: str | None = None
+    ts: str = Field(description="When it was published (for the Last Will: when it was set)")
+    version: str | None = Field(default=None, description="The consolegw version; with online only")
 
 
 class ResponsePayload(Payload):
     """`.../response/<cmd>`: the answer to every request, good or bad, exactly once."""
 
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error"] = Field(
+        description="ok: the command acted, `data` holds its answer; error: see `code`"
+    )
     transaction: str | int | None = Field(
         default=None,
         description="Echo of the request's `transaction` (null when it was not a string of at "
         "most 128 characters or an integer, which is refused as bad_request)",
     )
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With status ok: the command's answer (see the response channel of each "
+        "command for its schema); empty with status error",
+    )
     code: ErrorCode | None = Field(
         default=None,
         description="With status error: bad_request (malformed, nothing acted), "
@@ -156,9 +171,12 @@ class ResponsePayload(Payload):
 class ChannelState(Payload):
     """`<prefix>/channels/<id>/state`, retained full snapshot."""
 
-    channel: str
-    name: str
-    state: Literal["idle", "receiving", "transmitting", "both", "fault"]
+    channel: str = Field(description="The channel id")
+    name: str = Field(description="The channel's display name (config `name`)")
+    state: Literal["idle", "receiving", "transmitting", "both", "fault"] = Field(
+        description="idle, receiving (carrier), transmitting (keyed), both, or fault (a fault "
+        "is active)"
+    )
     ptt: bool = Field(description="Keyed, as read back from the hardware where it can be")
     ptt_readback: bool = Field(description="True when `ptt` was read back, not just commanded")
     cos: bool | None = Field(
@@ -167,8 +185,13 @@ class ChannelState(Payload):
         "server that sent no modem state yet), or without a fault on a channel that has no "
         "COS line or no radio, and while the interface is offline (`device_lost`)"
     )
-    device: Literal["online", "offline", "none"]
-    faults: list[str]
+    device: Literal["online", "offline", "none"] = Field(
+        description="The radio interface: online (open), offline (lost, reopening), none "
+        "(the channel has no radio configured)"
+    )
+    faults: list[str] = Field(
+        description="Fault codes active on the channel, e.g. stuck_ptt, cos_stuck, device_lost"
+    )
     tx_remaining_s: float | None = Field(
         default=None, description="Seconds until the time-out timer unkeys, while keyed"
     )
@@ -179,17 +202,23 @@ class ChannelState(Payload):
     last_error: str | None = Field(
         default=None, description="While lost: why the last attempt failed"
     )
-    ts: str
+    ts: str = Field(description="When this snapshot was taken, RFC 3339 UTC")
 
 
 class GatewayState(Payload):
     """`<prefix>/state`, retained: the gateway's own health."""
 
-    gateway: str
-    version: str
-    session: int
-    outbox_depth: int
-    outbox_full: bool
-    outbox_dropped: int
-    channels: list[str]
-    ts: str
+    gateway: str = Field(description="The gateway id (gateway.id)")
+    version: str = Field(description="The consolegw version running")
+    session: int = Field(description="The current MQTT session, as in `<prefix>/status`")
+    outbox_depth: int = Field(description="Events committed but not yet acknowledged by the broker")
+    outbox_full: bool = Field(
+        description="True while the outbox holds outbox.max_events or more: droppable events "
+        "are being dropped (see Event.seq)"
+    )
+    outbox_dropped: int = Field(
+        description="Droppable events (not alarm, module, fault, PTT or TTY) the outbox "
+        "dropped because it was full, in total: kept in the outbox file across restarts"
+    )
+    channels: list[str] = Field(description="The configured channel ids, sorted")
+    ts: str = Field(description="When this state was taken, RFC 3339 UTC")
