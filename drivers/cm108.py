@@ -193,6 +193,7 @@ class CM108Radio:
         self._detached = False
         self._inputs: bytes | None = None  # the last input report; None before the first
         self._lost: str | None = None
+        self._opened_once = False
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()  # one per open: a late old reader never sees it clear
         self._where: str | None = None
@@ -232,7 +233,9 @@ class CM108Radio:
             executor.shutdown(wait=False)
             self._executor = None
             raise
-        _log.info("%s: open (PTT GPIO%d unkeyed)", self.description, self._ptt_gpio)
+        # The setup once at info; a reopen after a loss is the channel's "back" line.
+        level, self._opened_once = (logging.DEBUG if self._opened_once else logging.INFO), True
+        _log.log(level, "%s: open (PTT GPIO%d unkeyed)", self.description, self._ptt_gpio)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -283,7 +286,8 @@ class CM108Radio:
             if self._lost is not None:
                 return
             self._lost = reason
-        _log.warning("%s: device lost: %s", self.description, reason)
+        # Debug only: the channel raises device_lost with this cause, in one line.
+        _log.debug("%s: device lost: %s", self.description, reason)
 
     def _output_report(self, keyed: bool) -> bytes:
         mask = 1 << (self._ptt_gpio - 1)

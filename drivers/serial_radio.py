@@ -569,6 +569,7 @@ class SerialRadio:
         self._read_back = False
         self._poll_requests: list[int] = []  # SET-CONTROL requests sent with each read
         self._lost_logged = False
+        self._opened_once = False
 
     @property
     def description(self) -> str:
@@ -720,7 +721,10 @@ class SerialRadio:
             raise DeviceUnavailable(f"{self._url}: {exc}") from exc
         self._port = port
         self._lost_logged = False
-        log.info(
+        # The setup once at info; a reopen after a loss is the channel's "back" line.
+        level, self._opened_once = (logging.DEBUG if self._opened_once else logging.INFO), True
+        log.log(
+            level,
             "%s open: PTT on %s%s, COS on %s%s, PTT read-back %s",
             self._url,
             "+".join(self._ptt_lines),
@@ -785,7 +789,8 @@ class SerialRadio:
     def _lost(self, exc: BaseException) -> DeviceLost:
         if not self._lost_logged:
             self._lost_logged = True
-            log.warning("%s lost: %s", self._url, exc)
+            # Debug only: the channel raises device_lost with this cause, in one line.
+            log.debug("%s lost: %s", self._url, exc)
         return DeviceLost(f"{self._url}: {exc}")
 
     def _set_ptt_sync(self, keyed: bool) -> None:
