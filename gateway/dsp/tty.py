@@ -362,6 +362,7 @@ class TtyDecoder:
             start = anchors[-1] + locked.frame_len  # what was printed stands
         tr.reset(start)
         tr.amp_m, tr.amp_s = locked.amp_m, locked.amp_s
+        tr.set_timing_amplitudes(tr.amp_m, tr.amp_s)
         tr.reset_chain(v.mark_hz, v.space_hz)
         frames = tr.run(limit, masked=False)
         self._held = None
@@ -525,6 +526,7 @@ class TtyDecoder:
             tr.reset(p0)
             tr.amp_m = float(np.median(marks))
             tr.amp_s = float(np.median(spaces))
+            tr.set_timing_amplitudes(tr.amp_m, tr.amp_s)
             frames = tr.run(decided, masked=False)
         self._state = _State.ACTIVE
         self._locked = tr

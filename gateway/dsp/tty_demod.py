@@ -470,8 +470,9 @@ class Frame:
     leak: float  # off-tone over on-tone energy, summed over the 7 bits
     llr: F32  # log-likelihood ratios of the 5 data bits (positive = mark = 1)
     code_ll: F64 | None  # log-likelihood of each of the 32 codes, read coherently (or None)
-    dm: C128  # each tone's window sums as signal phase at the window start (8 windows)
-    ds: C128
+    dm: C64  # each tone's window sums as signal phase at the window start (8 windows)
+    ds: C64
+    chain_z: float | None  # the coherent sums' size under `code` (when read coherently)
     absent: int  # of the 7 bits, how many hold less than half the TTY's level of their tone
     n_mark: int  # bits read as mark, and the mean envelope of each tone on its own bits
     mark_env: float
@@ -490,6 +491,9 @@ LEARN_LEAK: Final = 0.5
 RHYTHM_NATS: Final = 5.0  # prior for a start exactly one period after a back-to-back one
 COHERENCE_MIN: Final = 0.8  # read frames coherently once the signal holds its phase this well
 PAIRS_MIN: Final = 8  # and each tone's frequency is learnt from this many pairs of like bits
+# A TTY's tones hold still: the phase steps are averaged over about 100 frames (a noisier
+# estimate turns a frame's last windows by tenths of a radian at -8 dB).
+PAIR_MEMORY: Final = 0.99
 # Timing score weights over the 8 windows (idle, start, 5 data, stop): |q| of the data bits
 # plus q of the idle and stop bits (mark) minus q of the start bit (space).
 _DATA_W: Final = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=np.float32)
@@ -510,11 +514,16 @@ class Tracker:
         self.next_scan = round(6.5 * self.nbf)
         self.next_floor = round(6.75 * self.nbf)
         # Envelopes of the bit-long integrate-and-dump of each tone, ending at each sample.
-        self._grids: dict[int, I64] = {}  # index grids of the timing search, by width
         self.rm = Buf(np.float32, start=fe.cm.base + self.nb)
         self.rs = Buf(np.float32, start=fe.cm.base + self.nb)
         self.dm = Buf(np.complex64, start=fe.cm.base + self.nb)
         self.ds = Buf(np.complex64, start=fe.cm.base + self.nb)
+        # The timing score of a frame starting at each sample (see _extend_timing), from the
+        # soft values q of the window ending at each sample, at the timing amplitudes.
+        self._tamp = (0.0, 0.0)
+        self.q = Buf(np.float32, start=fe.cm.base + self.nb)
+        self.score = Buf(np.float32, start=fe.cm.base + self.nb - int(self.offs[0]))
+        self._ar = np.arange(4 * self.nb, dtype=np.float64)
         # Coherent reading of a frame (see `coherent`): each code's tone per window (idle,
         # start, 5 data, stop), the window starts, and the samples of each tone before
         # each window under that code (the signal phase runs on at the tone's frequency).
@@ -531,6 +540,15 @@ class Tracker:
         steps = np.diff(starts)
         self._steps = steps.astype(np.float64)
         self._n_mark = pattern.sum(axis=1).astype(np.float64)
+        self._like = [
+            [
+                (u, 0 if bool(pattern[c, u]) else 1)
+                for u in range(7)
+                if pattern[c, u] == pattern[c, u + 1]
+            ]
+            for c in range(32)
+        ]  # per code: (window, tone) of each pair of like bits in a row
+        self._code_mark = [[bool(v) for v in row] for row in pattern]
         self.reset_chain(MARK_HZ, SPACE_HZ)
         self.reset(0)
 
@@ -539,6 +557,10 @@ class Tracker:
         k = 2 * math.pi / self.fe.fs2
         self._w_ref = (mark_hz * k, space_hz * k)  # rad/sample, as measured
         self.w_m, self.w_s = self._w_ref  # as learnt from the phase of its bits
+        # The reference's phase step over each window step, per tone.
+        self._ref_step = [[complex(np.exp(-1j * w * d)) for d in self._steps] for w in self._w_ref]
+        self._cached_w = (math.nan, math.nan)
+        self._chain = np.zeros((32, 16), np.complex128)
         self._pair = [0j, 0j]  # phase steps between like bits, accumulated
         self._pairs_n = [0, 0]  # how many, per tone
         self.coherence = 0.0  # how well the signal follows a continuous phase (0..1)
@@ -551,6 +573,7 @@ class Tracker:
         self._due = False  # the pending search was placed by the rhythm, not by a trigger
         self.amp_m = 0.0  # threshold-correction amplitudes (|S| units); 0 = unknown
         self.amp_s = 0.0
+        self.set_timing_amplitudes(0.0, 0.0)
         self.last_start: int | None = None
         self.period = 0.0  # start-to-start spacing of back-to-back characters
         self.period_n = 0  # how many consecutive spacings agreed with it
@@ -581,8 +604,52 @@ class Tracker:
 
     def invalidate(self, start: int) -> None:
         """The running sums changed from `start` on: drop envelopes that used them."""
-        for buf in (self.rm, self.rs, self.dm, self.ds):
+        for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
             buf.truncate(start)
+        self.score.truncate(start - int(self.offs[-1]))
+
+    def set_timing_amplitudes(self, amp_m: float, amp_s: float) -> None:
+        """The tone levels the timing search corrects its threshold with (0: unknown).
+
+        Held for a whole burst, set when it is detected (the frame decisions follow the
+        levels frame by frame): so the timing score of every sample is computed once, in
+        bulk, whatever the blocks the input came in.
+        """
+        if (amp_m, amp_s) == self._tamp:
+            return
+        self._tamp = (amp_m, amp_s)
+        base = self.rm.base
+        self.q = Buf(np.float32, start=base)
+        self.score = Buf(np.float32, start=base - int(self.offs[0]))
+        self._extend_timing()
+
+    def _extend_timing(self) -> None:
+        """Soft values and timing scores for the envelopes not covered yet.
+
+        The score of a start t is the frame log-likelihood up to a scale: idle mark before
+        (q > 0), start bit space (q < 0), data bits either way (|q|), stop bit mark.
+        """
+        lo, hi = self.q.end, self.rm.end
+        if hi > lo:
+            am, as_ = self._tamp
+            rm, rs = self.rm.get(lo, hi), self.rs.get(lo, hi)
+            if am > 0 and as_ > 0:
+                q = am * rm - as_ * rs - np.float32(0.5 * (am * am - as_ * as_))
+            else:
+                q = rm - rs
+            self.q.append(q.astype(np.float32))
+        offs = self.offs
+        t_lo, t_hi = self.score.end, self.q.end - int(offs[-1])
+        if t_hi <= t_lo:
+            return
+        qa = self.q.a
+        b = t_lo - self.q.base
+        n = t_hi - t_lo
+        o = [int(v) + b for v in offs]
+        score = qa[o[0] : o[0] + n] - qa[o[1] : o[1] + n] + qa[o[7] : o[7] + n]
+        for k in range(2, 7):
+            score = score + np.abs(qa[o[k] : o[k] + n])
+        self.score.append(score)
 
     def refresh(self) -> None:
         """Bring the envelopes up to the running sums (for reading them from outside)."""
@@ -597,6 +664,8 @@ class Tracker:
             self.rs = Buf(np.float32, start=lo)
             self.dm = Buf(np.complex64, start=lo)
             self.ds = Buf(np.complex64, start=lo)
+            self.q = Buf(np.float32, start=lo)
+            self.score = Buf(np.float32, start=lo - int(self.offs[0]))
         if hi > lo:
             # Window sums ending at each sample, turned by the mixer phase at the window's
             # first sample: the signal's phase there (see coherent); their size is the
@@ -609,8 +678,9 @@ class Tracker:
             self.rm.append(np.abs(dm))
             self.rs.append(np.abs(ds))
             keep = fe.cm.base + nb
-            for buf in (self.rm, self.rs, self.dm, self.ds):
+            for buf in (self.rm, self.rs, self.dm, self.ds, self.q, self.score):
                 buf.trim(keep)
+        self._extend_timing()
 
     def _q(self, rm: F32, rs: F32) -> F32:
         """Soft values, positive = mark (threshold-corrected once amplitudes are known)."""
@@ -711,36 +781,31 @@ class Tracker:
         """The most likely frame starting in [lo, hi]; None if idle mark is likelier (due only)."""
         fe, nb = self.fe, self.nb
         width = hi + 1 - lo
-        grid = self._grids.get(width)
-        if grid is None:
-            grid = np.arange(width, dtype=np.int64)[:, None] + self.offs[None, :]
-            self._grids[width] = grid
-        idx = grid + (lo - self.rm.base)
-        rm = self.rm.a[idx]
-        rs = self.rs.a[idx]
-        q = self._q(rm, rs)
-        # Log-likelihood of each timing (up to a scale): idle mark before, start bit space,
-        # data bits either way, stop bit mark.
-        score = np.abs(q) @ _DATA_W + q @ _FIXED_W
+        sb = self.score.base
+        score = self.score.a[lo - sb : hi + 1 - sb]
         if self.period_n >= 2 and self.last_start is not None:
             # Back-to-back characters: the next start is one period on, to a sample or two.
             # Weigh that against the bits (log-likelihood units) so a character with few
             # transitions (LTRS, all mark) is not pulled off by noise.
             noise = float(fe.p_noise.a[lo // HOP - fe.p_noise.base]) * nb
-            mid = width // 2
-            level = float(np.maximum(rm[mid, 1:8], rs[mid, 1:8]).sum()) / 7.0
+            level = 0.0
+            if not (self.amp_m > 0 and self.amp_s > 0):
+                mid = lo + width // 2 + self.offs[1:8] - self.rm.base
+                level = float(np.maximum(self.rm.a[mid], self.rs.a[mid]).sum()) / 7.0
             scale = 0.5 * self._scale(noise, level)
             if scale > 0:
-                off = (lo - self.last_start - self.period) + np.arange(width)
+                off = (lo - self.last_start - self.period) + self._ar[:width]
                 score = score * scale + RHYTHM_NATS * np.exp(-0.08 * off * off)
         best = int(score.argmax())
-        qb = q[best]
+        idx = lo + best + self.offs - self.rm.base
+        rm, rs = self.rm.a[idx], self.rs.a[idx]
+        qb = self._q(rm, rs)
         if self._due:
             ql = qb.tolist()
             frame_ll = ql[0] - ql[1] + sum(abs(v) for v in ql[2:7]) + ql[7]
             if sum(ql) >= frame_ll:
                 return None  # all mark reads at least as well as a frame: no character here
-        return self._frame(lo + best, qb, rm[best], rs[best], need)
+        return self._frame(lo + best, qb, rm, rs, need)
 
     def rate_fit(self, anchors: list[int], search: int, limit: int) -> F64:
         """How much tone each anchor's frame puts into this rate's bit grid, per sample.
@@ -774,26 +839,39 @@ class Tracker:
 
     def _frame(self, t0: int, q: F32, rm: F32, rs: F32, need: int) -> Frame:
         ql, ml, sl = q.tolist(), rm.tolist(), rs.tolist()  # 8 values: plain floats are faster
-        bits = [v > 0 for v in ql[1:8]]  # start, 5 data, stop
-        code = sum(1 << i for i in range(5) if bits[1 + i])
-        n_mark = sum(bits)
-        env_m = sum(m for m, b in zip(ml[1:8], bits, strict=True) if b)
-        env_s = sum(v for v, b in zip(sl[1:8], bits, strict=True) if not b)
-        on = [(m if b else v) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
-        off = [(v if b else m) ** 2 for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)]
-        on_sum, off_sum = sum(on), sum(off)
+        known = self.amp_m > 0 and self.amp_s > 0
+        half_m, half_s = 0.5 * self.amp_m, 0.5 * self.amp_s
+        code = n_mark = absent = 0
+        env_m = env_s = on_sum = off_sum = 0.0
+        min_on = math.inf
+        bits = []
+        for i in range(1, 8):  # start, 5 data, stop
+            m, v = ml[i], sl[i]
+            if ql[i] > 0:
+                bits.append(True)
+                n_mark += 1
+                env_m += m
+                on, off = m * m, v * v
+                absent += known and m < half_m
+                if 2 <= i <= 6:
+                    code |= 1 << (i - 2)
+            else:
+                bits.append(False)
+                env_s += v
+                on, off = v * v, m * m
+                absent += known and v < half_s
+            on_sum += on
+            off_sum += off
+            min_on = min(min_on, on)
         ref_m = env_m / n_mark if n_mark else 0.0
-        absent = 0
-        if self.amp_m > 0 and self.amp_s > 0:
-            half_m, half_s = 0.5 * self.amp_m, 0.5 * self.amp_s
-            absent = sum(
-                (m < half_m) if b else (v < half_s)
-                for m, v, b in zip(ml[1:8], sl[1:8], bits, strict=True)
-            )
         noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
         llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
         dm, ds = self._windows(t0)
-        code_ll = self.coherent(dm, ds, noise) if self.coherent_ready else None
+        code_ll: F64 | None = None
+        chain_z: float | None = None
+        if self.coherent_ready:
+            code_ll, zm, zs = self._coherent(dm, ds, noise)
+            chain_z = float(zm[code] + zs[code])
         return Frame(
             start=t0,
             end=t0 + self.frame_len,
@@ -809,24 +887,25 @@ class Tracker:
             and max(ml[0], sl[0]) >= 0.5 * (self.amp_m if self.amp_m > 0 else ref_m),
             stop_ok=bits[6],
             snr=on_sum / 7.0 / noise if noise > 0 else 0.0,
-            min_snr=min(on) / noise if noise > 0 else 0.0,
+            min_snr=min_on / noise if noise > 0 else 0.0,
             leak=off_sum / on_sum if on_sum > 0 else 1.0,
             llr=llr,
             code_ll=code_ll,
             dm=dm,
             ds=ds,
+            chain_z=chain_z,
             absent=absent,
             n_mark=n_mark,
             mark_env=env_m / n_mark if n_mark else 0.0,
             space_env=env_s / (7 - n_mark) if n_mark < 7 else 0.0,
         )
 
-    def _windows(self, t0: int) -> tuple[C128, C128]:
+    def _windows(self, t0: int) -> tuple[C64, C64]:
         """Each tone's sum over the 8 bit windows of a frame at t0, turned by its mixer
         phase at the window start: the signal's phase there, whatever the mixer did."""
         ends = t0 + self.offs
-        dm: C128 = self.dm.take(ends).astype(np.complex128)
-        ds: C128 = self.ds.take(ends).astype(np.complex128)
+        dm: C64 = self.dm.take(ends)
+        ds: C64 = self.ds.take(ends)
         return dm, ds
 
     @property
@@ -836,13 +915,21 @@ class Tracker:
         frame's last windows by radians: read coherently then, a frame reads worse)."""
         return min(self._pairs_n) >= PAIRS_MIN and self.coherence >= COHERENCE_MIN
 
-    def _turns(self) -> C128:
-        """e^{-j theta}: per code and window, the signal phase the code predicts there
-        relative to the first window (continuous phase at the learnt tone frequencies)."""
-        turns: C128 = np.exp(-1j * (self.w_m * self._before_m + self.w_s * self._before_s))
-        return turns
+    def _chains(self) -> C128:
+        """Per code, the weights that add up its mark windows (first 8 columns) and its
+        space windows (last 8) as one signal each: e^{-j theta}, theta the phase the code
+        predicts at each window relative to the first (continuous phase at the learnt tone
+        frequencies). Recomputed only when those frequencies moved enough to matter."""
+        wm, ws = self._cached_w
+        span = 8.0 * self.nbf
+        if not (abs(wm - self.w_m) * span < 0.01 and abs(ws - self.w_s) * span < 0.01):
+            turns = np.exp(-1j * (self.w_m * self._before_m + self.w_s * self._before_s))
+            mark = self._is_mark
+            self._chain = np.concatenate([np.where(mark, turns, 0), np.where(mark, 0, turns)], 1)
+            self._cached_w = (self.w_m, self.w_s)
+        return self._chain
 
-    def coherent(self, dm: C128, ds: C128, noise: float) -> F64:
+    def coherent(self, dm: C64, ds: C64, noise: float) -> F64:
         """Log-likelihood of each code for a frame read as one continuous-phase signal.
 
         A TTY's FSK keeps its phase from bit to bit, so under a given code the phase at
@@ -853,37 +940,44 @@ class Tracker:
         bit (0.8 turns at 45.45 baud), which is what makes this far stronger than deciding
         each bit on its own. GLRT over the two free phases, in nats.
         """
+        return self._coherent(dm, ds, noise)[0]
+
+    def _coherent(self, dm: C64, ds: C64, noise: float) -> tuple[F64, F64, F64]:
+        """`coherent`, and the sizes of each code's mark and space sums."""
+        chain = self._chains()
+        zm: F64 = np.abs(chain[:, :8] @ dm)
+        zs: F64 = np.abs(chain[:, 8:] @ ds)
         if noise <= 0 or self.amp_m <= 0 or self.amp_s <= 0:
-            return np.zeros(32)
-        turns = self._turns()
-        mark = self._is_mark
-        zm = np.abs(np.where(mark, turns * dm, 0).sum(axis=1))
-        zs = np.abs(np.where(mark, 0, turns * ds).sum(axis=1))
+            return np.zeros(32), zm, zs
         gm, gs = self.amp_m, self.amp_s
-        n_m = self._n_mark
-        out: F64 = (2.0 * (gm * zm + gs * zs) - n_m * gm * gm - (8.0 - n_m) * gs * gs) / noise
-        return out
+        cost = self._n_mark * (gm * gm - gs * gs) + 8.0 * gs * gs
+        out: F64 = (2.0 * gm * zm + 2.0 * gs * zs - cost) * (1.0 / noise)
+        return out, zm, zs
 
     def learn_chain(self, frame: Frame) -> None:
         """Refine the tone frequencies from the phase steps between like bits of a frame
         judged to be signal, and how coherent the signal is."""
-        mark = self._is_mark[frame.code]
-        d = np.where(mark, frame.dm, frame.ds)
-        steps = d[1:] * np.conj(d[:-1])
-        like = mark[1:] == mark[:-1]
-        for tone, sel in ((0, like & mark[1:]), (1, like & ~mark[1:])):
-            if sel.any():
-                ref = np.exp(-1j * self._w_ref[tone] * self._steps[sel])
-                self._pair[tone] = 0.9 * self._pair[tone] + complex((steps[sel] * ref).sum())
-                self._pairs_n[tone] += int(sel.sum())
+        code = frame.code
+        mark = self._code_mark[code]
+        dm, ds = frame.dm.tolist(), frame.ds.tolist()
+        d = [dm[i] if mark[i] else ds[i] for i in range(8)]
+        sums = [0j, 0j]
+        counts = [0, 0]
+        for u, tone in self._like[code]:
+            sums[tone] += d[u + 1] * d[u].conjugate() * self._ref_step[tone][u]
+            counts[tone] += 1
+        for tone in (0, 1):
+            if counts[tone]:
+                self._pair[tone] = PAIR_MEMORY * self._pair[tone] + sums[tone]
+                self._pairs_n[tone] += counts[tone]
         nb = float(self.nb)
         self.w_m = self._w_ref[0] + math.atan2(self._pair[0].imag, self._pair[0].real) / nb
         self.w_s = self._w_ref[1] + math.atan2(self._pair[1].imag, self._pair[1].real) / nb
-        turns = self._turns()[frame.code]
-        z = abs(complex((turns * frame.dm)[mark].sum())) + abs(
-            complex((turns * frame.ds)[~mark].sum())
-        )
-        total = float(np.abs(d).sum())
+        z = frame.chain_z
+        if z is None:
+            row = self._chains()[code]
+            z = abs(complex(row[:8] @ frame.dm)) + abs(complex(row[8:] @ frame.ds))
+        total = sum(abs(v) for v in d)
         if total > 0:
             self._coh_n += 1
             rate = max(0.15, 1.0 / self._coh_n)  # a plain mean over the first frames
