@@ -2,11 +2,16 @@
 
 Decoder: `TtyDecoder(sample_rate=8000).feed(samples)` returns the events found in that block:
 `TtyDetected` once a TTY is recognised, `TtyChar` for every character (its `time` is the end
-of its first stop bit, in seconds of stream time), `TtyEnded` once the TTY has given no sign
-(no character, no idle mark) for `end_after_s`. 45.45 and 50 baud are told apart
+of its first stop bit, in seconds of stream time), `TtyRetract` when characters given are
+read again (then their new reading follows, `revised`), `TtyEnded` once the TTY has given no
+sign (no character, no idle mark) for `end_after_s`. 45.45 and 50 baud are told apart
 automatically; any stop length and idle mark; tones up to 5 % off nominal are tracked. Any
-split of the input into blocks gives the same events. See gateway.dsp.tty_demod for the
-signal path.
+split of the input into blocks gives the same events. `final_text(events)` is the text they
+spell. See gateway.dsp.tty_demod for the signal path.
+
+The caller's shift convention (unshift on space or keep the shift) is found from the signal
+(gateway.dsp.tty_baudot.ShiftReader): the ambiguous text after a space typed in figures is
+read again when a redundant shift shows the convention, never past a CR or LF.
 
 No text is released until a detection gate passes: `detect_chars` frames in a run with
 start and stop bits right, tone energy well above the noise and little in the other tone,
@@ -16,8 +21,11 @@ levels measured so far, and both rates' bit grids are fitted to every character 
 found: the rate whose grid captures more of the tones (its bit edges where the line's
 are) is kept, if the evidence is clear, else after up to RATE_MORE_CHARS more characters,
 and its characters are released at once: the gate costs latency (under a second), not
-characters. Within `session_s` of a TTY's end, `redetect_chars` frames at its rate
-suffice.
+characters. The burst is read from where its carrier starts (_onset), not from where the
+hop presence first saw it, so a short lead-in (minimodem's is two bits) loses nothing. The
+rate is fitted again every VERIFY_STEP characters over the first VERIFY_S: if the other
+rate fits clearly better, the burst is read again at it (TtyRetract, TtyDetected again).
+Within `session_s` of a TTY's end, `redetect_chars` frames at its rate suffice.
 
 Encoder: `TtyEncoder(sample_rate=8000, baud=45.45).encode("HELLO GA")` returns float32
 audio: mark lead-in, phase-continuous FSK characters, mark hold.

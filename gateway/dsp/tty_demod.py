@@ -20,7 +20,18 @@ same numbers (taps applied one at a time, mixer phases anchored at hop starts):
    few transitions, such as LTRS, is otherwise easily pulled off by noise). Soft values use
    amplitude-weighted envelopes (threshold correction), so a line that attenuates one tone
    more than the other keeps the optimum threshold; each frame carries the log-likelihood
-   ratios of its data bits for the character decision.
+   ratios of its data bits for the character decision. The timing score of a frame at
+   every start is computed in bulk (with the levels set at detection, held for the burst).
+3. Coherent reading (Tracker.coherent): a TTY's FSK is continuous-phase, so under each of
+   the 32 codes the phase of every bit window follows from the tone frequencies. Each
+   window's sum is turned by its mixer's own phase into the signal's phase at the window
+   start; the mark windows of a code add up coherently, and so do its space windows. The
+   exact tone frequencies are learnt from the phase steps between like bits; once both are
+   and the signal shows it holds its phase, every frame's code is decided this way. At
+   45.45 baud a wrong bit turns every later window by 0.8 turns, which makes a wrong code
+   far less likely than bit by bit; at 50 baud the tones are a whole number of turns apart
+   per bit and only the gain of coherent detection is left. Measured on minimodem's
+   signals: 1 % CER about 1 dB lower, and a quarter of the errors at 1 dB below that.
 """
 
 from __future__ import annotations
@@ -639,6 +650,9 @@ class Tracker:
                 q = rm - rs
             self.q.append(q.astype(np.float32))
         offs = self.offs
+        t_min = self.q.base - int(offs[0])  # the first start whose windows are all held
+        if self.score.end < t_min:  # (the buffers are trimmed each on its own)
+            self.score = Buf(np.float32, start=t_min)
         t_lo, t_hi = self.score.end, self.q.end - int(offs[-1])
         if t_hi <= t_lo:
             return
@@ -716,7 +730,7 @@ class Tracker:
                 lo, hi = trig - nb // 2, trig + nb // 2
             else:
                 lo, hi = trig - nb // 2, trig + (3 * nb) // 2
-            lo = max(lo, self.floor, self.rm.base + 2)
+            lo = max(lo, self.floor, self.rm.base + 2, self.score.base)
             hi = max(hi, lo)
             need = hi + int(self.offs[-1]) + 1
             if need > limit:

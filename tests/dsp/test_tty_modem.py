@@ -246,3 +246,20 @@ def test_encoder_output_is_phase_continuous_fsk_with_lead_in_and_hold() -> None:
     lead = x[int(0.01 * FS) : int(0.14 * FS)]
     spec = np.abs(np.fft.rfft(lead * np.hanning(len(lead))))
     assert abs(np.fft.rfftfreq(len(lead), 1 / FS)[int(np.argmax(spec))] - 1400) < 10
+
+
+def test_a_tracker_left_idle_past_the_history_reads_on() -> None:
+    """A tracker not run for longer than the history (the other rate's, during a long
+    call) finds its soft values trimmed past its timing scores: it restarts them, rather
+    than read windows that are gone. Block sizes from a case that used to fail."""
+    from gateway.dsp.tty_demod import FrontEnd, Tracker
+
+    fe = FrontEnd(8000)
+    tracker = Tracker(fe, BAUD_45)
+    rng = np.random.default_rng(7)
+    steps = [39778, 25897, 17036, 24167, 14595, 30115, 22644, 27410, 13955, 30722]
+    for i, n in enumerate(steps):
+        fe.process((rng.standard_normal(n) * 0.1).astype(np.float32))
+        if i in (0, 5, 9):
+            tracker.run(fe.avail, masked=False)
+    assert tracker.score.end > fe.avail - 8 * tracker.nb
