@@ -218,6 +218,7 @@ _LP_PUNCT: Final = math.log(0.02)
 _LP_ODD: Final = math.log(0.001)  # BELL, NUL, a code with no figure
 EVIDENCE_NATS: Final = 8.0  # one redundant shift after a space, for the convention it shows
 PLAUSIBILITY_CAP: Final = 6.0  # the most a reading's plausibility counts for
+SWITCH_NATS: Final = 1.0  # how much likelier the other reading must be to be shown instead
 
 
 def _plausibility(char: str, figures: bool) -> float:
@@ -328,8 +329,10 @@ class ShiftReader:
     def _choose(self) -> bool:
         if self.shift != "auto":
             return self.shift == "unshift_on_space"
+        # The reading shown changes only when the other is clearly likelier, so that a few
+        # characters of about even plausibility do not make it flicker.
         s = self._score()
-        return self._chosen_u if s == 0 else s > 0
+        return s > -SWITCH_NATS if self._chosen_u else s > SWITCH_NATS
 
     def _shown(self, start: int, use_u: bool) -> list[tuple[str, float, int]]:
         pairs = self._pairs[start:]

@@ -11,7 +11,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.dsp.tty import BAUD_45, BAUD_50, TtyChar, TtyDecoder, TtyDetected, TtyEncoder
+from gateway.dsp.tty import (
+    BAUD_45,
+    BAUD_50,
+    TtyDecoder,
+    TtyDetected,
+    TtyEncoder,
+    final_text,
+)
 from gateway.dsp.tty_channel import add_noise
 
 pytestmark = pytest.mark.skipif(
@@ -54,7 +61,7 @@ def minimodem_tx(tmp_path: Path, text: str, *mode: str) -> npt.NDArray[np.float3
 def decode(x: npt.NDArray[np.float32], **kwargs: object) -> tuple[str, list[object]]:
     dec = TtyDecoder(**kwargs)  # type: ignore[arg-type]
     events = dec.feed(x) + dec.flush()
-    return "".join(e.char for e in events if isinstance(e, TtyChar)), list(events)
+    return final_text(events), list(events)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from gateway.dsp.tty import (
     TtyEncoder,
     TtyEnded,
     TtyEvent,
+    final_text,
 )
 from gateway.dsp.tty_channel import add_noise, band_noise, g711, speech_like, tilt
 
@@ -36,7 +37,7 @@ def decode(x: Audio, **kwargs: object) -> list[TtyEvent]:
 
 
 def text_of(events: list[TtyEvent]) -> str:
-    return "".join(e.char for e in events if isinstance(e, TtyChar))
+    return final_text(events)
 
 
 def kinds(events: list[TtyEvent]) -> list[str]:

@@ -23,6 +23,7 @@ from gateway.dsp.tty import (
     TtyEncoder,
     TtyEnded,
     TtyEvent,
+    final_text,
 )
 from gateway.dsp.tty_channel import add_noise
 
@@ -113,7 +114,7 @@ def run_trial(trial: Trial, snr_db: float | None) -> Outcome:
     events.extend(dec.flush())
     return Outcome(
         detected=[e for e in events if isinstance(e, TtyDetected)],
-        text="".join(e.char for e in events if isinstance(e, TtyChar)),
+        text=final_text(events),
         first_stop_s=lead_s + enc.lead_in_s + 7 / trial.baud,
     )
 
@@ -171,7 +172,7 @@ def test_rate_at_sound_card_rates_with_background_noise(fs: int, baud: float) ->
         for i in range(0, len(x), fs // 50):
             events.extend(dec.feed(x[i : i + fs // 50]))
         assert [e.baud for e in events if isinstance(e, TtyDetected)] == [baud]
-        assert "".join(e.char for e in events if isinstance(e, TtyChar)) == text
+        assert final_text(events) == text
 
 
 @pytest.mark.parametrize("snr_db", [None, -3.0], ids=["clean", "snr-3"])
@@ -189,7 +190,7 @@ def test_characters_with_few_bit_edges(baud: float, stop_bits: float, snr_db: fl
     dec = TtyDecoder()
     events = dec.feed(x.astype(np.float32)) + dec.flush()
     assert [e.baud for e in events if isinstance(e, TtyDetected)] == [baud]
-    assert "".join(e.char for e in events if isinstance(e, TtyChar)) == "ETETE"
+    assert final_text(events) == "ETETE"
 
 
 @pytest.mark.parametrize("gap_s", [3.0, 40.0], ids=["in_session", "after_session"])
@@ -225,7 +226,7 @@ def test_a_second_caller_at_the_other_rate_is_read_at_its_rate(
             ("TtyDetected", second),
             ("TtyEnded", None),
         ]
-        assert "".join(e.char for e in events if isinstance(e, TtyChar)) == one + two
+        assert final_text(events) == one + two
         assert not dec.active and dec.baud is None
 
 
@@ -237,7 +238,7 @@ def test_short_second_message_in_session_at_the_other_rate() -> None:
     dec = TtyDecoder()
     events = dec.feed(x) + dec.flush()
     assert [e.baud for e in events if isinstance(e, TtyDetected)] == [BAUD_45, BAUD_50]
-    assert "".join(e.char for e in events if isinstance(e, TtyChar)) == "ARE YOU THERE Q GAOK"
+    assert final_text(events) == "ARE YOU THERE Q GAOK"
     assert sum(isinstance(e, TtyEnded) for e in events) == 2
 
 
@@ -271,7 +272,7 @@ def test_a_doubtful_rate_waits_for_more_characters(monkeypatch: pytest.MonkeyPat
         dec = TtyDecoder()
         events = dec.feed(ltrs_then_text(seed, -3.0)) + dec.flush()
         assert [e.baud for e in events if isinstance(e, TtyDetected)] == [BAUD_45], seed
-        assert "".join(e.char for e in events if isinstance(e, TtyChar)) == "ETE", seed
+        assert final_text(events) == "ETE", seed
         waited += len(calls) > 1
     assert waited >= 3
 
