@@ -248,7 +248,8 @@ class CM108Radio:
             _log.exception("%s: close failed", self.description)
         finally:
             executor.shutdown(wait=False)
-        _log.info("%s: closed", self.description)
+        # After a loss the channel has said it all; a close then is routine.
+        _log.log(logging.DEBUG if self._lost else logging.INFO, "%s: closed", self.description)
 
     async def set_ptt(self, keyed: bool) -> None:
         _check_bool("keyed", keyed)
