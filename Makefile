@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (tests/test_deb.py). rabbitmq-server: RabbitMQ 3.10 as a real MQTT 3.1.1 peer, one node or a
 # cluster of three (tests/rabbitmq.py); its own service is not used.
 DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio ser2net \
-	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server
+	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server libhamlib-utils
 
 .PHONY: demo test lint typecheck pytest system-deps venv bench deb clean
 
