@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Union
 from pydantic import Field
 
 from drivers.radio import RadioInterface
-from gateway.radios import cm108, serial
+from gateway.radios import cm108, rigctld, serial
 from gateway.radios.base import RadioKind, RadioSectionBase
 
 __all__ = ["KINDS", "RadioKind", "RadioSection", "RadioSectionBase", "kind_of", "make_radio"]
 
-KINDS: dict[str, RadioKind] = {kind.name: kind for kind in (serial.KIND, cm108.KIND)}
+KINDS: dict[str, RadioKind] = {kind.name: kind for kind in (serial.KIND, cm108.KIND, rigctld.KIND)}
 
 if TYPE_CHECKING:
     RadioSection = RadioSectionBase
