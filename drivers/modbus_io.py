@@ -53,6 +53,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from drivers.backoff import Backoff
 from drivers.errors import DeviceError, DeviceLost, DeviceTimeout, DeviceUnavailable
 
 __all__ = [
@@ -499,7 +500,7 @@ class ModbusLink:
         self._lock: asyncio.Lock | None = None
         self._state = _LinkState.NEVER
         self._next_attempt = 0.0
-        self._backoff = self._reconnect_min_s
+        self._backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         self._failed_attempts = 0
         self._silent_requests = 0
         self._closed = False
@@ -547,7 +548,7 @@ class ModbusLink:
                 log.debug("%s: close: %s", self._description, exc)
             log.info("%s closed", self._description)
         self._state = _LinkState.NEVER
-        self._backoff = self._reconnect_min_s
+        self._backoff.reset()
         self._next_attempt = 0.0
 
     async def __aenter__(self) -> ModbusLink:
@@ -607,16 +608,16 @@ class ModbusLink:
         if not ok:
             client.close()
             self._failed_attempts += 1
-            self._next_attempt = time.monotonic() + self._backoff
+            delay = self._backoff.next()
+            self._next_attempt = time.monotonic() + delay
             level = logging.WARNING if self._failed_attempts == 1 else logging.DEBUG
             log.log(
                 level,
                 "%s: cannot connect (attempt %d); retrying in %.1f s",
                 self._description,
                 self._failed_attempts,
-                self._backoff,
+                delay,
             )
-            self._backoff = min(self._backoff * 2, self._reconnect_max_s)
             if self._state is _LinkState.UP:
                 self._state = _LinkState.DOWN
             return False
@@ -627,7 +628,7 @@ class ModbusLink:
         self._client = client
         self._state = _LinkState.UP
         self._failed_attempts = 0
-        self._backoff = self._reconnect_min_s
+        self._backoff.reset()
         self._silent_requests = 0
         return True
 

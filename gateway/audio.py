@@ -17,7 +17,6 @@ fault raised on the channel writes one automatically.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -33,6 +32,7 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from drivers.audio import AudioCapture, AudioPlayback
+from drivers.backoff import Backoff
 from drivers.errors import DeviceLost, DeviceUnavailable
 from gateway.channel import ChannelMonitor, Radios
 from gateway.commands import CommandRouter, Request, RequestContext
@@ -463,7 +463,7 @@ class AudioCard:
         self._lost_logged = -60.0
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         lost_logged = False
         while True:
             capture = capture_for(self._cfg)
@@ -475,10 +475,9 @@ class AudioCard:
                     lost_logged = True
                 for channel in self.channels:
                     channel.device_down(f"audio device {self.device_id} unavailable: {exc}")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
                 continue
-            backoff = 0.5
+            backoff.reset()
             lost_logged = False
             log.info("audio device %s open: %s", self.device_id, capture.description)
             try:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
+from drivers.backoff import Backoff
 from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
@@ -371,17 +372,16 @@ class ChannelMonitor:
         if self._radio is None:
             await asyncio.Event().wait()  # nothing to poll; commands still answer
             return
-        backoff = 0.2
+        backoff = Backoff(0.2, self._cfg.reopen_backoff_max_s)
         try:
             while True:
                 try:
                     await self._open()
                 except DeviceUnavailable as exc:
                     self._device_absent(exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._cfg.reopen_backoff_max_s)
+                    await backoff.sleep()
                     continue
-                backoff = 0.2
+                backoff.reset()
                 try:
                     await self._poll_forever()
                 except DeviceError as exc:

@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from drivers.backoff import Backoff
 from gateway.commands import CommandRouter, Reply
 from gateway.config import BrokerEndpoint, MqttSection, read_password
 from gateway.events import StatusPayload, utc_timestamp
@@ -96,7 +97,7 @@ class MqttLink:
 
     async def run(self) -> None:
         _quiet_closed_socket_callbacks(asyncio.get_running_loop())
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         outage: _Outage | None = None
         index = 0  # the broker of self._brokers in use or being tried
         failed_in_round = 0
@@ -112,7 +113,7 @@ class MqttLink:
             except* aiomqtt.MqttError as group:
                 failure = f"{broker.host}:{broker.port}: {_describe_failure(_leaf(group))}"
                 if self._connected.is_set():
-                    backoff = 0.5
+                    backoff.reset()
                     failed_in_round = 0
                     outage = _Outage(failure)
                     log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
@@ -145,8 +146,7 @@ class MqttLink:
                 continue
             failed_in_round = 0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-            backoff = min(backoff * 2, 5.0)
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff.next())
 
     def _client(self, broker: BrokerEndpoint, version: ProtocolVersion) -> aiomqtt.Client:
         offline = self._status(state="offline")  # the Will: stamped at connection time

@@ -7,6 +7,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from drivers.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
@@ -33,7 +35,7 @@ class Supervisor:
         self._tasks[name] = asyncio.create_task(self._keep_running(name, factory), name=name)
 
     async def _keep_running(self, name: str, factory: TaskFactory) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, self._max_backoff_s)
         while not self._stopping:
             started = time.monotonic()
             try:
@@ -46,9 +48,8 @@ class Supervisor:
                 self.crashes[name] += 1
                 log.exception("%s: task crashed (crash %d); restarting", name, self.crashes[name])
             if time.monotonic() - started > 60:
-                backoff = 0.5  # it ran fine for a while: this is a new problem
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff_s)
+                backoff.reset()  # it ran fine for a while: this is a new problem
+            await backoff.sleep()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Cancel every task and wait for their cleanup (PTT release runs in it)."""

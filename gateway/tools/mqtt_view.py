@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import aiomqtt
 
+from drivers.backoff import Backoff
 from gateway.config import Config, MqttSection, read_password
 from gateway.errors import ConfigError
 from gateway.mqtt import build_tls_context
@@ -233,7 +234,7 @@ class MqttSession:
 
     async def run(self, *, reconnect: bool = True) -> None:
         """Connect, subscribe to the whole prefix and feed the view; reconnect on loss."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         while True:
             try:
                 async with self.target.client(identifier=self._identifier) as client:
@@ -242,7 +243,7 @@ class MqttSession:
                         await client.subscribe(self._probe_topic, qos=1)
                     self._client = client
                     self.error = None
-                    backoff = 0.5
+                    backoff.reset()
                     self._notify(Change("link", "connected"))
                     self._subscribed.set()
                     async for message in client.messages:
@@ -263,8 +264,7 @@ class MqttSession:
                     {"error": self.error},
                 )
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.sleep()
 
     def _take(self, topic: str, payload: Any) -> None:
         raw = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
