@@ -140,7 +140,7 @@ class _RemoteHandle:
 
 
 class RemoteBackend(usb.backend.IBackend):  # type: ignore[misc]
-    """Daemon-side pyusb backend that forwards every call to a `CM108SimServer`.
+    """Daemon-side pyusb backend that forwards every call to the simulator's USB server.
 
     One TCP connection per calling thread, so a blocking interrupt read in one thread never
     delays a control transfer from another. A lost connection surfaces as USBError ENODEV,

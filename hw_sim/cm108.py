@@ -5,11 +5,10 @@ interface 3 with interrupt IN endpoint 0x83), the HID output report that drives 
 the HID input report that carries the buttons and GPIO inputs. The radio's PTT input is one
 GPIO; its carrier output (COS) pulls a button pin (VOLDN by default) or a GPIO input.
 
-`CM108SimBackend` is a pyusb backend (`usb.backend.IBackend`) over a set of simulated chips,
-so the shipped driver runs unchanged through `usb.core.find(backend=...)`. The daemon runs in
-another process than the simulator: `CM108SimServer` serves a backend over loopback TCP and
-`RemoteBackend` (daemon side, selected by `usb_backend = "sim://127.0.0.1:PORT"`) forwards
-every backend call to it.
+The chip is a `hw_sim.usb_device.SimUsbDevice`: `hw_sim.usb_backend.SimUsbBackend` puts it on
+a simulated bus that the shipped driver reaches through `usb.core.find(backend=...)`, and
+`hw_sim.usb_server.SimUsbServer` serves that bus to the daemon's `RemoteBackend`
+(`usb_backend = "sim://127.0.0.1:PORT"`) over loopback TCP.
 
 Errors mirror pyusb's libusb1 backend (USBError with the same errno values): ENODEV once
 unplugged, EBUSY when a kernel driver holds the interface, EPIPE (stall) for requests the
@@ -18,42 +17,19 @@ chip does not support, USBTimeoutError when no interrupt report arrives in time.
 
 from __future__ import annotations
 
-import array
-import contextlib
-import errno
 import itertools
-import logging
 import re
-import socket
-import socketserver
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import usb.backend
-import usb.core
+from hw_sim import usb_device
+from hw_sim.usb_device import ControlSetup
 
-from drivers.usb_loopback import (
-    config_lookup,
-    descriptor_namespace,
-    encode_error,
-    recv_frame,
-    send_frame,
-)
-
-__all__ = [
-    "CM108SimBackend",
-    "CM108SimServer",
-    "HidRequest",
-    "PttChange",
-    "SimCM108",
-]
-
-_log = logging.getLogger(__name__)
+__all__ = ["HID_EP_IN", "HID_INTERFACE", "HidRequest", "PttChange", "SimCM108"]
 
 HID_INTERFACE = 3
 HID_EP_IN = 0x83
@@ -66,37 +42,9 @@ _SET_IDLE = (0x21, 0x0A)
 _GET_DESCRIPTOR = (0x80, 0x06)
 _GET_CONFIGURATION = (0x80, 0x08)
 
-_LIBUSB_ERROR_NO_DEVICE = -4
-_LIBUSB_ERROR_NOT_FOUND = -5
-_LIBUSB_ERROR_BUSY = -6
-_LIBUSB_ERROR_TIMEOUT = -7
-_LIBUSB_ERROR_PIPE = -9
-
 _PORT_PATH = re.compile(r"^(\d+)-(\d+(?:\.\d+)*)$")
 _VALID_COS_BITS = frozenset({0, 1, 4, *range(8, 16)})
 _addresses = itertools.count(2)
-
-
-def _no_device() -> usb.core.USBError:
-    return usb.core.USBError(
-        "No such device (it may have been disconnected)", _LIBUSB_ERROR_NO_DEVICE, errno.ENODEV
-    )
-
-
-def _busy() -> usb.core.USBError:
-    return usb.core.USBError("Resource busy", _LIBUSB_ERROR_BUSY, errno.EBUSY)
-
-
-def _stall() -> usb.core.USBError:
-    return usb.core.USBError("Pipe error", _LIBUSB_ERROR_PIPE, errno.EPIPE)
-
-
-def _not_found() -> usb.core.USBError:
-    return usb.core.USBError("Entity not found", _LIBUSB_ERROR_NOT_FOUND, errno.ENOENT)
-
-
-def _timeout() -> usb.core.USBTimeoutError:
-    return usb.core.USBTimeoutError("Operation timed out", _LIBUSB_ERROR_TIMEOUT, errno.ETIMEDOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +316,7 @@ class SimCM108:
     # ------------------------------------------------------------- chip internals
     def _check(self, generation: int) -> None:
         if not self._plugged or generation != self._generation:
-            raise _no_device()
+            raise usb_device.no_device()
 
     def _input_report(self) -> bytes:
         cos = self._cos if self._cos_stuck is None else self._cos_stuck
@@ -411,82 +359,110 @@ class SimCM108:
             self._radio_keyed = self._line_keyed
         self._update_inputs()
 
-    def _open(self) -> int:
-        with self._cond:
-            if not self._plugged:
-                raise _no_device()
-            return self._generation
-
-    def _claim(self, generation: int, handle_id: int, interface: int) -> None:
-        with self._cond:
-            self._check(generation)
-            if not 0 <= interface <= 3:
-                raise _not_found()
-            if interface in self._kernel_bound:
-                raise _busy()
-            owner = self._claims.get(interface)
-            if owner is not None and owner != handle_id:
-                raise _busy()
-            self._claims[interface] = handle_id
-
-    def _release(self, generation: int, handle_id: int, interface: int) -> None:
-        with self._cond:
-            self._check(generation)
-            if self._claims.get(interface) != handle_id:
-                raise _not_found()
-            del self._claims[interface]
-
-    def _release_all(self, handle_id: int) -> None:
-        with self._cond:
-            for interface in [i for i, h in self._claims.items() if h == handle_id]:
-                del self._claims[interface]
-
-    def _kernel_driver(self, generation: int, interface: int, op: str) -> bool:
-        with self._cond:
-            self._check(generation)
-            if not 0 <= interface <= 3:
-                raise _not_found()
-            if op == "query":
-                return interface in self._kernel_bound
-            if op == "detach":
-                if interface not in self._kernel_bound:
-                    raise _not_found()
-                self._kernel_bound.discard(interface)
-                self.detach_count += 1
-                if interface == HID_INTERFACE:
-                    self._pending = None  # usbhid read every report until now
-                return False
-            if interface in self._kernel_bound or interface in self._claims:
-                raise _busy()
-            self._kernel_bound.add(interface)
-            self.attach_count += 1
-            return True
-
-    def _auto_claim(self, handle_id: int, interface: int) -> None:
+    def _auto_claim(self, handle: int, interface: int) -> None:
         # usbfs claims an interface implicitly for a transfer when nobody holds it.
-        if self._claims.get(interface) == handle_id:
+        if self._claims.get(interface) == handle:
             return
         if interface in self._kernel_bound or interface in self._claims:
-            raise _busy()
-        self._claims[interface] = handle_id
+            raise usb_device.busy()
+        self._claims[interface] = handle
 
-    def _ctrl(
-        self,
-        generation: int,
-        handle_id: int,
-        setup: tuple[int, int, int, int],
-        data: bytes,
-        length: int,
+    # ------------------------------------------- the bus's interface (SimUsbDevice)
+    def attached(self) -> int | None:
+        with self._cond:
+            return self._generation if self._plugged else None
+
+    def open(self, generation: int) -> None:
+        with self._cond:
+            self._check(generation)
+
+    def close_handle(self, handle: int) -> None:
+        with self._cond:
+            for interface in [i for i, h in self._claims.items() if h == handle]:
+                del self._claims[interface]
+
+    def set_configuration(self, generation: int, handle: int, value: int) -> None:
+        # A real chip would drop every interface (and the audio with them): refuse loudly.
+        with self._cond:
+            self._check(generation)
+            if self._kernel_bound or self._claims:
+                raise usb_device.busy()
+
+    def get_configuration(self, generation: int) -> int:
+        with self._cond:
+            self._check(generation)
+        return 1
+
+    def set_interface_altsetting(
+        self, generation: int, handle: int, interface: int, altsetting: int
+    ) -> None:
+        with self._cond:
+            self._check(generation)
+            if self._claims.get(interface) != handle:
+                raise usb_device.not_found()
+
+    def claim_interface(self, generation: int, handle: int, interface: int) -> None:
+        with self._cond:
+            self._check(generation)
+            if not 0 <= interface <= 3:
+                raise usb_device.not_found()
+            if interface in self._kernel_bound:
+                raise usb_device.busy()
+            owner = self._claims.get(interface)
+            if owner is not None and owner != handle:
+                raise usb_device.busy()
+            self._claims[interface] = handle
+
+    def release_interface(self, generation: int, handle: int, interface: int) -> None:
+        with self._cond:
+            self._check(generation)
+            if self._claims.get(interface) != handle:
+                raise usb_device.not_found()
+            del self._claims[interface]
+
+    def clear_halt(self, generation: int, handle: int, endpoint: int) -> None:
+        with self._cond:
+            self._check(generation)
+
+    def kernel_driver_active(self, generation: int, interface: int) -> bool:
+        with self._cond:
+            self._check_interface(generation, interface)
+            return interface in self._kernel_bound
+
+    def detach_kernel_driver(self, generation: int, interface: int) -> None:
+        with self._cond:
+            self._check_interface(generation, interface)
+            if interface not in self._kernel_bound:
+                raise usb_device.not_found()
+            self._kernel_bound.discard(interface)
+            self.detach_count += 1
+            if interface == HID_INTERFACE:
+                self._pending = None  # usbhid read every report until now
+
+    def attach_kernel_driver(self, generation: int, interface: int) -> None:
+        with self._cond:
+            self._check_interface(generation, interface)
+            if interface in self._kernel_bound or interface in self._claims:
+                raise usb_device.busy()
+            self._kernel_bound.add(interface)
+            self.attach_count += 1
+
+    def _check_interface(self, generation: int, interface: int) -> None:
+        self._check(generation)
+        if not 0 <= interface <= 3:
+            raise usb_device.not_found()
+
+    def control_transfer(
+        self, generation: int, handle: int, setup: ControlSetup, data: bytes, length: int
     ) -> bytes | int:
-        """Answer one control transfer: bytes read (IN) or the count written (OUT)."""
         request_type, request, value, index = setup
         with self._cond:
             self._check(generation)
             now = time.monotonic()
             if (request_type, request) == _SET_REPORT and index == HID_INTERFACE:
-                self._auto_claim(handle_id, HID_INTERFACE)
+                self._auto_claim(handle, HID_INTERFACE)
                 if value != 0x0200 or len(data) != 4:
-                    raise _stall()
+                    raise usb_device.stall()
                 self._hid_log.append(HidRequest(now, "set_report", bytes(data)))
                 if data[0] & 0xC0 == 0:  # HID_OR0[7:6] == 00: OR1/OR2 drive the GPIOs
                     self._gpio_out = data[1]
@@ -494,21 +470,21 @@ class SimCM108:
                     self._update_line()
                 return len(data)
             if (request_type, request) == _GET_REPORT and index == HID_INTERFACE:
-                self._auto_claim(handle_id, HID_INTERFACE)
+                self._auto_claim(handle, HID_INTERFACE)
                 if value != 0x0100 or length < 1 or self._refuse_get_report:
-                    raise _stall()
+                    raise usb_device.stall()
                 report = self._input_report()
                 self._hid_log.append(HidRequest(now, "get_report", report))
                 return report[:length]
             if (request_type, request) == _SET_IDLE and index == HID_INTERFACE:
-                self._auto_claim(handle_id, HID_INTERFACE)
+                self._auto_claim(handle, HID_INTERFACE)
                 self._hid_log.append(HidRequest(now, "set_idle", b""))
                 return 0
             if (request_type, request) == _GET_CONFIGURATION:
                 return b"\x01"[:length]
             if (request_type, request) == _GET_DESCRIPTOR:
                 return self._descriptor_bytes(value >> 8, value & 0xFF)[:length]
-            raise _stall()
+            raise usb_device.stall()
 
     def _descriptor_bytes(self, kind: int, index: int) -> bytes:
         if kind == 1:
@@ -537,16 +513,16 @@ class SimCM108:
             text = strings.get(index)
             if text is not None:
                 return _string_descriptor(text)
-        raise _stall()
+        raise usb_device.stall()
 
-    def _intr_read(
-        self, generation: int, handle_id: int, endpoint: int, size: int, timeout_ms: int
+    def interrupt_read(
+        self, generation: int, handle: int, endpoint: int, size: int, timeout_ms: int
     ) -> bytes:
         with self._cond:
             self._check(generation)
             if endpoint != HID_EP_IN:
-                raise _stall()
-            self._auto_claim(handle_id, HID_INTERFACE)
+                raise usb_device.stall()
+            self._auto_claim(handle, HID_INTERFACE)
             wait = None if timeout_ms == 0 else timeout_ms / 1000.0  # libusb: 0 = forever
             self._cond.wait_for(
                 lambda: (
@@ -557,7 +533,7 @@ class SimCM108:
             self._check(generation)
             report = self._pending
             if report is None:
-                raise _timeout()
+                raise usb_device.timeout()
             self._pending = None
             return report[:size]
 
@@ -586,8 +562,7 @@ class SimCM108:
                 speed=2,  # LIBUSB_SPEED_FULL
             )
 
-    @staticmethod
-    def configuration_tree() -> dict[str, Any]:
+    def configuration_tree(self) -> dict[str, Any]:
         """Configuration 1 of a CM108AH in headset mode, as plain data."""
 
         def ep(address: int, attributes: int, size: int, interval: int) -> dict[str, Any]:
@@ -644,372 +619,3 @@ class SimCM108:
             "extra_descriptors": [],
             "interfaces": interfaces,
         }
-
-
-# ------------------------------------------------------------------- pyusb backend
-@dataclass(frozen=True, slots=True)
-class _DevRef:
-    device: SimCM108
-    generation: int
-
-
-class _Handle:
-    _ids = itertools.count(1)
-
-    def __init__(self, ref: _DevRef) -> None:
-        self.ref = ref
-        self.id = next(self._ids)
-        self.closed = False
-
-
-class CM108SimBackend(usb.backend.IBackend):  # type: ignore[misc]
-    """A pyusb backend whose bus holds simulated CM108 chips. Thread-safe."""
-
-    def __init__(self, devices: Iterable[SimCM108] = ()) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._devices: list[SimCM108] = list(devices)
-
-    def add(self, device: SimCM108) -> None:
-        with self._lock:
-            self._devices.append(device)
-
-    @property
-    def devices(self) -> list[SimCM108]:
-        with self._lock:
-            return list(self._devices)
-
-    # IBackend --------------------------------------------------------------
-    def enumerate_devices(self) -> Iterator[_DevRef]:
-        refs = []
-        for device in self.devices:
-            with device._cond:
-                if device._plugged:
-                    refs.append(_DevRef(device, device._generation))
-        return iter(refs)
-
-    def get_parent(self, dev: _DevRef) -> None:
-        return None
-
-    def get_device_descriptor(self, dev: _DevRef) -> SimpleNamespace:
-        return dev.device.device_descriptor()
-
-    def get_configuration_descriptor(self, dev: _DevRef, config: int) -> SimpleNamespace:
-        return descriptor_namespace(config_lookup(SimCM108.configuration_tree(), config))
-
-    def get_interface_descriptor(
-        self, dev: _DevRef, intf: int, alt: int, config: int
-    ) -> SimpleNamespace:
-        return descriptor_namespace(config_lookup(SimCM108.configuration_tree(), config, intf, alt))
-
-    def get_endpoint_descriptor(
-        self, dev: _DevRef, ep: int, intf: int, alt: int, config: int
-    ) -> SimpleNamespace:
-        endpoints = config_lookup(SimCM108.configuration_tree(), config, intf, alt)["endpoints"]
-        if not 0 <= ep < len(endpoints):
-            raise IndexError(f"Invalid endpoint index {ep}")
-        return descriptor_namespace(endpoints[ep])
-
-    def open_device(self, dev: _DevRef) -> _Handle:
-        with dev.device._cond:
-            if dev.device._open() != dev.generation:
-                raise _no_device()
-        return _Handle(dev)
-
-    def close_device(self, dev_handle: _Handle) -> None:
-        if not dev_handle.closed:
-            dev_handle.closed = True
-            dev_handle.ref.device._release_all(dev_handle.id)
-
-    def set_configuration(self, dev_handle: _Handle, config_value: int) -> None:
-        # A real chip would drop every interface (and the audio with them): refuse loudly.
-        ref = self._live(dev_handle)
-        with ref.device._cond:
-            ref.device._check(ref.generation)
-            if ref.device._kernel_bound or ref.device._claims:
-                raise _busy()
-
-    def get_configuration(self, dev_handle: _Handle) -> int:
-        ref = self._live(dev_handle)
-        with ref.device._cond:
-            ref.device._check(ref.generation)
-        return 1
-
-    def set_interface_altsetting(self, dev_handle: _Handle, intf: int, altsetting: int) -> None:
-        ref = self._live(dev_handle)
-        with ref.device._cond:
-            ref.device._check(ref.generation)
-            if ref.device._claims.get(intf) != dev_handle.id:
-                raise _not_found()
-
-    def claim_interface(self, dev_handle: _Handle, intf: int) -> None:
-        ref = self._live(dev_handle)
-        ref.device._claim(ref.generation, dev_handle.id, intf)
-
-    def release_interface(self, dev_handle: _Handle, intf: int) -> None:
-        ref = self._live(dev_handle)
-        ref.device._release(ref.generation, dev_handle.id, intf)
-
-    def ctrl_transfer(  # noqa: PLR0917 - pyusb's IBackend signature
-        self,
-        dev_handle: _Handle,
-        bmRequestType: int,  # noqa: N803 - pyusb's parameter names
-        bRequest: int,  # noqa: N803
-        wValue: int,  # noqa: N803
-        wIndex: int,  # noqa: N803
-        data: array.array[int],
-        timeout: int,
-    ) -> int:
-        ref = self._live(dev_handle)
-        setup = (bmRequestType, bRequest, wValue, wIndex)
-        if bmRequestType & 0x80:
-            answer = ref.device._ctrl(ref.generation, dev_handle.id, setup, b"", len(data))
-            assert isinstance(answer, bytes)
-            data[: len(answer)] = array.array("B", answer)
-            return len(answer)
-        written = ref.device._ctrl(ref.generation, dev_handle.id, setup, data.tobytes(), 0)
-        assert isinstance(written, int)
-        return written
-
-    def intr_read(
-        self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int
-    ) -> int:
-        ref = self._live(dev_handle)
-        report = ref.device._intr_read(ref.generation, dev_handle.id, ep, len(buff), timeout)
-        buff[: len(report)] = array.array("B", report)
-        return len(report)
-
-    def clear_halt(self, dev_handle: _Handle, ep: int) -> None:
-        ref = self._live(dev_handle)
-        with ref.device._cond:
-            ref.device._check(ref.generation)
-
-    def is_kernel_driver_active(self, dev_handle: _Handle, intf: int) -> bool:
-        ref = self._live(dev_handle)
-        return ref.device._kernel_driver(ref.generation, intf, "query")
-
-    def detach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
-        ref = self._live(dev_handle)
-        ref.device._kernel_driver(ref.generation, intf, "detach")
-
-    def attach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
-        ref = self._live(dev_handle)
-        ref.device._kernel_driver(ref.generation, intf, "attach")
-
-    @staticmethod
-    def _live(dev_handle: _Handle) -> _DevRef:
-        if dev_handle.closed:
-            raise _no_device()
-        return dev_handle.ref
-
-
-class _Session:
-    def __init__(self) -> None:
-        self.connections = 0
-        self.handles: set[int] = set()
-
-
-class CM108SimServer:
-    """Serves simulated CM108 chips to `RemoteBackend` clients over loopback TCP.
-
-    Handles belong to the client's session: when every connection of a session closes (the
-    daemon exited or crashed), its handles close and its claims are released, as the kernel
-    does for a process.
-    """
-
-    def __init__(
-        self,
-        *,
-        devices: Sequence[SimCM108] = (),
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0..65535, not {port!r}")
-        self.backend = CM108SimBackend(devices)
-        self._lock = threading.Lock()
-        self._handles: dict[int, _Handle] = {}
-        self._devices: dict[str, _DevRef] = {}
-        self._sessions: dict[str, _Session] = {}
-        self._connections: set[socket.socket] = set()
-        server = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                server._serve(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server((host, port), Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        return f"sim://{host}:{port}"
-
-    def add(self, device: SimCM108) -> None:
-        self.backend.add(device)
-
-    def start(self) -> CM108SimServer:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.02},
-                name="sim-cm108-server",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop every connection, as if the simulator process died."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        with self._lock:
-            connections, self._connections = self._connections, set()
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for device in self.backend.devices:
-            device.close()
-
-    def __enter__(self) -> CM108SimServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # ---------------------------------------------------------------- serving
-    def _serve(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session_id: str | None = None
-        with self._lock:
-            self._connections.add(sock)
-        try:
-            while True:
-                try:
-                    request = recv_frame(sock)
-                except (ConnectionError, OSError, ValueError):
-                    return
-                op, args = request.get("op"), request.get("a", [])
-                if op == "hello":
-                    session_id = str(args[0])
-                    with self._lock:
-                        self._sessions.setdefault(session_id, _Session()).connections += 1
-                    send_frame(sock, {"r": None})
-                    continue
-                try:
-                    result = self._dispatch(session_id, str(op), list(args))
-                    reply: dict[str, Any] = {"r": result}
-                except Exception as exc:  # every failure goes back to the client
-                    reply = {"e": encode_error(exc)}
-                try:
-                    send_frame(sock, reply)
-                except OSError:
-                    return
-        finally:
-            with self._lock:
-                self._connections.discard(sock)
-            if session_id is not None:
-                self._leave(session_id)
-
-    def _leave(self, session_id: str) -> None:
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                return
-            session.connections -= 1
-            if session.connections > 0:
-                return
-            del self._sessions[session_id]
-            handles = [self._handles.pop(h) for h in session.handles if h in self._handles]
-        for handle in handles:
-            self.backend.close_device(handle)
-
-    def _ref(self, key: str) -> _DevRef:
-        with self._lock:
-            ref = self._devices.get(key)
-        if ref is None:
-            raise _no_device()
-        return ref
-
-    def _handle(self, handle_id: int) -> _Handle:
-        with self._lock:
-            handle = self._handles.get(handle_id)
-        if handle is None:
-            raise _no_device()
-        return handle
-
-    def _dispatch(self, session_id: str | None, op: str, a: list[Any]) -> Any:
-        backend = self.backend
-        if op == "enumerate":
-            keys = []
-            for ref in backend.enumerate_devices():
-                key = f"{id(ref.device):x}.{ref.generation}"
-                with self._lock:
-                    self._devices[key] = ref
-                keys.append(key)
-            return keys
-        if op == "describe":
-            ref = self._ref(str(a[0]))
-            descriptor = vars(backend.get_device_descriptor(ref)).copy()
-            descriptor["port_numbers"] = list(descriptor["port_numbers"])
-            return {"device": descriptor, "config": SimCM108.configuration_tree()}
-        if op == "open":
-            handle = backend.open_device(self._ref(str(a[0])))
-            with self._lock:
-                self._handles[handle.id] = handle
-                if session_id is not None and session_id in self._sessions:
-                    self._sessions[session_id].handles.add(handle.id)
-            return handle.id
-        if op == "close":
-            with self._lock:
-                closing = self._handles.pop(int(a[0]), None)
-                for session in self._sessions.values():
-                    session.handles.discard(int(a[0]))
-            if closing is not None:
-                backend.close_device(closing)
-            return None
-        handle = self._handle(int(a[0]))
-        if op == "ctrl":
-            request_type, request, value, index, payload, length, timeout = a[1:8]
-            data = (
-                array.array("B", bytes(length))
-                if request_type & 0x80
-                else array.array("B", bytes.fromhex(payload))
-            )
-            count = backend.ctrl_transfer(
-                handle, request_type, request, value, index, data, timeout
-            )
-            return data[:count].tobytes().hex() if request_type & 0x80 else count
-        if op == "intr_read":
-            ep, intf, size, timeout = a[1:5]
-            buff = array.array("B", bytes(size))
-            count = backend.intr_read(handle, ep, intf, buff, timeout)
-            return buff[:count].tobytes().hex()
-        simple: dict[str, Callable[..., Any]] = {
-            "set_configuration": backend.set_configuration,
-            "get_configuration": backend.get_configuration,
-            "set_interface_altsetting": backend.set_interface_altsetting,
-            "claim_interface": backend.claim_interface,
-            "release_interface": backend.release_interface,
-            "clear_halt": backend.clear_halt,
-            "is_kernel_driver_active": backend.is_kernel_driver_active,
-            "detach_kernel_driver": backend.detach_kernel_driver,
-            "attach_kernel_driver": backend.attach_kernel_driver,
-        }
-        function = simple.get(op)
-        if function is None:
-            raise NotImplementedError(op)
-        return function(handle, *a[1:])

@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 
 from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
 from hw_sim.audio import PCM_PREFIX, AudioSim, SimChannel, SpeechBursts, WhiteNoise
-from hw_sim.cm108 import CM108SimServer, SimCM108
+from hw_sim.cm108 import SimCM108
 from hw_sim.modbus import SimLoop, SimModbusServer, SimModule
 from hw_sim.resolve import PortKey, PortUse, SimPortError
 from hw_sim.serial_radio import SimulatedSerialRadio
+from hw_sim.usb_server import SimUsbServer
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class SimConsole:
         self._free_ports = free_ports
         self._serial: list[tuple[PortUse, SimulatedSerialRadio]] = []
         self._usb_devices: dict[int, tuple[PortUse, list[PortKey], list[SimCM108]]] = {}
-        self._usb_servers: list[CM108SimServer] = []
+        self._usb_servers: list[SimUsbServer] = []
         self._ports: dict[PortKey, int] = {}
         for channel_id, channel in config.channels.items():
             radio = channel.radio
@@ -301,7 +302,7 @@ class SimConsole:
             self._ports[use.key] = sim.port
         for use, keys, devices in self._usb_devices.values():
             port = 0 if self._free_ports else use.port
-            server = _bind(use, functools.partial(CM108SimServer, port=port))
+            server = _bind(use, functools.partial(SimUsbServer, port=port))
             self._usb_servers.append(server)
             for device in devices:
                 server.add(device)

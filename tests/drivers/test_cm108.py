@@ -1,7 +1,7 @@
 """CM108Radio through pyusb's real core (usb.core.find, Device) on the simulated chip.
 
 Every test runs twice: with the simulator's backend in-process ("local") and through
-RemoteBackend over loopback TCP to a CM108SimServer ("remote"), the daemon's setup.
+RemoteBackend over loopback TCP to a SimUsbServer ("remote"), the daemon's setup.
 Nothing is mocked: the only thing missing on this machine is the USB hardware itself,
 which hw_sim.cm108 replaces at the control/interrupt-transfer level.
 """
@@ -19,22 +19,24 @@ from drivers.cm108 import COS_VOLDN, CM108Radio, cos_bit_for_gpio
 from drivers.errors import DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
 from drivers.usb_loopback import RemoteBackend
-from hw_sim.cm108 import CM108SimBackend, CM108SimServer, SimCM108
+from hw_sim.cm108 import SimCM108
+from hw_sim.usb_backend import SimUsbBackend
+from hw_sim.usb_server import SimUsbServer
 
 BackendFactory = Callable[[Sequence[SimCM108]], Any]
 
 
 @pytest.fixture(params=["local", "remote"])
 def make_backend(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
-    servers: list[CM108SimServer] = []
+    servers: list[SimUsbServer] = []
     remotes: list[RemoteBackend] = []
     sims: list[SimCM108] = []
 
     def make(devices: Sequence[SimCM108]) -> Any:
         sims.extend(devices)
         if request.param == "local":
-            return CM108SimBackend(devices)
-        server = CM108SimServer(devices=devices).start()
+            return SimUsbBackend(devices)
+        server = SimUsbServer(devices=devices).start()
         servers.append(server)
         host, port = server.address
         remote = RemoteBackend(host, port)
@@ -83,7 +85,7 @@ async def closing() -> AsyncIterator[list[CM108Radio]]:
 
 
 def test_implements_radio_interface() -> None:
-    radio: RadioInterface = CM108Radio(backend=CM108SimBackend())
+    radio: RadioInterface = CM108Radio(backend=SimUsbBackend())
     assert radio.can_read_back_ptt is False
     assert "0d8c" in radio.description
 
@@ -350,7 +352,7 @@ async def test_stuck_and_flapping_carrier(
 
 async def test_simulator_gone_while_open_is_device_lost(closing: list[CM108Radio]) -> None:
     sim = SimCM108()
-    server = CM108SimServer(devices=[sim]).start()
+    server = SimUsbServer(devices=[sim]).start()
     host, port = server.address
     backend = RemoteBackend(host, port)
     radio = CM108Radio(backend=backend)
@@ -379,7 +381,7 @@ async def _raises_lost(radio: CM108Radio) -> bool:
 
 async def test_remote_session_end_releases_claims() -> None:
     sim = SimCM108()
-    with CM108SimServer(devices=[sim]) as server:
+    with SimUsbServer(devices=[sim]) as server:
         crashed = RemoteBackend(*server.address)
         radio = CM108Radio(backend=crashed)
         await radio.open()
@@ -426,7 +428,7 @@ def test_remote_backend_closes_the_connections_of_threads_that_ended() -> None:
     import threading
 
     sim = SimCM108(serial_number="SIM-LEAK")
-    server = CM108SimServer(devices=[sim]).start()
+    server = SimUsbServer(devices=[sim]).start()
     backend = RemoteBackend(*server.address)
     try:
         for _ in range(12):
