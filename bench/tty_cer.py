@@ -55,7 +55,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.dsp.tty import TtyDecoder, TtyEncoder, final_text
-from gateway.dsp.tty_channel import add_noise, g711, speech_like, tilt
+from hw_sim.phone_line import add_noise, g711, speech_like, tilt
 
 FS = 8000
 Audio = npt.NDArray[np.float32]

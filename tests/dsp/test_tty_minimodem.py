@@ -19,7 +19,7 @@ from gateway.dsp.tty import (
     TtyEncoder,
     final_text,
 )
-from gateway.dsp.tty_channel import add_noise
+from hw_sim.phone_line import add_noise
 
 pytestmark = pytest.mark.skipif(
     shutil.which("minimodem") is None, reason="minimodem not installed (Debian: minimodem)"

@@ -17,7 +17,7 @@ from gateway.dsp.tty import (
     TtyEvent,
     final_text,
 )
-from gateway.dsp.tty_channel import add_noise, band_noise, g711, speech_like, tilt
+from hw_sim.phone_line import add_noise, band_noise, g711, speech_like, tilt
 
 FS = 8000
 TEXT = "HELLO 911 MY ADDRESS IS 4127 N MAIN ST APT 3B (RED HOUSE) GA"

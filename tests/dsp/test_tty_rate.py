@@ -25,7 +25,7 @@ from gateway.dsp.tty import (
     TtyEvent,
     final_text,
 )
-from gateway.dsp.tty_channel import add_noise
+from hw_sim.phone_line import add_noise
 
 FS = 8000
 Audio = npt.NDArray[np.float32]

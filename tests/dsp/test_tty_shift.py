@@ -26,7 +26,7 @@ from gateway.dsp.tty import (
     final_text,
 )
 from gateway.dsp.tty_baudot import FIGS, LTRS, SPACE, BaudotWriter, ShiftReader
-from gateway.dsp.tty_channel import add_noise
+from hw_sim.phone_line import add_noise
 
 FS = 8000
 ADDRESSES = [

@@ -1,6 +1,7 @@
 """Telephone-line models for exercising the TTY modem (tests, benchmark, simulator).
 
-Everything is deterministic given a numpy Generator. Not used on the decode path.
+Everything is deterministic given a numpy Generator. Simulation only, so it lives in
+hw_sim: the gateway decodes real lines and never imports it.
 """
 
 from __future__ import annotations
