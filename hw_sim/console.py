@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.config import AlarmSection, Cm108RadioSection, Config, SerialRadioSection
+from gateway.config import AlarmSection, Config
+from gateway.radios import RadioSectionBase, kind_of
+from gateway.radios.cm108 import Cm108RadioSection
+from gateway.radios.serial import SerialRadioSection
 from hw_sim.audio import PCM_PREFIX, AudioSim, SimChannel, SpeechBursts, WhiteNoise
 from hw_sim.cm108 import SimCM108
 from hw_sim.modbus import SimLoop, SimModbusServer, SimModule
@@ -144,42 +147,16 @@ class SimConsole:
         self._ports: dict[PortKey, int] = {}
         for channel_id, channel in config.channels.items():
             radio = channel.radio
-            where = f"channels.{channel_id}.radio"
-            if isinstance(radio, SerialRadioSection):
-                use = PortUse(
-                    key=("channels", channel_id, "radio", "url"),
-                    what=f"the RFC 2217 serial radio of {channel_id}",
-                    port=_loopback_port(radio.url, "rfc2217", where),
+            if radio is None:
+                continue  # a channel without a radio interface (audio or TTY only)
+            kind = kind_of(radio).name
+            if kind not in RADIO_SIMULATORS:
+                raise ValueError(
+                    f"channels.{channel_id}.radio: the simulator has no radio of kind {kind!r}"
                 )
-                sim = SimulatedSerialRadio(
-                    port=0 if free_ports else use.port,
-                    ptt_line=radio.ptt[0],
-                    ptt_invert=radio.ptt_invert,
-                    cos_line=radio.cos or "cd",
-                    cos_invert=radio.cos_invert,
-                )
-                self._serial.append((use, sim))
-                self.radios[channel_id] = SerialSimRadio(sim)
-            elif isinstance(radio, Cm108RadioSection):
-                if radio.usb_backend is None:
-                    raise ValueError(f"{where}: set usb_backend = sim://127.0.0.1:PORT to simulate")
-                port = _loopback_port(radio.usb_backend, "sim", where)
-                key = ("channels", channel_id, "radio", "usb_backend")
-                use = PortUse(key=key, what=f"the USB simulator of {channel_id}", port=port)
-                _, keys, devices = self._usb_devices.setdefault(port, (use, [], []))
-                keys.append(key)
-                device = SimCM108(
-                    serial_number=radio.serial,
-                    port_path=radio.port_path or f"1-{len(self.radios) + 1}",
-                    ptt_gpio=radio.ptt_gpio,
-                    ptt_invert=radio.ptt_invert,
-                    cos_bit=radio.cos_bit,
-                    cos_invert=radio.cos_invert,
-                    ptt_sense_gpio=radio.ptt_sense_gpio,
-                    ptt_sense_invert=radio.ptt_sense_invert,
-                )
-                devices.append(device)
-                self.radios[channel_id] = Cm108SimRadio(device)
+            simulate = RADIO_SIMULATORS[kind]
+            if simulate is not None:
+                simulate(self, channel_id, radio)
         self.modules: dict[str, SimModule] = {}
         self.links: dict[str, SimModbusServer] = {}
         self._link_uses: dict[str, PortUse] = {}
@@ -232,6 +209,46 @@ class SimConsole:
             if alarm.nominal is not None and alarm.module in self.modules:
                 # A healthy supervised loop reads its EOL resistor, not 0 (a short).
                 self.modules[alarm.module].set_analog(alarm.channel, int(alarm.nominal["normal"]))
+
+    def _add_serial_radio(self, channel_id: str, radio: RadioSectionBase) -> None:
+        assert isinstance(radio, SerialRadioSection)  # kind_of checked the section's class
+        use = PortUse(
+            key=("channels", channel_id, "radio", "url"),
+            what=f"the RFC 2217 serial radio of {channel_id}",
+            port=_loopback_port(radio.url, "rfc2217", f"channels.{channel_id}.radio"),
+        )
+        sim = SimulatedSerialRadio(
+            port=0 if self._free_ports else use.port,
+            ptt_line=radio.ptt[0],
+            ptt_invert=radio.ptt_invert,
+            cos_line=radio.cos or "cd",
+            cos_invert=radio.cos_invert,
+        )
+        self._serial.append((use, sim))
+        self.radios[channel_id] = SerialSimRadio(sim)
+
+    def _add_cm108_radio(self, channel_id: str, radio: RadioSectionBase) -> None:
+        assert isinstance(radio, Cm108RadioSection)  # kind_of checked the section's class
+        where = f"channels.{channel_id}.radio"
+        if radio.usb_backend is None:
+            raise ValueError(f"{where}: set usb_backend = sim://127.0.0.1:PORT to simulate")
+        port = _loopback_port(radio.usb_backend, "sim", where)
+        key = ("channels", channel_id, "radio", "usb_backend")
+        use = PortUse(key=key, what=f"the USB simulator of {channel_id}", port=port)
+        _, keys, devices = self._usb_devices.setdefault(port, (use, [], []))
+        keys.append(key)
+        device = SimCM108(
+            serial_number=radio.serial,
+            port_path=radio.port_path or f"1-{len(self.radios) + 1}",
+            ptt_gpio=radio.ptt_gpio,
+            ptt_invert=radio.ptt_invert,
+            cos_bit=radio.cos_bit,
+            cos_invert=radio.cos_invert,
+            ptt_sense_gpio=radio.ptt_sense_gpio,
+            ptt_sense_invert=radio.ptt_sense_invert,
+        )
+        devices.append(device)
+        self.radios[channel_id] = Cm108SimRadio(device)
 
     @property
     def env(self) -> dict[str, str]:
@@ -409,6 +426,18 @@ class SimConsole:
             sim = self.audio
             return {"unplug": lambda: sim.unplug(card), "replug": lambda: sim.replug(card)}
         return audio_ops or None
+
+
+RadioSimulator = Callable[[SimConsole, str, RadioSectionBase], None]
+
+RADIO_SIMULATORS: dict[str, RadioSimulator | None] = {
+    "serial": SimConsole._add_serial_radio,
+    "cm108": SimConsole._add_cm108_radio,
+    "rigctld": None,
+}
+"""How the console simulates each radio kind of the gateway's registry (gateway.radios.KINDS),
+by kind name. None: a kind whose tests use a real peer instead (rigctld: Debian's rigctld with
+its dummy rig); its channels get no simulated radio. A kind missing here fails loudly."""
 
 
 class ControlServer:

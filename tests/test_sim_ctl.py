@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SerialRadioSection, load_config
+from gateway.config import load_config
+from gateway.radios import KINDS
+from gateway.radios.serial import SerialRadioSection
 from hw_sim import ctl
-from hw_sim.console import ControlServer, SimConsole
+from hw_sim.console import RADIO_SIMULATORS, ControlServer, SimConsole
 from hw_sim.resolve import SimPortError, config_text
 from tests.mqtt_tools import ROOT, Broker, free_port
 from tests.sim_tools import channel_config
@@ -78,6 +80,28 @@ def test_unknown_action_is_answered_with_the_known_ones(control, capsys):
     code, answer = run(port, capsys, "fire", "explode")
     assert code == 1 and not answer["ok"]
     assert "carrier" in answer["error"] and "unplug" in answer["error"]
+
+
+def test_every_radio_kind_says_how_it_is_simulated() -> None:
+    """A kind added to the gateway's registry must get an entry (a simulator, or None for a
+    real peer): the console dispatches by kind, not by section class."""
+    assert set(RADIO_SIMULATORS) == set(KINDS)
+
+
+def test_a_rigctld_channel_gets_no_simulated_radio(tmp_path: Path, broker: Broker) -> None:
+    _, text = channel_config(tmp_path, broker)
+    text += """
+[channels.hf]
+name = "HF link"
+
+[channels.hf.radio]
+kind = "rigctld"
+port = 4532
+"""
+    path = tmp_path / "rigctld.toml"
+    path.write_text(text)
+    console = SimConsole(load_config(path), free_ports=True)
+    assert sorted(console.radios) == ["ems", "fire", "police"]
 
 
 def test_unreachable_simulator(capsys):
