@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,18 @@ import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.stats import percentile  # noqa: E402
-from hw_sim.serial_radio import SimulatedSerialRadio  # noqa: E402
-from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, nodelay  # noqa: E402
+from hw_sim.serial_radio import SimState, SimulatedSerialRadio  # noqa: E402
+from tests.mqtt_tools import Broker, Daemon, Received, Subscriber, free_port, nodelay  # noqa: E402
 
 _PAUSE_S = 0.01
+
+
+def _keyed_is(keyed: bool) -> Callable[[SimState], bool]:
+    return lambda state: state.keyed == keyed
+
+
+def _more_ptt_responses_than(before: int) -> Callable[[list[Received]], bool]:
+    return lambda m: len([x for x in m if x.topic.endswith("ch1/response/ptt")]) > before
 
 
 class BrokerRoundTrip:
@@ -139,15 +148,10 @@ cos = "cts"
                 radio.clear_events()
                 start = time.monotonic()
                 sub.client.publish(topic, json.dumps({"state": "on" if keyed else "off"}), qos=1)
-                radio.wait_blocking(lambda s, k=keyed: s.keyed == k, timeout_s=5)
+                radio.wait_blocking(_keyed_is(keyed), timeout_s=5)
                 change = [e for e in radio.events(name="keyed") if e.value == keyed]
                 latencies.append((change[0].t - start) * 1000)
-                sub.wait(
-                    lambda m, b=before: (
-                        len([x for x in m if x.topic.endswith("ch1/response/ptt")]) > b
-                    ),
-                    timeout=5,
-                )
+                sub.wait(_more_ptt_responses_than(before), timeout=5)
             round_trip.close()
         finally:
             sub.close()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hw_sim.console import SimConsole
 from hw_sim.serial_radio import SimulatedSerialRadio
 from tests.contract import check_messages
 from tests.mqtt_tools import Broker, Daemon, Subscriber
@@ -64,7 +65,9 @@ def start_sim_console(
     config text; every console started is stopped after the test."""
     stops: list[Callable[[], None]] = []
 
-    def make(gid: str, text: str, before_daemon: Callable[[Any], None] | None = None) -> Any:
+    def make(
+        gid: str, text: str, before_daemon: Callable[[SimConsole], None] | None = None
+    ) -> ConsoleUnderTest:
         cut, stop = start_config(
             tmp_path, gid, text, daemon_factory, subscriber_factory, before_daemon=before_daemon
         )

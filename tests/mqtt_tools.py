@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -153,7 +153,7 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
         tls: dict[str, Any] | None = None,
-        protocol: int = paho.MQTTv5,
+        protocol: MQTTProtocolVersion = paho.MQTTv5,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
@@ -180,7 +180,7 @@ class Subscriber:
         props = None
         if persistent and v5:
             # A session that outlives disconnections: what a CAD subscriber should use.
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600
         if v5:
             self.client.connect(

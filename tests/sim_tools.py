@@ -60,7 +60,10 @@ class ConsoleUnderTest:
                 return state if all(state.get(k) == v for k, v in want.items()) else None
             return None
 
-        return self.sub.wait(lambda _: match(), timeout, f"{scope}/{channel} state {want}")
+        state: dict[str, Any] = self.sub.wait(
+            lambda _: match(), timeout, f"{scope}/{channel} state {want}"
+        )
+        return state
 
     def wait_online(self) -> None:
         for channel in self.console.radios:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hw_sim.console import SimConsole
 from tests.mqtt_tools import Broker, free_port
 from tests.sim_tools import ConsoleUnderTest, config_header
 
@@ -83,10 +84,12 @@ nominal = {NOMINAL}
 def alarm_console(
     tmp_path: Path, broker: Broker, start_sim_console: Callable[..., ConsoleUnderTest]
 ) -> Callable[..., ConsoleUnderTest]:
-    def make(extra: str = "", before_start: Callable[[Any], None] | None = None) -> Any:
+    def make(
+        extra: str = "", before_start: Callable[[SimConsole], None] | None = None
+    ) -> ConsoleUnderTest:
         gid, text = alarm_config(tmp_path, broker, extra)
 
-        def wire(console: Any) -> None:
+        def wire(console: SimConsole) -> None:
             console.set_alarm_input("closed-loop", True)  # a healthy NC loop is closed
             if before_start is not None:
                 before_start(console)
@@ -107,7 +110,7 @@ def ack(cut: ConsoleUnderTest, alarm: str) -> dict[str, Any]:
     return cut.sub.request(f"{cut.prefix}/alarms/{alarm}/request/ack", {"transaction": "op-1"})
 
 
-def test_momentary_alarm_raised_and_cleared(alarm_console):
+def test_momentary_alarm_raised_and_cleared(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     assert cut.wait_state("door", scope="alarms")["state"] == "normal"
     cut.console.set_alarm_input("door", True)
@@ -126,7 +129,9 @@ def test_momentary_alarm_raised_and_cleared(alarm_console):
     assert alarm_events(cut, "door") == ["alarm.raised", "alarm.cleared"]
 
 
-def test_latched_alarm_stays_until_acknowledged(alarm_console):
+def test_latched_alarm_stays_until_acknowledged(
+    alarm_console: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = alarm_console()
     cut.console.set_alarm_input("generator", True)
     cut.sub.wait_event("alarm.raised", source_id="generator")
@@ -144,7 +149,7 @@ def test_latched_alarm_stays_until_acknowledged(alarm_console):
     assert again["status"] == "error" and "not active" in again["error"]
 
 
-def test_ack_while_active_clears_on_restore(alarm_console):
+def test_ack_while_active_clears_on_restore(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     cut.console.set_alarm_input("generator", True)
     cut.sub.wait_event("alarm.raised", source_id="generator")
@@ -155,7 +160,7 @@ def test_ack_while_active_clears_on_restore(alarm_console):
     assert alarm_events(cut, "generator") == ["alarm.raised", "alarm.acknowledged", "alarm.cleared"]
 
 
-def test_debounce_ignores_short_pulses(alarm_console):
+def test_debounce_ignores_short_pulses(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     for _ in range(3):  # 100 ms blips, shorter than the 400 ms debounce
         cut.console.set_alarm_input("bouncy", True)
@@ -167,20 +172,20 @@ def test_debounce_ignores_short_pulses(alarm_console):
     cut.sub.wait_event("alarm.raised", source_id="bouncy")
 
 
-def test_normally_closed_contact(alarm_console):
+def test_normally_closed_contact(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     assert alarm_events(cut, "closed-loop") == []
     cut.console.set_alarm_input("closed-loop", False)  # the contact opens: alarm
     cut.sub.wait_event("alarm.raised", source_id="closed-loop")
 
 
-def test_alarm_present_at_start_is_reported(alarm_console):
+def test_alarm_present_at_start_is_reported(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console(before_start=lambda console: console.set_alarm_input("door", True))
     cut.sub.wait_event("alarm.raised", source_id="door")
     cut.wait_state("door", scope="alarms", state="active")
 
 
-def test_supervised_loop_trouble_and_alarm(alarm_console):
+def test_supervised_loop_trouble_and_alarm(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     cut.console.set_alarm_input("panic", 5000)  # wire cut
     trouble = cut.sub.wait_event("trouble.raised", source_id="panic")
@@ -202,7 +207,9 @@ def test_supervised_loop_trouble_and_alarm(alarm_console):
     ]
 
 
-def test_module_offline_and_back_without_phantom_events(alarm_console):
+def test_module_offline_and_back_without_phantom_events(
+    alarm_console: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = alarm_console()
     cut.console.set_alarm_input("generator", True)
     cut.sub.wait_event("alarm.raised", source_id="generator")
@@ -227,7 +234,9 @@ def test_module_offline_and_back_without_phantom_events(alarm_console):
     assert cut.daemon.log().count("OFFLINE") == 1
 
 
-def test_dead_module_beside_a_live_one_on_the_same_link(alarm_console):
+def test_dead_module_beside_a_live_one_on_the_same_link(
+    alarm_console: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = alarm_console()
     cut.console.modules["io2"].set_silent(True)
     cut.sub.wait_event("module.offline", source_id="io2")
@@ -239,7 +248,9 @@ def test_dead_module_beside_a_live_one_on_the_same_link(alarm_console):
     assert not [e for e in cut.sub.events("module.offline") if e["source_id"] == "io1"]
 
 
-def test_exception_replies_take_a_module_offline_with_the_reason(alarm_console):
+def test_exception_replies_take_a_module_offline_with_the_reason(
+    alarm_console: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = alarm_console()
     cut.console.modules["io2"].set_exception(2)
     offline = cut.sub.wait_event("module.offline", source_id="io2")
@@ -248,7 +259,7 @@ def test_exception_replies_take_a_module_offline_with_the_reason(alarm_console):
     cut.sub.wait_event("module.online", source_id="io2")
 
 
-def test_link_dropped_and_back(alarm_console):
+def test_link_dropped_and_back(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     cut.console.links["bus"].unplug()
     cut.sub.wait_event("module.offline", source_id="io1")
@@ -259,7 +270,7 @@ def test_link_dropped_and_back(alarm_console):
     assert [e for e in cut.sub.events() if e["type"].startswith("alarm.")] == []
 
 
-def test_set_output(alarm_console):
+def test_set_output(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
     cut = alarm_console()
     topic = f"{cut.prefix}/modules/io2/request/set_output"
     reply = cut.sub.request(topic, {"output": "bell", "state": True})
@@ -276,7 +287,9 @@ def test_set_output(alarm_console):
     assert dead["status"] == "error" and "not set" in dead["error"]
 
 
-def test_a_module_that_changes_its_failure_keeps_its_cause_current(alarm_console):
+def test_a_module_that_changes_its_failure_keeps_its_cause_current(
+    alarm_console: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = alarm_console()
     module = cut.console.modules["io2"]
     module.set_silent(True)

@@ -83,7 +83,8 @@ def wait_audio(
         states = audio_states(cut, channel)
         return states[-1] if states and check(states[-1]) else None
 
-    return cut.sub.wait(lambda _: latest(), timeout, f"{channel} audio state")
+    state: dict[str, Any] = cut.sub.wait(lambda _: latest(), timeout, f"{channel} audio state")
+    return state
 
 
 def sim(cut: ConsoleUnderTest, channel: str) -> Any:
@@ -95,7 +96,9 @@ def faults_of(cut: ConsoleUnderTest, event: str, channel: str) -> list[str]:
 
 
 @pytest.mark.parametrize("level", [-20.0, -40.0])
-def test_tone_level_within_half_a_db(audio_console, level):
+def test_tone_level_within_half_a_db(
+    audio_console: Callable[[], ConsoleUnderTest], level: float
+) -> None:
     cut = audio_console()
     sim(cut, "line").source = Tone(frequency=1000, rms_dbfs=level)
     switched = time.monotonic()
@@ -110,7 +113,9 @@ def test_tone_level_within_half_a_db(audio_console, level):
     assert state["active"] is True
 
 
-def test_noise_floor_and_activity_with_attack_and_hang(audio_console):
+def test_noise_floor_and_activity_with_attack_and_hang(
+    audio_console: Callable[[], ConsoleUnderTest],
+) -> None:
     cut = audio_console()
     line = sim(cut, "line")
     state = wait_audio(cut, "line", lambda a: a["floor_dbfs"] > -65)
@@ -131,7 +136,9 @@ def test_noise_floor_and_activity_with_attack_and_hang(audio_console):
     assert 1.0 < held < 2.5, f"active for {held:.2f} s: 1 s of tone plus the 0.6 s hang"
 
 
-def test_dead_audio_raised_and_cleared_with_a_recall(audio_console):
+def test_dead_audio_raised_and_cleared_with_a_recall(
+    audio_console: Callable[[], ConsoleUnderTest],
+) -> None:
     cut = audio_console()
     sim(cut, "line").silence = True
     fault = cut.sub.wait_event("fault.raised", fault="dead_audio", source_id="line")
@@ -143,7 +150,7 @@ def test_dead_audio_raised_and_cleared_with_a_recall(audio_console):
     cut.wait_state("line", state="idle", faults=[])
 
 
-def test_clipping_raised_and_cleared(audio_console):
+def test_clipping_raised_and_cleared(audio_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = audio_console()
     line = sim(cut, "line")
     line.source = Tone(frequency=700, rms_dbfs=-10)
@@ -153,7 +160,7 @@ def test_clipping_raised_and_cleared(audio_console):
     cut.sub.wait_event("fault.cleared", fault="clipping", source_id="line", timeout=15)
 
 
-def test_hum_raised_and_cleared(audio_console):
+def test_hum_raised_and_cleared(audio_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = audio_console()
     line = sim(cut, "line")
     line.hum_hz = 60.0
@@ -164,7 +171,9 @@ def test_hum_raised_and_cleared(audio_console):
     cut.sub.wait_event("fault.cleared", fault="hum", source_id="line", timeout=15)
 
 
-def test_carrier_without_audio_and_audio_without_carrier(audio_console):
+def test_carrier_without_audio_and_audio_without_carrier(
+    audio_console: Callable[[], ConsoleUnderTest],
+) -> None:
     cut = audio_console()
     radio = cut.serial("radio")
     radio.carrier(True)  # the squelch opens but the receiver's audio never arrives
@@ -180,7 +189,7 @@ def test_carrier_without_audio_and_audio_without_carrier(audio_console):
     assert not faults_of(cut, "fault.raised", "line")
 
 
-def test_recall_is_what_was_played(audio_console):
+def test_recall_is_what_was_played(audio_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = audio_console()
     rng = np.random.default_rng(11)
     pattern = (rng.uniform(-0.5, 0.5, 4000)).astype(np.float32)
@@ -205,13 +214,13 @@ def test_recall_is_what_was_played(audio_console):
     assert sidecar.is_file() and '"channel": "line"' in sidecar.read_text()
 
 
-def test_bad_recall_requests(audio_console):
+def test_bad_recall_requests(audio_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = audio_console()
     bad = cut.sub.request(f"{cut.prefix}/channels/line/request/recall", {"seconds": -1})
     assert bad["status"] == "error" and "seconds" in bad["error"]
 
 
-def test_audio_device_lost_and_back(audio_console):
+def test_audio_device_lost_and_back(audio_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = audio_console()
     assert cut.console.audio is not None
     card = next(iter(cut.console.audio.devices))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 from tests.mqtt_tools import wait_for
+from tests.sim_tools import ConsoleUnderTest
 
 
-def test_ptt_keys_and_unkeys_serial_radio(console_factory):
+def test_ptt_keys_and_unkeys_serial_radio(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     reply = cut.ptt("fire", "on", transaction="tx-1")
     assert reply["status"] == "ok" and reply["transaction"] == "tx-1"
@@ -26,7 +28,7 @@ def test_ptt_keys_and_unkeys_serial_radio(console_factory):
     cut.wait_state("fire", state="idle", ptt=False)
 
 
-def test_ptt_keys_cm108_radio(console_factory):
+def test_ptt_keys_cm108_radio(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     reply = cut.ptt("police", "on")
     assert reply["status"] == "ok" and reply["data"]["ptt"] is True
@@ -37,7 +39,7 @@ def test_ptt_keys_cm108_radio(console_factory):
     assert not cut.usb("police").keyed
 
 
-def test_never_keyed_at_open(console_factory):
+def test_never_keyed_at_open(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     for channel in ("fire", "ems"):
         keyed = [e for e in cut.serial(channel).sim.events(name="keyed") if e.value]
@@ -47,7 +49,7 @@ def test_never_keyed_at_open(console_factory):
         assert cut.channel_state(channel)["ptt"] is False
 
 
-def test_bad_ptt_requests(console_factory):
+def test_bad_ptt_requests(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     wrong_type = cut.ptt("fire", "maybe")
     assert wrong_type["status"] == "error" and "state" in wrong_type["error"]
@@ -56,7 +58,9 @@ def test_bad_ptt_requests(console_factory):
     assert not cut.serial("fire").keyed
 
 
-def test_time_out_timer_unkeys_and_holds_until_released(console_factory):
+def test_time_out_timer_unkeys_and_holds_until_released(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory(fire="tx_timeout_s = 1.5\nmax_lease_s = 1.0")
     assert cut.ptt("fire", "on")["status"] == "ok"
     started = time.monotonic()
@@ -77,7 +81,9 @@ def test_time_out_timer_unkeys_and_holds_until_released(console_factory):
     assert cut.ptt("fire", "on")["data"]["ptt"] is True
 
 
-def test_lease_expires_when_the_requester_vanishes(console_factory):
+def test_lease_expires_when_the_requester_vanishes(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory()
     reply = cut.ptt("ems", "on", duration_s=0.5)
     assert reply["data"]["lease_s"] == 0.5 and cut.serial("ems").keyed
@@ -86,13 +92,13 @@ def test_lease_expires_when_the_requester_vanishes(console_factory):
     assert not cut.serial("ems").keyed
 
 
-def test_lease_is_capped_by_max_lease(console_factory):
+def test_lease_is_capped_by_max_lease(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory(ems="max_lease_s = 0.5")
     assert cut.ptt("ems", "on", duration_s=3600)["data"]["lease_s"] == 0.5
     cut.sub.wait_event("ptt.off", source_id="ems", timeout=5)
 
 
-def test_busy_channel_lockout(console_factory):
+def test_busy_channel_lockout(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory(fire="busy_lockout = true")
     cut.serial("fire").carrier(True)
     cut.sub.wait_event("cos.on", source_id="fire")
@@ -107,7 +113,9 @@ def test_busy_channel_lockout(console_factory):
     cut.wait_state("ems", state="both")
 
 
-def test_cos_stuck_fault_raised_and_cleared(console_factory):
+def test_cos_stuck_fault_raised_and_cleared(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory(fire="cos_stuck_s = 1.0")
     cut.serial("fire").cos_stuck(True)
     fault = cut.sub.wait_event("fault.raised", fault="cos_stuck", source_id="fire")
@@ -118,7 +126,9 @@ def test_cos_stuck_fault_raised_and_cleared(console_factory):
     cut.wait_state("fire", state="idle", faults=[])
 
 
-def test_cos_flapping_fault_raised_and_cleared(console_factory):
+def test_cos_flapping_fault_raised_and_cleared(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory(police="cos_flap_max = 6\ncos_flap_window_s = 1.0")
     cut.usb("police").cos_flap(8)
     cut.sub.wait_event("fault.raised", fault="cos_flapping", source_id="police")
@@ -130,7 +140,7 @@ def test_cos_flapping_fault_raised_and_cleared(console_factory):
     assert len(raised) == 1
 
 
-def test_ptt_readback_mismatch(console_factory):
+def test_ptt_readback_mismatch(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     cut.serial("fire").ptt_no_follow(True)  # the PTT line no longer follows what we set
     reply = cut.ptt("fire", "on")
@@ -147,7 +157,7 @@ def test_ptt_readback_mismatch(console_factory):
     assert cut.serial("fire").keyed
 
 
-def test_ptt_on_a_slow_serial_server(console_factory):
+def test_ptt_on_a_slow_serial_server(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     """Answers held 0.3 s by the server, so a COS poll is always waiting for one. A PTT
     command goes out without waiting for it, and that poll's read-back, older than the
     command, must not be taken for a PTT line that does not follow (ptt_mismatch)."""
@@ -162,7 +172,7 @@ def test_ptt_on_a_slow_serial_server(console_factory):
     assert not cut.sub.events("fault.raised"), cut.sub.events("fault.raised")
 
 
-def test_unplug_while_keyed_then_replug(console_factory):
+def test_unplug_while_keyed_then_replug(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     assert cut.ptt("fire", "on")["data"]["ptt"] is True
     cut.serial("fire").unplug()
@@ -191,7 +201,7 @@ def test_unplug_while_keyed_then_replug(console_factory):
     assert cut.daemon.log().count("FAULT device_lost") == 1
 
 
-def test_usb_interface_unplug_and_replug(console_factory):
+def test_usb_interface_unplug_and_replug(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     cut = console_factory()
     cut.usb("police").unplug()
     cut.sub.wait_event("fault.raised", fault="device_lost", source_id="police")
@@ -202,7 +212,9 @@ def test_usb_interface_unplug_and_replug(console_factory):
     cut.ptt("police", "off")
 
 
-def test_sigterm_while_keyed_unkeys_everything(console_factory):
+def test_sigterm_while_keyed_unkeys_everything(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory()
     for channel in ("fire", "ems", "police"):
         assert cut.ptt(channel, "on")["data"]["ptt"] is True
@@ -214,7 +226,7 @@ def test_sigterm_while_keyed_unkeys_everything(console_factory):
     assert stops == {"fire", "ems", "police"}, "every release reaches MQTT before offline"
 
 
-def test_sigkill_while_keyed(console_factory):
+def test_sigkill_while_keyed(console_factory: Callable[..., ConsoleUnderTest]) -> None:
     """SIGKILL runs no code of ours. What unkeys the radio then is the transport:
 
     - RFC 2217: the kernel closes the TCP connection of the dead process; the serial server
@@ -240,7 +252,9 @@ def test_sigkill_while_keyed(console_factory):
     assert time.monotonic() - started < 15
 
 
-def test_keying_reports_the_request_as_the_reason_not_the_poll(console_factory):
+def test_keying_reports_the_request_as_the_reason_not_the_poll(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     # A poll can see a command's effect on the line before the command's own read-back
     # does; the change is still the request's.
     cut = console_factory()

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import load_config
 from hw_sim.demo import FloodSummary
-from hw_sim.resolve import config_text
+from hw_sim.resolve import PortKey, config_text
 from tests.mqtt_tools import ROOT, free_port, wait_for
 
 
@@ -174,7 +174,7 @@ def test_a_pinned_busy_port_is_named(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        ports = {
+        ports: dict[PortKey, int] = {
             ("channels", "fire-north", "radio", "url"): free_port(),
             ("channels", "ems-south", "radio", "url"): free_port(),
             ("channels", "police-east", "radio", "usb_backend"): free_port(),

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from gateway.audio import RingBuffer
-from gateway.levels import FLOOR_DBFS, CardAnalyzer
+from gateway.levels import FLOOR_DBFS, CardAnalyzer, Chunk, Floats
 
 SR = 8000
 
 
-def tone(freq: float, rms_dbfs: float, seconds: float) -> np.ndarray:
+def tone(freq: float, rms_dbfs: float, seconds: float) -> NDArray[np.float32]:
     t = np.arange(int(SR * seconds)) / SR
-    return (10 ** (rms_dbfs / 20) * np.sqrt(2) * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    peak: float = 10 ** (rms_dbfs / 20) * np.sqrt(2)
+    return (peak * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def run(analyzer: CardAnalyzer, x: np.ndarray, block: int = 160) -> tuple[list, list]:
-    chunks, hums = [], []
+def run(
+    analyzer: CardAnalyzer, x: NDArray[np.float32], block: int = 160
+) -> tuple[list[Chunk], list[Floats]]:
+    chunks: list[Chunk] = []
+    hums: list[Floats] = []
     for i in range(0, len(x), block):
         chunks += analyzer.feed(x[i : i + block])
         hum = analyzer.take_hum()

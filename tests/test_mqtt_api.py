@@ -68,7 +68,12 @@ def statuses(sub: Subscriber) -> list[dict[str, object]]:
     return [m.json() for m in sub.on("/status")]
 
 
-def test_birth_and_clean_stop(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_birth_and_clean_stop(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     daemon, sub, _ = start(daemon_factory, subscriber_factory, broker, tmp_path)
     online = statuses(sub)[-1]
     assert online["state"] == "online"
@@ -85,8 +90,11 @@ def test_birth_and_clean_stop(daemon_factory, subscriber_factory, broker, tmp_pa
 
 
 def test_last_will_on_sigkill_and_session_increments(
-    daemon_factory, subscriber_factory, broker, tmp_path
-):
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     daemon, sub, _ = start(daemon_factory, subscriber_factory, broker, tmp_path)
     first = statuses(sub)[-1]
     daemon.signal(signal.SIGKILL)
@@ -111,8 +119,11 @@ def test_last_will_on_sigkill_and_session_increments(
 
 
 def test_retained_state_seen_by_late_subscriber(
-    daemon_factory, subscriber_factory, broker, tmp_path
-):
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     sub.wait(lambda m: [x for x in m if x.topic == f"consolegw/{gid}/state"], what="state")
     late = subscriber_factory([f"consolegw/{gid}/#"])
@@ -126,7 +137,12 @@ def test_retained_state_seen_by_late_subscriber(
     assert not [m for m in late.snapshot() if m.topic.endswith("/event") and m.retain]
 
 
-def test_event_fields(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_event_fields(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     event = sub.wait_event("gateway.started")
     assert set(event) >= {"event_id", "seq", "ts", "type", "gateway", "source", "source_id"}
@@ -137,7 +153,12 @@ def test_event_fields(daemon_factory, subscriber_factory, broker, tmp_path):
     assert all(m.qos == 1 and not m.retain for m in messages)
 
 
-def test_requests_good_and_bad(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_requests_good_and_bad(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     base = f"consolegw/{gid}"
     ok = sub.request(f"{base}/request/status", {"transaction": "t-1"})
@@ -164,7 +185,12 @@ def test_requests_good_and_bad(daemon_factory, subscriber_factory, broker, tmp_p
     assert sub.request(f"{base}/request/status", {})["status"] == "ok"
 
 
-def test_retained_request_refused_and_cleared(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_retained_request_refused_and_cleared(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     topic = f"consolegw/{gid}/request/rebirth"
     refused = sub.request(topic, {"transaction": "r"}, retain=True)
@@ -177,12 +203,15 @@ def test_retained_request_refused_and_cleared(daemon_factory, subscriber_factory
 
 
 def test_v5_response_topic_and_correlation_data(
-    daemon_factory, subscriber_factory, broker, tmp_path
-):
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     reply_to = f"client/{gid}/replies"
     listener = subscriber_factory([reply_to])
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ResponseTopic = reply_to
     props.CorrelationData = b"corr-42"
     sub.client.publish(
@@ -199,7 +228,12 @@ def test_v5_response_topic_and_correlation_data(
     sub.wait(lambda m: [x for x in m if x.topic.endswith("/response/status")])
 
 
-def test_rebirth_republishes_retained_state(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_rebirth_republishes_retained_state(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     _, sub, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
     sub.wait(lambda m: [x for x in m if x.topic == f"consolegw/{gid}/state"])
     before = len(sub.on("/state"))
@@ -210,7 +244,9 @@ def test_rebirth_republishes_retained_state(daemon_factory, subscriber_factory, 
     )
 
 
-def test_daemon_keeps_retrying_an_absent_broker(daemon_factory, tmp_path):
+def test_daemon_keeps_retrying_an_absent_broker(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     gid = unique_id()
     port = free_port()
     daemon = daemon_factory(gateway_config(Broker(tmp_path / "b", port=port), tmp_path, gid))
@@ -239,7 +275,7 @@ def test_daemon_keeps_retrying_an_absent_broker(daemon_factory, tmp_path):
         late.stop()
 
 
-def test_tls_and_password(daemon_factory, tmp_path):
+def test_tls_and_password(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
 
@@ -363,10 +399,15 @@ key_file = "{pki}/client.key"
         broker.stop()
 
 
-def test_paho_v311_client_can_read_events(daemon_factory, subscriber_factory, broker, tmp_path):
+def test_paho_v311_client_can_read_events(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     """CAD clients on MQTT 3.1.1 must work too (no v5-only features needed to subscribe)."""
     _, _, gid = start(daemon_factory, subscriber_factory, broker, tmp_path)
-    got: list[bytes] = []
+    got: list[bytes | bytearray] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     client.on_message = lambda c, u, m: got.append(m.payload)
     client.connect(broker.host, broker.port)
@@ -381,7 +422,9 @@ def test_paho_v311_client_can_read_events(daemon_factory, subscriber_factory, br
 
 
 @pytest.mark.slow
-def test_a_peer_that_is_no_mqtt_broker_is_named_as_such(daemon_factory, tmp_path):
+def test_a_peer_that_is_no_mqtt_broker_is_named_as_such(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     # A TCP server that takes the connection and never answers CONNECT (a wrong port,
     # a proxy, an HTTP server waiting for its request line).
     server = socket.socket()
@@ -417,8 +460,11 @@ def test_a_peer_that_is_no_mqtt_broker_is_named_as_such(daemon_factory, tmp_path
 
 
 def test_mqtt_3_1_1_keeps_every_feature_it_can(
-    daemon_factory, subscriber_factory, broker, tmp_path
-):
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
     gid = unique_id()
     prefix = f"consolegw/{gid}"
     # A stale retained request waits on the broker before the gateway connects.

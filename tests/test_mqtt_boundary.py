@@ -7,6 +7,7 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.mqtt_tools import Received, Subscriber, wait_for
+from tests.mqtt_tools import Broker, Received, Subscriber, wait_for
 from tests.sim_tools import ConsoleUnderTest
 
 SURROGATE_STATUS = b'{"transaction": "\\ud800"}'
@@ -36,7 +37,7 @@ def publish(
 ) -> None:
     props = None
     if correlation is not None:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = correlation
     info = cut.sub.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
     info.wait_for_publish(10)
@@ -75,7 +76,9 @@ def no_radio_keyed(cut: ConsoleUnderTest) -> None:
     assert not cut.usb("police").keyed
 
 
-def test_poison_requests_are_refused_and_the_daemon_stays_up(console_factory):
+def test_poison_requests_are_refused_and_the_daemon_stays_up(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory()
     status = f"{cut.prefix}/request/status"
     ptt = f"{cut.prefix}/channels/fire/request/ptt"
@@ -111,7 +114,9 @@ def test_poison_requests_are_refused_and_the_daemon_stays_up(console_factory):
     assert log.count("refused: bad_request") == 5
 
 
-def test_a_retained_poison_request_is_cleared_and_cannot_crash_loop(console_factory, broker):
+def test_a_retained_poison_request_is_cleared_and_cannot_crash_loop(
+    console_factory: Callable[..., ConsoleUnderTest], broker: Broker
+) -> None:
     cut = console_factory()
     topic = f"{cut.prefix}/request/status"
     refused = ask(cut, topic, SURROGATE_STATUS, retain=True)
@@ -172,7 +177,9 @@ def faults(cut: ConsoleUnderTest, kind: str, code: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_a_renewing_client_cannot_beat_the_time_out_timer(console_factory):
+def test_a_renewing_client_cannot_beat_the_time_out_timer(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory(fire="tx_timeout_s = 3\nmax_lease_s = 2")
     started = time.monotonic()
     replies = renew(cut, "fire", 60, every=1.0)
@@ -195,8 +202,8 @@ def test_a_renewing_client_cannot_beat_the_time_out_timer(console_factory):
 
 
 def test_lease_equal_to_time_out_holds_the_fault_until_the_requester_goes_quiet(
-    console_factory,
-):
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory(ems="tx_timeout_s = 1.5\nmax_lease_s = 1.5\ntx_timeout_reset_s = 2")
     started = time.monotonic()
     replies = renew(cut, "ems", 6, every=0.4)
@@ -227,8 +234,8 @@ _LEVELS = st.one_of(
         st.characters(
             min_codepoint=0x20,
             max_codepoint=0x2FF,
-            blacklist_categories=("Cc",),
-            blacklist_characters="/+#",
+            exclude_categories=["Cc"],
+            exclude_characters="/+#",
         ),
         max_size=12,
     ),
@@ -284,7 +291,9 @@ def is_request_topic(levels: list[str]) -> bool:
 
 
 @pytest.mark.slow
-def test_random_messages_get_one_answer_each_and_key_nothing(console_factory, broker):
+def test_random_messages_get_one_answer_each_and_key_nothing(
+    console_factory: Callable[..., ConsoleUnderTest], broker: Broker
+) -> None:
     cut = console_factory()
     sent: list[tuple[str, bytes, bool]] = []  # (reply topic, correlation, retained)
     ours: set[tuple[str, bytes]] = set()  # what the test published off the request topics

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.mqtt_tools import Broker, Subscriber, wait_for
+from tests.mqtt_tools import Broker, Daemon, Subscriber, wait_for
 from tests.sim_tools import channel_config, start_config
 
 
@@ -26,7 +27,9 @@ def connected_lines(log: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_fail_over_to_the_second_broker_and_back(daemon_factory, tmp_path: Path):
+def test_fail_over_to_the_second_broker_and_back(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
     first = Broker(tmp_path / "first")
     second = Broker(tmp_path / "second")
     first.start()

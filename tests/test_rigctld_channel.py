@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.drivers.test_rigctld import Rigctld, rig_ptt
-from tests.mqtt_tools import wait_for
+from tests.mqtt_tools import Broker, Daemon, Subscriber, wait_for
 
 pytestmark = [pytest.mark.slow]
 
 
 def test_a_rigctld_channel_keys_reads_back_and_survives_rigctld(
-    tmp_path: Path, broker, daemon_factory, subscriber_factory
-):
+    tmp_path: Path,
+    broker: Broker,
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+) -> None:
     rig = Rigctld(tmp_path).start()
     gid = "gw" + uuid.uuid4().hex[:8]
     sub = subscriber_factory([f"consolegw/{gid}/#"])
@@ -38,7 +43,7 @@ port = {rig.port}
     daemon.start()
     try:
 
-        def state() -> dict | None:
+        def state() -> dict[str, Any] | None:
             found = sub.on("/channels/hf/state")
             return found[-1].json() if found else None
 

@@ -35,7 +35,7 @@ from drivers.errors import DeviceUnavailable
 from drivers.serial_radio import SerialRadio
 from hw_sim.serial_radio import SimulatedSerialRadio
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port
-from tests.radio_gateway import serial_channel, start_radio_gateway
+from tests.radio_gateway import RadioGateway, serial_channel, start_radio_gateway
 from tests.rfc2217_client import (
     NOTIFY_MODEMSTATE,
     SERVER_SET_CONTROL,
@@ -209,6 +209,13 @@ async def test_every_open_through_ser2net_hears_the_carrier(
         sim.wait_blocking(lambda s: not s.connected, WAIT_S)  # ser2net let go of its device
 
 
+def _more_events(
+    gw: RadioGateway, channel: str, event_type: str, count: int
+) -> Callable[[Any], bool]:
+    """A wait predicate: the channel has had more than `count` events of `event_type`."""
+    return lambda _: len(gw.events_of(channel, event_type)) > count
+
+
 def test_gateway_through_ser2net(
     tmp_path: Path,
     broker: Broker,
@@ -227,7 +234,7 @@ def test_gateway_through_ser2net(
     for _ in range(3):
         before = len(gw.events_of("fire", "cos.on"))
         sim.set_carrier(True)
-        gw.sub.wait(lambda _, n=before: len(gw.events_of("fire", "cos.on")) > n, 10.0, "cos.on")
+        gw.sub.wait(_more_events(gw, "fire", "cos.on", before), 10.0, "cos.on")
         gw.wait_state("fire", cos=True, state="receiving")
         refused = gw.ptt("fire", "on")
         assert refused["status"] == "error" and "carrier present" in refused["error"]

@@ -11,7 +11,7 @@ from gateway import app
 from gateway.app import Gateway
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import parse_config
-from gateway.subsystem import Subsystem, SubsystemContext, Task
+from gateway.subsystem import Builder, Subsystem, SubsystemContext, Task
 
 
 class _Ping(Request):
@@ -46,7 +46,7 @@ class _Probe(Subsystem):
 
 
 def _gateway(tmp_path: Path, log: list[str], monkeypatch: pytest.MonkeyPatch) -> Gateway:
-    def probe(name: str) -> app.Builder:
+    def probe(name: str) -> Builder:
         return lambda ctx: _Probe(name, log)
 
     def needs_first(ctx: SubsystemContext) -> Subsystem:

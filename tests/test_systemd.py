@@ -9,11 +9,12 @@ import signal
 import socket
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.mqtt_tools import Broker, wait_for
+from tests.mqtt_tools import Broker, Daemon, wait_for
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "consolegw.service"
 INSTALLED_EXE = "/opt/consolegw/bin/consolegw"
@@ -72,7 +73,9 @@ def test_unit_never_stops_restarting() -> None:
     assert found == [("[Unit]", "0")]
 
 
-def test_ready_watchdog_and_stopping(tmp_path: Path, broker: Broker, daemon_factory) -> None:
+def test_ready_watchdog_and_stopping(
+    tmp_path: Path, broker: Broker, daemon_factory: Callable[..., Daemon]
+) -> None:
     path = f"/tmp/cgw-notify-{uuid.uuid4().hex[:8]}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,7 +15,7 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.metrics import start_metrics
 from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
-from tests.sim_tools import start_config
+from tests.sim_tools import ConsoleUnderTest, start_config
 from tests.tools.helpers import tools_config
 
 
@@ -44,7 +43,7 @@ def console(
     broker: Broker,
     daemon_factory: Callable[..., Daemon],
     subscriber_factory: Callable[..., Subscriber],
-) -> Any:
+) -> Iterator[tuple[ConsoleUnderTest, int]]:
     port = free_port()
     gid, text = tools_config(tmp_path, broker, extra=f"[metrics]\nenabled = true\nport = {port}")
     cut, stop = start_config(tmp_path, gid, text, daemon_factory, subscriber_factory)
@@ -52,7 +51,7 @@ def console(
     stop()
 
 
-def test_metrics_follow_the_console(console):
+def test_metrics_follow_the_console(console: tuple[ConsoleUnderTest, int]) -> None:
     cut, port = console
 
     def wait(name: str, want: float, **labels: str) -> None:
@@ -64,7 +63,8 @@ def test_metrics_follow_the_console(console):
         wait("consolegw_channel_ptt", 0, channel=channel)
         wait("consolegw_channel_ptt_on_total", 0, channel=channel)
     wait("consolegw_module_online", 1, module="io1")
-    assert value(port, "consolegw_module_polls_total", module="io1") > 0
+    polls = value(port, "consolegw_module_polls_total", module="io1")
+    assert polls is not None and polls > 0
     wait("consolegw_alarm_state", 1, alarm="door", state="normal")
     samples = scrape(port)
     info = [k for k in samples if k[0] == "consolegw_info"]
@@ -94,11 +94,12 @@ def test_metrics_follow_the_console(console):
 
     cut.console.modules["io1"].set_silent(True)
     wait("consolegw_module_online", 0, module="io1")
-    assert value(port, "consolegw_module_failed_polls_total", module="io1") >= 1
+    failed = value(port, "consolegw_module_failed_polls_total", module="io1")
+    assert failed is not None and failed >= 1
     assert value(port, "consolegw_outbox_depth") is not None
 
 
-def test_metrics_never_stop_the_daemon(tmp_path, caplog):
+def test_metrics_never_stop_the_daemon(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A port already taken is logged, and the daemon carries on without metrics."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

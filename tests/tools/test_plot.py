@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from gateway.cli import main
 from gateway.tools.plot import (
@@ -84,17 +85,17 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _marker_lines(fig) -> dict[str, list[float]]:
+def _marker_lines(fig: Figure) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     for ax in fig.axes:
         for line in ax.get_lines():
             gid = line.get_gid() or ""
             if gid.startswith("marker:"):
-                found.setdefault(gid[7:], []).append(float(line.get_xdata()[0]))
+                found.setdefault(gid[7:], []).append(float(np.asarray(line.get_xdata())[0]))
     return found
 
 
-def test_plot_with_sidecar_and_events(tmp_path, capsys):
+def test_plot_with_sidecar_and_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "recall-fire.wav"
     _write_pcm16(wav, _signal())
     (tmp_path / "recall-fire.json").write_text(json.dumps({"start_ts": START, "channel": "fire"}))
@@ -119,7 +120,7 @@ def test_plot_with_sidecar_and_events(tmp_path, capsys):
     assert -6.1 < info["peak_dbfs"] < -5.9
 
 
-def test_figure_draws_markers_spans_and_levels():
+def test_figure_draws_markers_spans_and_levels() -> None:
     recording = Recording(samples=_signal(), rate=RATE, channels=1)
     notes: list[str] = []
     markers = place_markers(
@@ -146,7 +147,7 @@ def test_figure_draws_markers_spans_and_levels():
     assert len(fig.axes) >= 3
 
 
-def test_formats_and_no_start_time(tmp_path, capsys):
+def test_formats_and_no_start_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x = _signal()
     wav = tmp_path / "float.wav"
     _write_float32(wav, x)
@@ -165,7 +166,7 @@ def test_formats_and_no_start_time(tmp_path, capsys):
     assert _png_size(tmp_path / "f.png") == (600, 400)
 
 
-def test_bad_input_is_one_line(tmp_path, capsys):
+def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not a wav at all")
     assert main(["plot", str(junk), "-o", str(tmp_path / "x.png")]) == 1
@@ -178,7 +179,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_marker_registry_draws_new_types():
+def test_marker_registry_draws_new_types() -> None:
     from gateway.tools import plot
 
     plot.register_marker("tty.text", color="#17becf", linestyle=":", label="TTY")

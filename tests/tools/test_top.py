@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -22,7 +21,7 @@ from gateway.tools.mqtt_view import BrokerTarget, ConsoleView
 from gateway.tools.plot import make_plot, parse_time
 from gateway.tools.top import ConfirmScreen, TopApp, level_bar
 from tests.mqtt_tools import Broker, Daemon, Subscriber
-from tests.sim_tools import start_config
+from tests.sim_tools import ConsoleUnderTest, start_config
 from tests.tools.helpers import tools_config, until
 
 
@@ -32,7 +31,7 @@ def console(
     broker: Broker,
     daemon_factory: Callable[..., Daemon],
     subscriber_factory: Callable[..., Subscriber],
-) -> Any:
+) -> Iterator[tuple[ConsoleUnderTest, Path]]:
     gid, text = tools_config(tmp_path, broker)
     cut, stop = start_config(tmp_path, gid, text, daemon_factory, subscriber_factory)
     cut.wait_state("door", scope="alarms", state="normal")
@@ -55,7 +54,9 @@ def _select(app: TopApp, selector: str, key: str) -> None:
     table.move_cursor(row=table.get_row_index(key))
 
 
-async def test_top_shows_the_console_and_keys_a_channel(console, tmp_path):
+async def test_top_shows_the_console_and_keys_a_channel(
+    console: tuple[ConsoleUnderTest, Path], tmp_path: Path
+) -> None:
     cut, config_path = console
     record = tmp_path / "events.jsonl"
     target = BrokerTarget.from_config(load_config(config_path))
@@ -148,7 +149,7 @@ async def test_top_shows_the_console_and_keys_a_channel(console, tmp_path):
     assert 1.9 < marks["ptt.off"] < 3.9  # the 1 s lease, as the daemon timed it
 
 
-async def test_top_level_bar_from_audio_topic(broker):
+async def test_top_level_bar_from_audio_topic(broker: Broker) -> None:
     """The Level column shows `<prefix>/channels/<id>/audio` when the daemon publishes it."""
     prefix = f"lab/{uuid.uuid4().hex[:8]}"
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -189,7 +190,9 @@ async def test_top_level_bar_from_audio_topic(broker):
         client.disconnect()
 
 
-def test_top_json_snapshot(console, capsys):
+def test_top_json_snapshot(
+    console: tuple[ConsoleUnderTest, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, config_path = console
     assert main(["top", "--json", "-c", str(config_path)]) == 0
     snapshot = json.loads(capsys.readouterr().out)
@@ -200,7 +203,7 @@ def test_top_json_snapshot(console, capsys):
     assert snapshot["modules"]["io1"]["state"] == "online"
 
 
-def test_top_usage_errors(broker, capsys):
+def test_top_usage_errors(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["top"])
     assert exc.value.code == 2
@@ -214,7 +217,7 @@ def test_top_usage_errors(broker, capsys):
     assert main(["top", "--json", "--broker", "http://x", "--gateway", "x"]) == 2
 
 
-def test_view_model_dedups_and_forgets():
+def test_view_model_dedups_and_forgets() -> None:
     view = ConsoleView(prefix="consolegw/gw")
     event = {"event_id": "a1", "seq": 4, "ts": "2026-01-01T00:00:00Z", "type": "cos.on"}
     assert view.apply("consolegw/gw/channels/fire/event", json.dumps(event).encode()) is not None
