@@ -82,7 +82,8 @@ class SimCM108:
     is bound to interface 3 at plug-in (it then consumes every interrupt report, so a driver
     must detach it and read the current state with GET_REPORT).
 
-    Faults: unplug()/replug(), stick_cos(), flap_cos(hz), set_ptt_no_follow(),
+    Faults (named as on `hw_sim.serial_radio.SimulatedSerialRadio`): unplug()/replug(),
+    set_cos_stuck(), set_cos_flap(hz), set_ptt_no_follow(), and the chip's own
     refuse_get_report() (GET_REPORT stalls: the current inputs are not readable). Observation:
     ptt_log() (PTT line changes with CLOCK_MONOTONIC stamps), wait_ptt(), hid_requests().
     """
@@ -161,8 +162,8 @@ class SimCM108:
         self._last_report = self._input_report()
 
     # ----------------------------------------------------------------- radio side
-    def set_cos(self, present: bool) -> None:
-        """The radio's carrier detect output."""
+    def set_carrier(self, present: bool) -> None:
+        """The receiver hears (or stops hearing) a carrier: the radio's COS output."""
         with self._cond:
             self._cos = bool(present)
             self._update_inputs()
@@ -173,23 +174,23 @@ class SimCM108:
         with self._cond:
             return self._cos if self._cos_stuck is None else self._cos_stuck
 
-    def stick_cos(self, value: bool | None) -> None:
-        """Fault: COS stuck at `value` whatever the radio does; None clears the fault."""
+    def set_cos_stuck(self, stuck: bool) -> None:
+        """Fault: COS stuck active whatever the receiver hears (squelch open, shorted line)."""
         with self._cond:
-            self._cos_stuck = value
+            self._cos_stuck = True if stuck else None
             self._update_inputs()
 
-    def flap_cos(self, hz: float | None) -> None:
-        """Fault: the carrier toggles `hz` full on/off cycles a second; None stops it."""
-        if hz is not None and not 0 < hz <= 500:
-            raise ValueError(f"hz must be in (0, 500], not {hz!r}")
+    def set_cos_flap(self, hz: float | None) -> None:
+        """Fault: the carrier toggles `hz` full on/off cycles a second; None or 0 stops it."""
+        if hz is not None and not 0 <= hz <= 500:
+            raise ValueError(f"hz must be in 0..500, not {hz!r}")
         with self._cond:
             stop, thread = self._flap_stop, self._flap_thread
             self._flap_stop = self._flap_thread = None
         if stop is not None and thread is not None:
             stop.set()
             thread.join()
-        if hz is None:
+        if not hz:
             return
         stop = threading.Event()
         half = 1.0 / (2.0 * hz)
@@ -311,7 +312,7 @@ class SimCM108:
 
     def close(self) -> None:
         """Stop background fault threads."""
-        self.flap_cos(None)
+        self.set_cos_flap(None)
 
     # ------------------------------------------------------------- chip internals
     def _check(self, generation: int) -> None:

@@ -62,7 +62,7 @@ class SerialSimRadio:
         self.sim.set_cos_stuck(stuck)
 
     def cos_flap(self, hz: float | None) -> None:
-        self.sim.set_cos_flapping(hz)
+        self.sim.set_cos_flap(hz)
 
     def ptt_no_follow(self, enabled: bool) -> None:
         self.sim.set_ptt_no_follow(enabled)
@@ -83,14 +83,13 @@ class Cm108SimRadio:
         return self.sim.radio_keyed
 
     def carrier(self, present: bool) -> None:
-        self.sim.set_cos(present)
+        self.sim.set_carrier(present)
 
     def cos_stuck(self, stuck: bool) -> None:
-        # Stuck at "present": the failure a technician meets (squelch open, shorted line).
-        self.sim.stick_cos(True if stuck else None)
+        self.sim.set_cos_stuck(stuck)
 
     def cos_flap(self, hz: float | None) -> None:
-        self.sim.flap_cos(hz)
+        self.sim.set_cos_flap(hz)
 
     def ptt_no_follow(self, enabled: bool) -> None:
         self.sim.set_ptt_no_follow(enabled)

@@ -35,9 +35,10 @@ connects and closes it when the client goes:
     mask: the client hears of the lines only when one changes (a server that has not read
     its device, or one that ignores the mask).
 
-Fault injection: `unplug()` / `replug()`, `set_cos_stuck()`, `set_cos_flapping()`,
-`set_ptt_no_follow()` (the RTS/DTR outputs freeze: the radio's keyed state no longer follows
-what the client sets, and the read-back shows it), `set_answer_delay()` (a slow or congested
+Fault injection (named as on `hw_sim.cm108.SimCM108`): `unplug()` / `replug()`,
+`set_carrier()`, `set_cos_stuck()`, `set_cos_flap()`, `set_ptt_no_follow()` (the RTS/DTR
+outputs freeze: the radio's keyed state no longer follows what the client sets, and the
+read-back shows it), and the serial server's own `set_answer_delay()` (a slow or congested
 serial server: everything it sends leaves late, in order, while commands still act at once).
 """
 
@@ -474,7 +475,7 @@ class SimulatedSerialRadio:
             self._cos_stuck = bool(stuck)
             self._update_cos()
 
-    def set_cos_flapping(self, hz: float | None) -> None:
+    def set_cos_flap(self, hz: float | None) -> None:
         """COS toggles at `hz` full on/off cycles per second (None or 0 stops)."""
         if hz is not None and (not math.isfinite(hz) or not 0 <= hz <= _MAX_FLAP_HZ):
             raise ValueError(f"hz must be in 0..{_MAX_FLAP_HZ:g}, got {hz!r}")

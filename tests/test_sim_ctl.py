@@ -17,8 +17,10 @@ from gateway.config import load_config
 from gateway.radios import KINDS
 from gateway.radios.serial import SerialRadioSection
 from hw_sim import ctl
+from hw_sim.cm108 import SimCM108
 from hw_sim.console import RADIO_SIMULATORS, ControlServer, SimConsole
 from hw_sim.resolve import SimPortError, config_text
+from hw_sim.serial_radio import SimulatedSerialRadio
 from tests.mqtt_tools import ROOT, Broker, free_port
 from tests.sim_tools import channel_config
 
@@ -86,6 +88,22 @@ def test_every_radio_kind_says_how_it_is_simulated() -> None:
     """A kind added to the gateway's registry must get an entry (a simulator, or None for a
     real peer): the console dispatches by kind, not by section class."""
     assert set(RADIO_SIMULATORS) == set(KINDS)
+
+
+@pytest.mark.parametrize("simulator", [SimulatedSerialRadio, SimCM108])
+def test_both_radio_simulators_name_their_faults_alike(simulator: type) -> None:
+    """The control port's radio actions (carrier, cos_stuck, cos_flap, ptt_no_follow,
+    unplug, replug) are the same methods on either simulator."""
+    faults = (
+        "set_carrier",
+        "set_cos_stuck",
+        "set_cos_flap",
+        "set_ptt_no_follow",
+        "unplug",
+        "replug",
+    )
+    for name in faults:
+        assert callable(getattr(simulator, name, None)), name
 
 
 def test_a_rigctld_channel_gets_no_simulated_radio(tmp_path: Path, broker: Broker) -> None:

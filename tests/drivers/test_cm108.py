@@ -146,9 +146,9 @@ async def test_cos_follows_carrier(
     closing.append(radio)
     await radio.open()
     assert (await radio.read_lines()).cos is False
-    sim.set_cos(True)
+    sim.set_carrier(True)
     await lines_become(radio, cos=True)
-    sim.set_cos(False)
+    sim.set_carrier(False)
     await lines_become(radio, cos=False)
 
 
@@ -160,7 +160,7 @@ async def test_cos_polarity_flag_inverts_the_reading(
     closing.append(radio)
     await radio.open()
     assert (await radio.read_lines()).cos is True
-    sim.set_cos(True)
+    sim.set_carrier(True)
     await lines_become(radio, cos=False)
 
 
@@ -170,7 +170,7 @@ async def test_carrier_present_before_open_is_seen_at_once(
     # usbhid consumed the interrupt report before the driver detached it: only the
     # GET_REPORT read at open can tell the carrier is already up.
     sim = SimCM108()
-    sim.set_cos(True)
+    sim.set_carrier(True)
     radio = CM108Radio(backend=make_backend([sim]))
     closing.append(radio)
     await radio.open()
@@ -183,15 +183,15 @@ async def test_cos_unknown_while_the_chip_refuses_get_report(
     # Without GET_REPORT only the next input change tells the inputs: until then COS is
     # unknown, not a guessed "no carrier" (the carrier may well be up).
     sim = SimCM108(ptt_sense_gpio=2)
-    sim.set_cos(True)
+    sim.set_carrier(True)
     sim.refuse_get_report(True)
     radio = CM108Radio(backend=make_backend([sim]), ptt_sense_gpio=2)
     closing.append(radio)
     await radio.open()
     assert await radio.read_lines() == RadioLines(cos=None, ptt=None)
-    sim.set_cos(False)
+    sim.set_carrier(False)
     await lines_become(radio, cos=False, ptt=False)
-    sim.set_cos(True)
+    sim.set_carrier(True)
     await lines_become(radio, cos=True)
 
 
@@ -210,7 +210,7 @@ async def test_ptt_read_back_through_a_sense_gpio(
     sim.set_ptt_no_follow(True)
     await radio.set_ptt(False)
     assert not sim.ptt_keyed and sim.radio_keyed
-    sim.set_cos(True)  # a fresh input report, read after the unkey
+    sim.set_carrier(True)  # a fresh input report, read after the unkey
     lines = await lines_become(radio, cos=True)
     assert lines.ptt is True  # the mismatch the channel monitor reports
 
@@ -295,7 +295,7 @@ async def test_unplug_is_device_lost_and_replug_reopens(
     assert sim.ptt_log() == [] and not sim.kernel_driver_attached()
     await radio.set_ptt(True)
     assert sim.ptt_keyed
-    sim.set_cos(True)
+    sim.set_carrier(True)
     await lines_become(radio, cos=True)
 
 
@@ -331,13 +331,13 @@ async def test_stuck_and_flapping_carrier(
     radio = CM108Radio(backend=make_backend([sim]))
     closing.append(radio)
     await radio.open()
-    sim.stick_cos(True)
+    sim.set_cos_stuck(True)
     await lines_become(radio, cos=True)
-    sim.set_cos(False)  # the radio drops carrier, the stuck line does not
-    sim.stick_cos(None)
+    sim.set_carrier(False)  # the radio drops carrier, the stuck line does not
+    sim.set_cos_stuck(False)
     await lines_become(radio, cos=False)
 
-    sim.flap_cos(20.0)
+    sim.set_cos_flap(20.0)
     seen: list[bool] = []
 
     async def toggled_several_times() -> bool:
@@ -347,7 +347,7 @@ async def test_stuck_and_flapping_carrier(
         return len(seen) >= 4
 
     await eventually(toggled_several_times)
-    sim.flap_cos(None)
+    sim.set_cos_flap(None)
 
 
 async def test_simulator_gone_while_open_is_device_lost(closing: list[CM108Radio]) -> None:

@@ -321,14 +321,14 @@ async def test_cos_faults(make_sim: SimFactory, make_radio: RadioFactory) -> Non
     assert (await radio.read_lines()).cos is False
 
     t0 = time.monotonic()
-    sim.set_cos_flapping(50)
+    sim.set_cos_flap(50)
     seen: set[bool] = set()
     async with asyncio.timeout(WAIT_S):
         while len(seen) < 2:
             seen.add((await radio.read_lines()).cos)
             await asyncio.sleep(0.002)
         await sim.wait(lambda s: len(sim.events(since=t0, name="cd")) >= 4, WAIT_S)
-    sim.set_cos_flapping(None)
+    sim.set_cos_flap(None)
     assert sim.state().carrier is False  # back to what the receiver hears
 
 
