@@ -68,6 +68,9 @@ WARMUP_S = 60.0
 RESTART_DELAY_S = 1.0
 """Between a SIGKILL and the new start (systemd's RestartSec)."""
 QUIET_AFTER_S = 10.0
+SETTLE_S = 8.0
+"""After a fault ends, devices and the broker link are back within this (recovery takes 1-4 s):
+open fds are compared only between samples taken with no fault on or settling."""
 """After the last fault ends, the console is undisturbed again after this long."""
 JUDGED_LIFE_S = 300.0
 """A daemon life shorter than this (after warm-up) is too short to judge RSS growth on."""
@@ -330,8 +333,10 @@ class Life:
     pid: int
     started: float
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss kB, fds)
+    settled: list[tuple[float, int]] = field(default_factory=list)  # (t, fds), no fault on
     end: str = ""
-    fds_warm: Counter[str] | None = None  # what the fds were after warm-up, and at the end
+    # What the fds were at the first and the last settled sample after warm-up.
+    fds_warm: Counter[str] | None = None
     fds_last: Counter[str] | None = None
 
 
@@ -359,11 +364,21 @@ class Soak:
         now = time.monotonic()
         if got is not None:
             life.samples.append((now, *got))
-            if life.fds_warm is None and now >= life.started + self.plan.warmup_s:
-                life.fds_warm = fd_kinds(life.pid, self.peers)
+            if now >= life.started + self.plan.warmup_s and self._settled(now):
+                # A device unplugged or a broker away has one connection fewer: not a leak.
+                life.settled.append((now, got[1]))
+                kinds = fd_kinds(life.pid, self.peers)
+                if life.fds_warm is None:
+                    life.fds_warm = kinds
+                life.fds_last = kinds
         if final:
             life.end = final
-            life.fds_last = fd_kinds(life.pid, self.peers)
+
+    def _settled(self, now: float) -> bool:
+        return not any(
+            fault.started and (not fault.ended or now < fault.ended + SETTLE_S)
+            for fault in self.plan.faults
+        )
 
     def _sampler(self) -> None:
         while not self._sampling.wait(self.plan.sample_s):
@@ -751,8 +766,10 @@ def life_figures(soak: Soak) -> list[dict[str, Any]]:
                 "rss_kb_end": warm[-1][1],
                 "rss_kb_per_h": round(slope * 3600),
                 "judged": span >= JUDGED_LIFE_S,
-                "fds_start": warm[0][2],
-                "fds_end": warm[-1][2],
+                # Settled samples only (no fault on); None when the life had none.
+                "fds_start": life.settled[0][1] if life.settled else None,
+                "fds_end": life.settled[-1][1] if life.settled else None,
+                "fds_settled_samples": len(life.settled),
                 "fds_max": max(s[2] for s in warm),
                 "fds_added": dict((life.fds_last or Counter()) - (life.fds_warm or Counter())),
             }
@@ -860,7 +877,12 @@ def figures(soak: Soak) -> dict[str, Any]:
         "fds_start": measured[0]["fds_start"] if measured else None,
         "fds_end": measured[-1]["fds_end"] if measured else None,
         "fds_growth_max": max(
-            (life["fds_end"] - life["fds_start"] for life in measured), default=0
+            (
+                life["fds_end"] - life["fds_start"]
+                for life in measured
+                if life["fds_start"] is not None
+            ),
+            default=0,
         ),
         "lives": lives,
         **logs,

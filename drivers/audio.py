@@ -428,7 +428,8 @@ class _StreamOwner:
             opening.add_done_callback(self._release_cancelled_open)
             raise
         self._is_open = True
-        log.info("audio %s %s open", self._direction, self.description)
+        # At debug: the audio device's owner logs the open (gathered at start).
+        log.debug("audio %s %s open", self._direction, self.description)
 
     def _release_cancelled_open(self, opening: asyncio.Future[None]) -> None:
         if not opening.cancelled() and opening.exception() is None and not self._is_open:

@@ -193,7 +193,6 @@ class CM108Radio:
         self._detached = False
         self._inputs: bytes | None = None  # the last input report; None before the first
         self._lost: str | None = None
-        self._opened_once = False
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()  # one per open: a late old reader never sees it clear
         self._where: str | None = None
@@ -233,9 +232,8 @@ class CM108Radio:
             executor.shutdown(wait=False)
             self._executor = None
             raise
-        # The setup once at info; a reopen after a loss is the channel's "back" line.
-        level, self._opened_once = (logging.DEBUG if self._opened_once else logging.INFO), True
-        _log.log(level, "%s: open (PTT GPIO%d unkeyed)", self.description, self._ptt_gpio)
+        # At debug: the channel logs the open (gateway/startup.py gathers the first ones).
+        _log.debug("%s: open (PTT GPIO%d unkeyed)", self.description, self._ptt_gpio)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

@@ -624,7 +624,8 @@ class ModbusLink:
         if self._state is _LinkState.DOWN or self._failed_attempts:
             log.info("%s connected again", self._description)
         else:
-            log.info("%s connected", self._description)
+            # At debug: each module on the link logs "online" (gathered at start).
+            log.debug("%s connected", self._description)
         self._client = client
         self._state = _LinkState.UP
         self._failed_attempts = 0

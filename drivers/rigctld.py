@@ -240,7 +240,8 @@ class RigctldRadio:
             await self._drop_connection()
             raise
         self._opened = True
-        _log.info(
+        # At debug: the channel logs the open (gateway/startup.py gathers the first ones).
+        _log.debug(
             "%s open: PTT unkeyed, PTT read-back %s, carrier from DCD %s",
             self.description,
             "yes" if self._read_back else "no",

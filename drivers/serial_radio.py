@@ -569,7 +569,6 @@ class SerialRadio:
         self._read_back = False
         self._poll_requests: list[int] = []  # SET-CONTROL requests sent with each read
         self._lost_logged = False
-        self._opened_once = False
 
     @property
     def description(self) -> str:
@@ -721,10 +720,8 @@ class SerialRadio:
             raise DeviceUnavailable(f"{self._url}: {exc}") from exc
         self._port = port
         self._lost_logged = False
-        # The setup once at info; a reopen after a loss is the channel's "back" line.
-        level, self._opened_once = (logging.DEBUG if self._opened_once else logging.INFO), True
-        log.log(
-            level,
+        # At debug: the channel logs the open (gateway/startup.py gathers the first ones).
+        log.debug(
             "%s open: PTT on %s%s, COS on %s%s, PTT read-back %s",
             self._url,
             "+".join(self._ptt_lines),

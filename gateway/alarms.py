@@ -40,6 +40,7 @@ from gateway.events import EventData, Payload, register_event_type, utc_timestam
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
+from gateway.startup import startup_open
 from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
@@ -389,6 +390,11 @@ class ModuleMonitor:
     def online(self) -> bool:
         return self._state == "online"
 
+    @property
+    def polled(self) -> bool:
+        """False for a module with outputs only: nothing reads it, it never comes online."""
+        return self._input_map is not None
+
     def snapshot(self) -> ModuleState:
         return ModuleState(
             module=self.module_id,
@@ -438,7 +444,12 @@ class ModuleMonitor:
                 data = ModuleData(message="module answers again", failed_polls=self._failures)
                 self._pub.emit("module", self.module_id, "module.online", data, keep=True)
             else:
-                log.info("module %s: online (%s)", self.module_id, self._module.description)
+                log.info(
+                    "module %s: online (%s)",
+                    self.module_id,
+                    self._module.description,
+                    extra=startup_open(f"module {self.module_id}", self._module.description),
+                )
             self._publish_state()
         for point in self.points:
             value = snap.values[point.point]
@@ -620,6 +631,10 @@ class Alarms(Subsystem):
 
     def summary(self) -> list[str]:
         return [f"{len(self.modules)} IO modules", f"{len(self.points)} alarm inputs"]
+
+    def startup_devices(self) -> list[str]:
+        # A module with no inputs is never polled, so it never comes "online".
+        return [f"module {m}" for m, module in self.modules.items() if module.polled]
 
     async def close(self) -> None:
         await asyncio.gather(

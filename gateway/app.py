@@ -32,6 +32,7 @@ from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from gateway.request_boundary import RequestLimits
 from gateway.sdnotify import SystemdNotifier
+from gateway.startup import START_WINDOW_S, StartupSummary
 from gateway.subsystem import Builder, Subsystem, SubsystemContext
 from gateway.supervisor import Supervisor
 from gateway.tty import Tty
@@ -149,6 +150,7 @@ class Gateway:
             outbox_full=self.outbox.full,
             outbox_dropped=self.outbox.dropped,
             channels=sorted(self.channels),
+            standby=self.config.gateway.standby,
             ts=utc_timestamp(),
         )
 
@@ -185,6 +187,9 @@ class Gateway:
 
     async def run(self) -> None:
         stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
+        # Each device's first open goes into one line (gateway/startup.py).
+        startup = StartupSummary([d for s in self.subsystems for d in s.startup_devices()], log)
+        window: asyncio.TimerHandle | None = None
         try:
             self.outbox.open()
         except (OSError, sqlite3.Error) as exc:
@@ -205,6 +210,8 @@ class Gateway:
             self._publish_gateway_state()
             for subsystem in self.subsystems:
                 subsystem.publish_states()
+            startup.install()
+            window = asyncio.get_running_loop().call_later(START_WINDOW_S, startup.finish)
             link_task = asyncio.create_task(self.link.run(), name="mqtt")
             self.supervisor.start("health", self._watch_health)
             for subsystem in self.subsystems:
@@ -233,6 +240,10 @@ class Gateway:
             if link_failed:
                 raise ConsoleGwError("the MQTT link failed; stopped with every PTT released")
         finally:
+            if window is not None:
+                window.cancel()
+            startup.finish()
+            startup.uninstall()
             stop_metrics()
             self.outbox.close()
 
@@ -247,7 +258,7 @@ class Gateway:
                 "the last run (pid %s, started %s) did not stop cleanly; left keyed: %s",
                 pid,
                 started,
-                ", ".join(left) or "nothing",
+                f"{', '.join(left)} (each unkeyed as its radio opens)" if left else "nothing",
             )
             data = UncleanStopData(
                 previous_session=self.outbox.session,

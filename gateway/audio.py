@@ -41,6 +41,7 @@ from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
 from gateway.levels import FLOOR_DBFS, FRAME_S, CardAnalyzer, Chunk, to_dbfs
 from gateway.publisher import Publisher
+from gateway.startup import startup_open
 from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
@@ -479,7 +480,12 @@ class AudioCard:
                 continue
             backoff.reset()
             lost_logged = False
-            log.info("audio device %s open: %s", self.device_id, capture.description)
+            log.info(
+                "audio device %s open: %s",
+                self.device_id,
+                capture.description,
+                extra=startup_open(f"audio device {self.device_id}", capture.description),
+            )
             try:
                 for channel in self.channels:
                     channel.device_up()
@@ -602,3 +608,6 @@ class Audio(Subsystem):
 
     def summary(self) -> list[str]:
         return [f"{len(self.cards)} audio devices"]
+
+    def startup_devices(self) -> list[str]:
+        return [f"audio device {card_id}" for card_id in self.cards]

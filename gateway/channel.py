@@ -46,6 +46,7 @@ from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
 from gateway.publisher import Publisher
 from gateway.radios import kind_of, make_radio
+from gateway.startup import startup_open
 from gateway.subsystem import Subsystem, SubsystemContext, Task
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,10 @@ class ChannelMonitor:
     @property
     def online(self) -> bool:
         return self._online
+
+    @property
+    def has_radio(self) -> bool:
+        return self._radio is not None
 
     @property
     def has_cos(self) -> bool:
@@ -408,27 +413,33 @@ class ChannelMonitor:
         self._cos_raw = self._cos = None
         self._track_cos(lines.cos, self._clock())
         self._apply_readback(lines, "device_opened")
-        self._reconcile_restart()
+        restarted = self._reconcile_restart()
+        detail = self._radio.description + (f"; {restarted}" if restarted else "")
         away = self.health.recovered()
         if self._ever_opened or away is not None:
             back = f"radio interface back ({away})" if away else "radio interface back"
-            self.clear_fault("device_lost", f"{back}: {self._radio.description}")
+            self.clear_fault("device_lost", f"{back}: {detail}")
         else:
-            log.info("channel %s: radio open: %s", self.channel_id, self._radio.description)
+            log.log(
+                logging.WARNING if restarted else logging.INFO,
+                "channel %s: radio open: %s",
+                self.channel_id,
+                detail,
+                extra=startup_open(f"channel {self.channel_id}", detail),
+            )
         self._ever_opened = True
         self._publish_state()
 
-    def _reconcile_restart(self) -> None:
-        """The device is open and driven unkeyed: what the last run left keyed is over."""
+    def _reconcile_restart(self) -> str | None:
+        """The device is open and driven unkeyed: what the last run left keyed is over.
+        What to say of it in the open line (one line for the open and the unkeying)."""
         left, self.left_keyed = self.left_keyed, None
+        said = None
         if left is not None:
             by = left.get("requested_by")
-            log.warning(
-                "channel %s: the last run stopped with PTT keyed (since %s, by %s); "
-                "unkeyed at start",
-                self.channel_id,
-                left.get("keyed_at", "?"),
-                by,
+            said = (
+                f"unkeyed: the last run stopped with it keyed "
+                f"(since {left.get('keyed_at', '?')}, by {by})"
             )
             self._pub.emit(
                 "channel",
@@ -439,6 +450,7 @@ class ChannelMonitor:
             )
         if not self._ptt_commanded:
             self._journal_keyed(False)
+        return said
 
     def _device_absent(self, exc: Exception) -> None:
         self._online = False
@@ -685,6 +697,9 @@ class Radios(Subsystem):
 
     def summary(self) -> list[str]:
         return [f"{len(self.channels)} channels"]
+
+    def startup_devices(self) -> list[str]:
+        return [f"channel {c}" for c, m in self.channels.items() if m.has_radio]
 
     async def make_safe(self) -> None:
         # Channels unkey in their own cleanup; do it here too in case a task is wedged.

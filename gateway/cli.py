@@ -69,8 +69,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     for warning in config_warnings(config):
         print(f"consolegw: warning: {warning}", file=sys.stderr)
+    standby = ", standby" if config.gateway.standby else ""
     print(
-        f"{args.file}: OK: gateway {config.gateway.id}, {len(config.channels)} channels, "
+        f"{args.file}: OK: gateway {config.gateway.id}{standby}, {len(config.channels)} channels, "
         f"{len(config.modbus.modules)} IO modules, {len(config.alarms)} alarm inputs, "
         f"MQTT {config.mqtt.url} prefix {config.prefix}"
     )

@@ -53,6 +53,10 @@ class GatewaySection(_Model):
     id: Identifier = "console-01"
     state_dir: Path = Path("/var/lib/consolegw")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    standby: bool = False
+    """Installed but not yet configured: run with no channel, alarm input or Modbus module,
+    publish this console's state (standby true) and key nothing. The package installs its
+    config with this set; remove it when the first channel is added."""
 
 
 class TlsSection(_Model):
@@ -535,10 +539,18 @@ def _check_whole(data: dict[str, Any], config: Config, source: Path) -> None:
             f"{source}: gateway.id: required: each console needs an id of its own (it names "
             'the MQTT topics; two consoles with one id overwrite each other), e.g. id = "pos-04"'
         )
-    if not (config.channels or config.alarms or config.modbus.modules):
+    configured = config.channels or config.alarms or config.modbus.modules
+    if config.gateway.standby and configured:
+        # Refused rather than ignored: whoever set standby does not expect radios keyed.
+        raise ConfigError(
+            f"{source}: gateway.standby: true, but channels, alarm inputs or Modbus modules "
+            "are configured: remove standby to run them (or remove them to stay in standby)"
+        )
+    if not (configured or config.gateway.standby):
         raise ConfigError(
             f"{source}: (top level): nothing to run: no [channels.<id>], [alarms.<id>] or "
-            "[modbus.modules.<id>] table; see config/example.toml"
+            "[modbus.modules.<id>] table (see config/example.toml); while the console is "
+            "being installed, gateway.standby = true runs it with none"
         )
     taken: dict[str, str] = {}
     for channel_id, channel in config.channels.items():
@@ -558,6 +570,11 @@ def _check_whole(data: dict[str, Any], config: Config, source: Path) -> None:
 def config_warnings(config: Config) -> list[str]:
     """Legal settings a technician should think twice about, as `FILE: KEY: why` lines."""
     warnings = []
+    if config.gateway.standby:
+        warnings.append(
+            f"{config.source}: gateway.standby: true: this console runs no radio, sound card "
+            "or alarm input until channels are configured and standby is removed"
+        )
     for channel_id, channel in config.channels.items():
         if channel.radio is not None and channel.radio.ptt_invert:
             warnings.append(

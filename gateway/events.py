@@ -221,4 +221,9 @@ class GatewayState(Payload):
         "dropped because it was full, in total: kept in the outbox file across restarts"
     )
     channels: list[str] = Field(description="The configured channel ids, sorted")
+    standby: bool = Field(
+        default=False,
+        description="True while the console is installed but not yet configured "
+        "(gateway.standby): it runs no channel and keys nothing",
+    )
     ts: str = Field(description="When this state was taken, RFC 3339 UTC")

@@ -157,7 +157,9 @@ class RefusalLog:
     """One WARNING per refused request, at most `burst` per window, then a summary line.
 
     Any client can send a thousand bad requests a second; the log must stay readable for
-    the technician who needs it, so the rest are counted and summed up once per window.
+    the technician who needs it, so the rest are counted and summed up once per window. A
+    refusal the window has logged already (the same topic and reason: a dispatcher pressing
+    PTT again while the radio is offline) is counted too, not logged again.
     """
 
     def __init__(
@@ -175,12 +177,15 @@ class RefusalLog:
         self._suppressed = 0
         self._suppressed_bugs = 0
         self._last = ""
+        self._seen: set[tuple[str, str]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def refused(self, topic: str, reason: str) -> None:
         self._roll()
-        if self._logged < self._burst:
+        seen = (topic, reason) in self._seen
+        if self._logged < self._burst and not seen:
             self._logged += 1
+            self._seen.add((topic, reason))
             log.warning("request %s refused: %s", _printable_topic(topic), reason[:300])
         else:
             self._suppressed += 1
@@ -202,7 +207,7 @@ class RefusalLog:
         if self._suppressed or self._suppressed_bugs:
             bugs = f" and {self._suppressed_bugs} failed" if self._suppressed_bugs else ""
             log.warning(
-                "refused %s more bad requests%s in the last %.0f s (last: %s)",
+                "refused %s more requests%s in the last %.0f s (last: %s)",
                 f"{self._suppressed:,}",
                 bugs,
                 self._clock() - self._window_start,
@@ -216,6 +221,7 @@ class RefusalLog:
             self.flush()
             self._window_start = now
             self._logged = 0
+            self._seen.clear()
 
     def _schedule_summary(self) -> None:
         # The summary is due at the window's end even when the flood stops before it.

@@ -46,6 +46,11 @@ class Subsystem:
         """What it runs, for the startup line: `3 channels`, `2 IO modules`, ..."""
         return []
 
+    def startup_devices(self) -> list[str]:
+        """The devices it opens at start, as their first-open lines name them
+        (`startup_open`): the start's summary line waits for these."""
+        return []
+
     async def make_safe(self) -> None:
         """First thing on every stop path, before tasks stop: put hardware in a safe state
         (the radios unkey here). Never raises."""

@@ -92,7 +92,9 @@ install -d "$stage/usr/bin"
 ln -s "$prefix/bin/consolegw" "$stage/usr/bin/consolegw"
 install -D -m 0644 "$repo/systemd/consolegw.service" "$stage/lib/systemd/system/consolegw.service"
 install -D -m 0644 "$repo/systemd/99-consolegw.rules" "$stage/lib/udev/rules.d/99-consolegw.rules"
-install -D -m 0644 "$pkg/consolegw.toml" "$stage/etc/consolegw/consolegw.toml"
+# The config's template: postinst writes /etc/consolegw/consolegw.toml from it, once, with
+# this machine's name as gateway.id (a shipped conffile would give every console one id).
+install -D -m 0644 "$pkg/consolegw.toml" "$stage/usr/share/consolegw/consolegw.toml"
 doc=$stage/usr/share/doc/consolegw
 install -D -m 0644 "$repo/README.md" "$doc/README.md"
 install -D -m 0644 "$repo/config/example.toml" "$doc/examples/example.toml"
@@ -130,7 +132,6 @@ depends="python3 (>= $pyver), python3 (<< $pynext), $shlibs, libusb-1.0-0, libpo
 installed_size=$(du -sk --apparent-size "$stage" | cut -f1)
 sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@DEPENDS@|$depends|" \
 	-e "s|@INSTALLED_SIZE@|$installed_size|" "$pkg/control.in" >"$stage/DEBIAN/control"
-install -m 0644 "$pkg/conffiles" "$stage/DEBIAN/conffiles"
 install -m 0755 "$pkg/postinst" "$pkg/prerm" "$pkg/postrm" "$stage/DEBIAN/"
 (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
 	xargs -0 md5sum) >"$stage/DEBIAN/md5sums"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from tests.mqtt_tools import ROOT
+from tests.mqtt_tools import ROOT, Broker, Daemon, Subscriber, wait_for
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -211,6 +212,12 @@ SERIAL = '[channels.{id}.radio]\nkind = "serial"\nurl = "{url}"\n'
         ("[channels.north]\n", "gateway.id", "required"),
         ('[gateway]\nstate_dir = "/tmp"\n[channels.north]\n', "gateway.id", "its own"),
         ('[gateway]\nid = "pos-1"\n', "(top level)", "nothing to run"),
+        ('[gateway]\nid = "pos-1"\n', "(top level)", "gateway.standby = true runs it"),
+        (
+            '[gateway]\nid = "pos-1"\nstandby = true\n[channels.north]\n',
+            "gateway.standby",
+            "remove standby to run them",
+        ),
         (
             '[gateway]\nid = "pos-1"\n'
             + SERIAL.format(id="a", url="rfc2217://Serial-1:4001")
@@ -241,6 +248,34 @@ def test_one_port_under_two_names_is_one_port(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"channels\.ems\.radio\.url: .* channel fire's too"):
         load_config(path)
+
+
+def test_standby_runs_nothing_and_says_so(tmp_path: Path) -> None:
+    # What the package installs: an id, standby, nothing else.
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nid = "pos-1"\nstandby = true\n')
+    result = check(path)
+    assert result.returncode == 0, result
+    assert f"{path}: OK: gateway pos-1, standby, 0 channels" in result.stdout
+    assert f"warning: {path}: gateway.standby: true: this console runs no radio" in (result.stderr)
+
+
+def test_a_standby_console_publishes_its_state_and_keys_nothing(
+    tmp_path: Path,
+    broker: Broker,
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+) -> None:
+    sub = subscriber_factory(["consolegw/pos-standby/#"])
+    daemon = daemon_factory(
+        f'[gateway]\nid = "pos-standby"\nstandby = true\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[mqtt]\nurl = "mqtt://{broker.host}:{broker.port}"\n'
+    )
+    daemon.start()
+    state = wait_for(lambda: sub.on("/state"), 20, "the gateway state")[-1].json()
+    assert state["standby"] is True and state["channels"] == []
+    assert "gateway.standby: true" in daemon.log()
+    assert daemon.stop() == 0
 
 
 def test_inverted_ptt_is_a_warning_not_an_error(tmp_path: Path) -> None:

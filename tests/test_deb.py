@@ -25,6 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 CONFFILE = "/etc/consolegw/consolegw.toml"
+TEMPLATE = "/usr/share/consolegw/consolegw.toml"
+# The host name a test console gets, and the gateway.id postinst must make of it.
+HOSTNAME, HOST_ID = "pos-17.dispatch.example.org", "pos-17"
 PREFIX = "/opt/consolegw"
 MIRROR = os.environ.get("CONSOLEGW_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -55,11 +58,17 @@ def run(
     return result
 
 
-def configured(packaged: str) -> str:
-    """The packaged config edited as its comments say: an id, and one channel (with no
+def written(template: str, gateway_id: str) -> str:
+    """The config as postinst writes it from the template."""
+    assert 'id = "@ID@"' in template
+    return template.replace("@ID@", gateway_id)
+
+
+def configured(installed: str) -> str:
+    """The installed config edited as its comments say: standby removed, one channel (with no
     hardware behind it, so nothing here opens a device)."""
-    assert '# id = "pos-04"' in packaged
-    edited = packaged.replace('# id = "pos-04"', 'id = "pos-04"')
+    assert "\nstandby = true\n" in installed
+    edited = installed.replace("\nstandby = true\n", "\n")
     return edited + '\n[channels.fire-main]\nname = "Fire Main"\n'
 
 
@@ -109,7 +118,8 @@ def test_control_area(deb: Path, tmp_path: Path) -> None:
 
     control = tmp_path / "DEBIAN"
     run(["dpkg-deb", "--control", deb, control])
-    assert (control / "conffiles").read_text().split() == [CONFFILE]
+    # No conffile: postinst writes the config, so that no two consoles start with one id.
+    assert not (control / "conffiles").exists()
     for script in ("postinst", "prerm", "postrm"):
         path = control / script
         assert os.access(path, os.X_OK), script
@@ -136,7 +146,7 @@ def test_contents(deb: Path) -> None:
         f"{PREFIX}/pyvenv.cfg": "-rw-r--r--",
         "/lib/systemd/system/consolegw.service": "-rw-r--r--",
         "/lib/udev/rules.d/99-consolegw.rules": "-rw-r--r--",
-        CONFFILE: "-rw-r--r--",  # postinst makes it root:consolegw 0640 (dpkg-statoverride)
+        TEMPLATE: "-rw-r--r--",  # postinst writes CONFFILE from it, root:consolegw 0640
         "/usr/share/doc/consolegw/README.md": "-rw-r--r--",
         "/usr/share/doc/consolegw/copyright": "-rw-r--r--",
         "/usr/share/doc/consolegw/changelog.gz": "-rw-r--r--",
@@ -145,6 +155,7 @@ def test_contents(deb: Path) -> None:
         "/usr/share/lintian/overrides/consolegw": "-rw-r--r--",
     }
     assert {path: entries.get(path, ("missing",))[0] for path in expected} == expected
+    assert not [path for path in entries if path.startswith("/etc/consolegw")]
     # The venv's interpreter is the system's python3 (the package depends on it).
     assert entries[f"{PREFIX}/bin/python3"][2] == "/usr/bin/python3"
     # Byte-code is compiled by postinst, at the final path, not shipped.
@@ -179,17 +190,23 @@ def test_unpacked_program_and_config(unpacked: Path, tmp_path: Path) -> None:
     assert where.startswith(str(unpacked / "opt/consolegw/lib/")), where
     assert run([python, program, "--version"]).stdout.strip() == f"consolegw {VERSION}"
 
-    # As installed the config is refused, naming the key to set: the unit's ExecStartPre
-    # runs check-config, so an unconfigured gateway never starts.
-    conffile = unpacked / CONFFILE.lstrip("/")
-    refused = run([python, program, "check-config", conffile], check=False)
+    # The config as postinst writes it passes check-config (the unit's ExecStartPre) in
+    # standby: no radio, and a word that none runs. Standby beside a channel is refused.
+    template = (unpacked / TEMPLATE.lstrip("/")).read_text()
+    installed = tmp_path / "consolegw.toml"
+    installed.write_text(written(template, HOST_ID))
+    standby = run([python, program, "check-config", installed])
+    assert f"OK: gateway {HOST_ID}, standby, 0 channels" in standby.stdout
+    assert "gateway.standby: true: this console runs no radio" in standby.stderr
+    both = tmp_path / "both.toml"
+    both.write_text(written(template, HOST_ID) + '\n[channels.fire-main]\nname = "Fire Main"\n')
+    refused = run([python, program, "check-config", both], check=False)
     assert refused.returncode == 2, refused.stderr
-    assert str(conffile) in refused.stderr
-    assert "gateway.id" in refused.stderr
-    edited = tmp_path / "consolegw.toml"
-    edited.write_text(configured(conffile.read_text()))
+    assert f"{both}: gateway.standby: true, but channels" in refused.stderr
+    edited = tmp_path / "edited.toml"
+    edited.write_text(configured(installed.read_text()))
     accepted = run([python, program, "check-config", edited])
-    assert "OK: gateway pos-04, 1 channels" in accepted.stdout
+    assert f"OK: gateway {HOST_ID}, 1 channels" in accepted.stdout
 
 
 def _namespace_prefix() -> list[str]:
@@ -273,7 +290,8 @@ def test_install_in_a_debian_root(deb: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     # Each command runs chrooted in a namespace of its own, with its own /proc: no mount is
     # left behind, whatever happens to the test.
-    chroot = [*prefix, "--pid", "--fork", f"--mount-proc={root}/proc", "chroot", str(root)]
+    # (--uts: a host name of the test's, for postinst to name the console after.)
+    chroot = [*prefix, "--uts", "--pid", "--fork", f"--mount-proc={root}/proc", "chroot", str(root)]
     clean_env = ["env", "-i", f"PATH={ROOT_PATH}", "HOME=/root", "LANG=C.UTF-8"]
 
     def in_root(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -291,7 +309,8 @@ def test_install_in_a_debian_root(deb: Path, tmp_path: Path) -> None:
         shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
         shutil.copyfile(deb, root / "tmp" / deb.name)
         in_root("apt-get", "update", "-qq")
-        in_root("apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/tmp/{deb.name}")
+        install = f"apt-get install -y -qq --no-install-recommends /tmp/{deb.name}"
+        in_root("sh", "-c", f"hostname {HOSTNAME} && {install}")
 
         # postinst: the system user in the hardware groups, the config readable by its group.
         passwd = in_root("getent", "passwd", "consolegw").stdout.strip().split(":")
@@ -318,25 +337,29 @@ def test_install_in_a_debian_root(deb: Path, tmp_path: Path) -> None:
         )
         assert "PortAudio" in libs.stdout
 
-        # The service's view: as its user, the packaged config is refused (the unit's
-        # ExecStartPre), an edited one accepted, and the daemon runs and stops cleanly.
-        refused = as_daemon_user("consolegw", "check-config", CONFFILE, check=False)
-        assert refused.returncode == 2
-        assert "gateway.id" in refused.stderr
+        # The service's view: as its user, the config postinst wrote (named after the host,
+        # in standby) passes the unit's ExecStartPre, and the daemon runs it, keying nothing,
+        # and stops cleanly; then the technician's edit is accepted.
         conffile = root / CONFFILE.lstrip("/")
-        conffile.write_text(configured(conffile.read_text()))  # keeps owner and mode
-        as_daemon_user("consolegw", "check-config", CONFFILE)
+        assert conffile.read_text() == written((root / TEMPLATE.lstrip("/")).read_text(), HOST_ID)
+        standby = as_daemon_user("consolegw", "check-config", CONFFILE)
+        assert f"OK: gateway {HOST_ID}, standby, 0 channels" in standby.stdout
         in_root("install", "-d", "-o", "consolegw", "-g", "consolegw", "/var/lib/consolegw")
         daemon = ["consolegw", "run", "-c", CONFFILE]
         ran = as_daemon_user(
             "timeout", "--preserve-status", "-s", "TERM", "10", *daemon, check=False
         )
         assert ran.returncode == 0, ran.stderr
+        assert "gateway.standby: true" in ran.stderr
         assert in_root("ls", "/var/lib/consolegw").stdout.strip(), "the daemon wrote no state"
+        conffile.write_text(configured(conffile.read_text()))  # keeps owner and mode
+        as_daemon_user("consolegw", "check-config", CONFFILE)
 
         # An upgrade (the same version again) keeps the technician's config.
         in_root("dpkg", "-i", f"/tmp/{deb.name}")
-        assert 'id = "pos-04"' in conffile.read_text()
+        assert conffile.read_text() == configured(
+            written((root / TEMPLATE.lstrip("/")).read_text(), HOST_ID)
+        )
         assert in_root("stat", "-c", "%U %G %a", CONFFILE).stdout.strip() == mode
 
         # Purge leaves nothing of the package but the system user.

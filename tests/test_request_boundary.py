@@ -255,14 +255,33 @@ def test_refusals_log_a_burst_then_a_summary(caplog: pytest.LogCaptureFixture) -
     caplog.set_level(logging.INFO, logger="gateway.commands")
     for n in range(1000):
         clock.now = n * 0.05  # 1,000 bad requests in 50 s
-        refusals.refused("consolegw/gw/request/x", "bad_request: nope")
+        refusals.refused("consolegw/gw/request/x", f"bad_request: nope {n}")
     assert len(caplog.records) == 5
     assert all("Traceback" not in r.getMessage() for r in caplog.records)
     clock.now = 61.0
     refusals.refused("consolegw/gw/request/x", "bad_request: nope")
     summary = caplog.records[5].getMessage()
-    assert "refused 995 more bad requests in the last 61 s" in summary
+    assert "refused 995 more requests in the last 61 s" in summary
     assert len(caplog.records) == 7  # the summary, then the next window's first line
+
+
+def test_a_refusal_repeated_is_logged_once_a_window(caplog: pytest.LogCaptureFixture) -> None:
+    clock = _Clock()
+    refusals = RefusalLog(burst=5, window_s=60, clock=clock)
+    caplog.set_level(logging.INFO, logger="gateway.commands")
+    offline = "refused: channel fire: radio interface offline"
+    for n in range(10):  # a dispatcher pressing PTT again and again during an outage
+        clock.now = n * 2.0
+        refusals.refused("consolegw/gw/channels/fire/request/ptt", offline)
+    refusals.refused("consolegw/gw/channels/ems/request/ptt", offline)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"request consolegw/gw/channels/fire/request/ptt refused: {offline}",
+        f"request consolegw/gw/channels/ems/request/ptt refused: {offline}",
+    ]
+    clock.now = 60.0
+    refusals.refused("consolegw/gw/channels/fire/request/ptt", offline)  # a new window
+    assert "refused 9 more requests in the last 60 s" in caplog.records[2].getMessage()
+    assert caplog.records[3].getMessage() == caplog.records[0].getMessage()
 
 
 def test_the_summary_comes_even_when_the_flood_stops(caplog: pytest.LogCaptureFixture) -> None:
@@ -270,10 +289,10 @@ def test_the_summary_comes_even_when_the_flood_stops(caplog: pytest.LogCaptureFi
 
     async def flood() -> None:
         refusals = RefusalLog(burst=2, window_s=0.2)
-        for _ in range(50):
-            refusals.refused("consolegw/gw/request/x", "bad_request: nope")
+        for n in range(50):
+            refusals.refused("consolegw/gw/request/x", f"bad_request: nope {n}")
         await asyncio.sleep(0.4)
 
     asyncio.run(flood())
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and "refused 48 more bad requests" in messages[-1]
+    assert len(messages) == 3 and "refused 48 more requests" in messages[-1]

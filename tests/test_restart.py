@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tests.mqtt_tools import wait_for
+from tests.sim_tools import ConsoleUnderTest
 from tests.test_alarms import ack, alarm_console, alarm_events  # noqa: F401 (a fixture)
 
 
-def restarted_events(cut, event_type: str, after_seq: int, **data):
+def restarted_events(
+    cut: ConsoleUnderTest, event_type: str, after_seq: int, **data: Any
+) -> list[dict[str, Any]]:
     return [
         e
         for e in cut.sub.events(event_type)
@@ -22,7 +27,9 @@ def restarted_events(cut, event_type: str, after_seq: int, **data):
 
 
 @pytest.mark.slow
-def test_kill_9_with_radios_keyed_is_reconciled_at_restart(console_factory):
+def test_kill_9_with_radios_keyed_is_reconciled_at_restart(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory()
     assert cut.ptt("fire", "on", transaction="dispatcher-3")["data"]["ptt"] is True
     assert cut.ptt("police", "on", transaction="cad")["data"]["ptt"] is True
@@ -32,6 +39,7 @@ def test_kill_9_with_radios_keyed_is_reconciled_at_restart(console_factory):
     cut.daemon.wait()
     # A CM108's GPIO keeps its level when the process dies: the radio is still keyed.
     assert cut.usb("police").keyed
+    before_restart = len(cut.daemon.log())
     cut.daemon.start()
     unclean = cut.sub.wait_event("gateway.unclean_stop", timeout=20)
     assert unclean["data"]["left_keyed"] == ["fire", "police"]
@@ -43,6 +51,20 @@ def test_kill_9_with_radios_keyed_is_reconciled_at_restart(console_factory):
         assert off["data"]["requested_by"] == by and off["seq"] > unclean["seq"]
     assert not cut.usb("police").keyed and not cut.serial("fire").keyed
     cut.wait_state("police", ptt=False, device="online")
+    # In the log, the start is a few lines: the unclean stop naming what was left keyed, and
+    # the devices' opens gathered in one, which says of each radio that it was unkeyed.
+    ready = wait_for(
+        lambda: [
+            ln for ln in cut.daemon.log()[before_restart:].splitlines() if "devices open" in ln
+        ],
+        15,
+        "the start's summary line",
+    )
+    assert len(ready) == 1, ready
+    assert ready[0].count("unkeyed: the last run stopped with it keyed") == 2, ready
+    restart_log = cut.daemon.log()[before_restart:]
+    assert "did not stop cleanly; left keyed: fire, police (each unkeyed" in restart_log
+    assert ": radio open: " not in restart_log
     # A clean stop after that: the next start reports nothing left over.
     cut.daemon.signal(signal.SIGTERM)
     assert cut.daemon.wait() == 0
@@ -57,7 +79,9 @@ def test_kill_9_with_radios_keyed_is_reconciled_at_restart(console_factory):
 
 
 @pytest.mark.slow
-def test_a_keyed_radio_released_before_a_crash_is_not_reported_again(console_factory):
+def test_a_keyed_radio_released_before_a_crash_is_not_reported_again(
+    console_factory: Callable[..., ConsoleUnderTest],
+) -> None:
     cut = console_factory()
     assert cut.ptt("ems", "on")["status"] == "ok"
     assert cut.ptt("ems", "off")["status"] == "ok"
@@ -73,7 +97,9 @@ def test_a_keyed_radio_released_before_a_crash_is_not_reported_again(console_fac
 
 
 @pytest.mark.slow
-def test_alarm_latch_and_acknowledgement_survive_a_restart(alarm_console):  # noqa: F811
+def test_alarm_latch_and_acknowledgement_survive_a_restart(
+    alarm_console: Callable[..., ConsoleUnderTest],  # noqa: F811 (the fixture imported above)
+) -> None:
     cut = alarm_console()
     # A latched alarm that came and went, awaiting acknowledgement.
     cut.console.set_alarm_input("generator", True)
