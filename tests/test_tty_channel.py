@@ -68,7 +68,9 @@ def tty_events(cut: ConsoleUnderTest, kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("baud", [45.45, 50.0])
-def test_caller_text_arrives_as_characters_and_lines(tty_console, baud):
+def test_caller_text_arrives_as_characters_and_lines(
+    tty_console: Callable[[], ConsoleUnderTest], baud: float
+) -> None:
     cut = tty_console()
     started = time.monotonic()
     cut.console.tty_call("line1", "HELLO 911 GA\r\nADDRESS 12 ELM ST\r\n", baud=baud)
@@ -87,7 +89,9 @@ def test_caller_text_arrives_as_characters_and_lines(tty_console, baud):
     assert tty_state["last_line"] == "ADDRESS 12 ELM ST" and tty_state["active"] is False
 
 
-def test_a_caller_that_unshifts_on_space_is_read_again_and_the_line_is_final(tty_console):
+def test_a_caller_that_unshifts_on_space_is_read_again_and_the_line_is_final(
+    tty_console: Callable[[], ConsoleUnderTest],
+) -> None:
     """The default shift is auto: "TOP" after "12 " first reads as figures, then the FIGS
     the caller sends again before "55" shows it unshifts, and the span is read again."""
     cut = tty_console()
@@ -105,7 +109,7 @@ def test_a_caller_that_unshifts_on_space_is_read_again_and_the_line_is_final(tty
     assert line == "UNIT 12 TOP 55 GA"
 
 
-def test_reply_is_played_as_tty_on_the_line(tty_console):
+def test_reply_is_played_as_tty_on_the_line(tty_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = tty_console()
     cut.console.audio_channels["line1"].played(clear=True)
     reply = cut.sub.request(
@@ -125,7 +129,7 @@ def test_reply_is_played_as_tty_on_the_line(tty_console):
     cut.sub.wait_event("tty.sent", source_id="line1")
 
 
-def test_no_tty_from_speech_or_noise(tty_console):
+def test_no_tty_from_speech_or_noise(tty_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = tty_console()
     cut.console.audio_channels["line1"].source = SpeechBursts(rms_dbfs=-15, seed=4)
     time.sleep(8)
@@ -133,7 +137,7 @@ def test_no_tty_from_speech_or_noise(tty_console):
     assert tty_events(cut, "tty.text") == []
 
 
-def test_bad_tty_requests(tty_console):
+def test_bad_tty_requests(tty_console: Callable[[], ConsoleUnderTest]) -> None:
     cut = tty_console()
     empty = cut.sub.request(f"{cut.prefix}/channels/line1/request/tty", {"text": ""})
     assert empty["status"] == "error" and "text" in empty["error"]

@@ -357,12 +357,12 @@ async def test_rigctld_killed_while_open(
     await radio.open()
     await radio.set_ptt(True)
     rigctld.signal(signal.SIGKILL)
-    result, took = await timed(radio.set_ptt(False))
-    assert isinstance(result, DeviceLost), result
+    unkey, took = await timed(radio.set_ptt(False))
+    assert isinstance(unkey, DeviceLost), unkey
     assert took < 2.0
-    assert not result.follow_up
-    result, took = await timed(radio.read_lines())
-    assert isinstance(result, DeviceLost) and result.follow_up, result
+    assert not unkey.follow_up
+    read, took = await timed(radio.read_lines())
+    assert isinstance(read, DeviceLost) and read.follow_up, read
     assert took < 0.1
     assert caplog.text.count(" lost: ") == 1, "said once"
     _, took = await timed(radio.close())
@@ -381,14 +381,14 @@ async def test_rigctld_killed_while_idle_is_noticed_by_the_next_read(
     radio = make_radio(port=rigctld.port)
     await radio.open()
     rigctld.signal(signal.SIGKILL)
-    result, took = await timed(radio.read_lines())
-    assert isinstance(result, DeviceLost), result
+    read, took = await timed(radio.read_lines())
+    assert isinstance(read, DeviceLost), read
     assert took < 2.0
-    result, _ = await timed(radio.open())
-    assert isinstance(result, RuntimeError), "still open until close()"
+    reopen, _ = await timed(radio.open())
+    assert isinstance(reopen, RuntimeError), "still open until close()"
     await radio.close()
-    result, _ = await timed(radio.open())
-    assert isinstance(result, DeviceUnavailable), result
+    reopen, _ = await timed(radio.open())
+    assert isinstance(reopen, DeviceUnavailable), reopen
 
 
 async def test_a_hung_rigctld_is_lost_and_close_unkeys_once_it_answers(

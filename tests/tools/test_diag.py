@@ -94,7 +94,9 @@ def _keyed_history(console: SimConsole, channel: str) -> list[bool]:
     return [bool(e.value) for e in _serial(console, channel).sim.events(name="keyed")]
 
 
-def test_healthy_console_passes(sim, capsys):
+def test_healthy_console_passes(
+    sim: tuple[Path, Config, SimConsole], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console = sim
     code, report = _diag(capsys, "-c", str(path), "--yes")
     results = _results(report)
@@ -123,7 +125,9 @@ def test_healthy_console_passes(sim, capsys):
     assert inventory["modbus_modules"][0]["alarms"] == ["door"]
 
 
-def test_faults_fail_with_a_reason(sim, capsys):
+def test_faults_fail_with_a_reason(
+    sim: tuple[Path, Config, SimConsole], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console = sim
     _serial(console, "fire").unplug()
     _serial(console, "ems").ptt_no_follow(True)  # the PTT line no longer follows
@@ -144,7 +148,9 @@ def test_faults_fail_with_a_reason(sim, capsys):
     assert report["summary"] == {"PASS": 2, "FAIL": 3, "SKIP": 2}
 
 
-def test_carrier_present_is_not_keyed_over(sim, capsys):
+def test_carrier_present_is_not_keyed_over(
+    sim: tuple[Path, Config, SimConsole], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console = sim
     _serial(console, "fire").carrier(True)
     code, report = _diag(capsys, "-c", str(path), "--yes", "--checks", "ptt", "--only", "fire")
@@ -154,7 +160,9 @@ def test_carrier_present_is_not_keyed_over(sim, capsys):
     assert ("ptt", "ems") not in _results(report)  # --only
 
 
-def test_nothing_keyed_without_confirmation(sim, capsys):
+def test_nothing_keyed_without_confirmation(
+    sim: tuple[Path, Config, SimConsole], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console = sim
     # stdin is not a terminal under pytest and --yes is absent: keying is refused.
     code, report = _diag(capsys, "-c", str(path))
@@ -184,7 +192,9 @@ def _online(broker: Broker, config: Config) -> Iterator[None]:
         client.disconnect()
 
 
-def test_running_daemon_blocks_hardware_checks(sim, broker, capsys):
+def test_running_daemon_blocks_hardware_checks(
+    sim: tuple[Path, Config, SimConsole], broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, config, console = sim
     with _online(broker, config):
         code, report = _diag(capsys, "-c", str(path), "--yes")
@@ -262,7 +272,9 @@ def test_running_daemon_holds_the_lock_and_diag_refuses(
     assert all(not s.json()["ptt"] for s in cut.sub.on("/channels/fire/state"))
 
 
-def test_lock_held_refuses_ptt_unless_forced(sim, tmp_path, capsys):
+def test_lock_held_refuses_ptt_unless_forced(
+    sim: tuple[Path, Config, SimConsole], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text, console = sim[0].read_text(), sim[2]
     path, config = _write(tmp_path, text)
     with acquire(config.gateway.state_dir):  # what a running daemon holds
@@ -284,7 +296,9 @@ def test_lock_held_refuses_ptt_unless_forced(sim, tmp_path, capsys):
         assert code == 1  # the daemon check still fails: it does run
 
 
-def test_no_broker_but_free_lock_proves_the_daemon_stopped(sim, tmp_path, capsys):
+def test_no_broker_but_free_lock_proves_the_daemon_stopped(
+    sim: tuple[Path, Config, SimConsole], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The old gap: with the broker unreachable diag keyed radios on a guess. Now the lock
     decides; and diag holds it while it checks, so no daemon can start under it."""
     text, console = sim[0].read_text(), sim[2]
@@ -316,7 +330,9 @@ def test_no_broker_but_free_lock_proves_the_daemon_stopped(sim, tmp_path, capsys
     acquire(state_dir).release()  # released when diag is done
 
 
-def test_unreadable_lock_and_no_broker_refuse_unless_forced(sim, tmp_path, capsys):
+def test_unreadable_lock_and_no_broker_refuse_unless_forced(
+    sim: tuple[Path, Config, SimConsole], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text, console = sim[0].read_text(), sim[2]
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
@@ -337,7 +353,12 @@ def test_unreadable_lock_and_no_broker_refuse_unless_forced(sim, tmp_path, capsy
     assert results[("ptt", "fire")]["status"] == "PASS" and code == 0
 
 
-def test_broker_option_asks_that_broker(sim, tmp_path, broker, capsys):
+def test_broker_option_asks_that_broker(
+    sim: tuple[Path, Config, SimConsole],
+    tmp_path: Path,
+    broker: Broker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """--broker means what it means for `consolegw run`: the config's mqtt.url replaced."""
     text, console = sim[0].read_text(), sim[2]
     path, config = _write(tmp_path, _no_broker(text))
@@ -355,7 +376,9 @@ def test_broker_option_asks_that_broker(sim, tmp_path, broker, capsys):
     assert "--broker ftp://nowhere" in capsys.readouterr().err
 
 
-def test_simulated_cm108_passes(sim, capsys):
+def test_simulated_cm108_passes(
+    sim: tuple[Path, Config, SimConsole], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CM108 is reached through the section's usb_backend (hw_sim over loopback), as the
     daemon reaches it: listed, matched to its channel, keyed and unkeyed."""
     path, _, console = sim
@@ -370,7 +393,7 @@ def test_simulated_cm108_passes(sim, capsys):
     assert not [n for n in report["inventory"]["notes"] if "police" in n]
 
 
-def test_usage_and_config_errors(tmp_path, capsys):
+def test_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["diag", "--checks", "nonsense"])
     assert exc.value.code == 2
@@ -384,14 +407,14 @@ def test_usage_and_config_errors(tmp_path, capsys):
     assert "channels.x.tx_timeout_s" in capsys.readouterr().err
 
 
-def test_inventory_without_config_and_human_output(capsys):
+def test_inventory_without_config_and_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diag"]) == 0
     out = capsys.readouterr().out
     assert "Serial ports" in out and "USB radio interfaces" in out and "Audio devices" in out
     assert "nothing checked" in out
 
 
-async def test_registry_takes_new_checks(sim):
+async def test_registry_takes_new_checks(sim: tuple[Path, Config, SimConsole]) -> None:
     """The audio work adds tone/TTY loop-back checks this way; they run in order, and a
     check that keys transmitters waits for the technician's go-ahead."""
     _, config, _ = sim
@@ -401,14 +424,15 @@ async def test_registry_takes_new_checks(sim):
         seen.append(f"confirmed={ctx.keying_confirmed}")
         return [CheckResult("loopback_test", "fire", "PASS", "tone measured at -20 dBFS")]
 
+    questions: list[str] = []
+
+    def confirm(question: str) -> bool:
+        questions.append(question)
+        return True
+
     register_check("loopback_test", "test only", loopback, keys_transmitters=True)
     try:
-        questions: list[str] = []
-        report = await run_diag(
-            config=config,
-            checks=["loopback_test"],
-            confirm=lambda q: questions.append(q) is None,
-        )
+        report = await run_diag(config=config, checks=["loopback_test"], confirm=confirm)
     finally:
         del CHECKS["loopback_test"]
     assert [r.check for r in report.results] == ["daemon", "loopback_test"]
@@ -469,7 +493,9 @@ def _tone_level(samples: NDArray[np.float32]) -> float:
     return 10.0 * math.log10(tone)
 
 
-def test_audio_loopback_passes(audio_console, capsys):
+def test_audio_loopback_passes(
+    audio_console: tuple[Path, Config, SimConsole, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console, _ = audio_console
     ems = console.audio_channels["ems"]
     ems.loopback = True
@@ -497,7 +523,11 @@ def test_audio_loopback_passes(audio_console, capsys):
 
 
 @pytest.mark.parametrize("check", ["tone", "tty"])
-def test_audio_without_loopback_fails(audio_console, capsys, check):
+def test_audio_without_loopback_fails(
+    audio_console: tuple[Path, Config, SimConsole, str],
+    capsys: pytest.CaptureFixture[str],
+    check: str,
+) -> None:
     path, _, console, _ = audio_console
     assert console.audio_channels["ems"].loopback is False  # nothing comes back
     code, report = _diag(capsys, "-c", str(path), "--checks", check, "--only", "ems,police")
@@ -516,7 +546,9 @@ def test_audio_without_loopback_fails(audio_console, capsys, check):
     assert float(np.abs(played).max()) > 0.1
 
 
-def test_tone_level_way_off_and_lost_device(audio_console, capsys):
+def test_tone_level_way_off_and_lost_device(
+    audio_console: tuple[Path, Config, SimConsole, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _, console, card = audio_console
     fire = console.audio_channels["fire"]
     fire.loopback = True
@@ -534,7 +566,9 @@ def test_tone_level_way_off_and_lost_device(audio_console, capsys):
     assert result["detail"].startswith("cannot open audio input card"), result
 
 
-async def test_cancelled_tone_check_closes_its_streams(audio_console):
+async def test_cancelled_tone_check_closes_its_streams(
+    audio_console: tuple[Path, Config, SimConsole, str],
+) -> None:
     """Ctrl-C (SIGINT) cancels the run like this; SIGTERM/SIGHUP too (diag._stoppable)."""
     _, config, console, _ = audio_console
     fire = console.audio_channels["fire"]
@@ -550,7 +584,9 @@ async def test_cancelled_tone_check_closes_its_streams(audio_console):
     await until(lambda: not np.any(fire.played()[-RATE // 10 :]), what="a silent output")
 
 
-async def test_sim_loopback_returns_what_was_played(audio_console):
+async def test_sim_loopback_returns_what_was_played(
+    audio_console: tuple[Path, Config, SimConsole, str],
+) -> None:
     """hw_sim's loop-back: played audio comes back on the same column, sample for sample;
     the output's idle silence leaves the column's source as it was."""
     _, _, console, card = audio_console
