@@ -130,7 +130,7 @@ class CM108Radio:
     pins) unless `cos_invert`. `ptt_sense_gpio`, when the interface wires one, is a GPIO input
     following the keyed line, the only way this chip can read PTT back.
 
-    `backend` is a pyusb backend object (the seam for hw_sim.cm108); None uses pyusb's default
+    `backend` is a pyusb backend object (the seam for hw_sim.usb_backend); None uses pyusb's default
     (libusb).
     """
 

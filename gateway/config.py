@@ -24,10 +24,6 @@ from gateway.config_base import ConfigModel, HostName, Identifier, host_problem
 from gateway.errors import ConfigError
 from gateway.radios import RadioSection, kind_of
 
-# Re-exported: the simulator and diag name the two first kinds' sections from here.
-from gateway.radios.cm108 import Cm108RadioSection as Cm108RadioSection  # noqa: PLC0414
-from gateway.radios.serial import SerialRadioSection as SerialRadioSection  # noqa: PLC0414
-
 # The pieces every config section is made of, shared with the radio kinds' sections.
 _Model = ConfigModel
 _host_problem = host_problem
