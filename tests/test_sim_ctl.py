@@ -10,15 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import load_config
 from gateway.radios import KINDS
+from gateway.radios.cm108 import Cm108RadioSection
 from gateway.radios.serial import SerialRadioSection
 from hw_sim import ctl
 from hw_sim.cm108 import SimCM108
-from hw_sim.console import RADIO_SIMULATORS, ControlServer, SimConsole
+from hw_sim.console import RADIO_SIMULATORS, ControlServer, SerialSimRadio, SimConsole
 from hw_sim.resolve import SimPortError, config_text
 from hw_sim.serial_radio import SimulatedSerialRadio
 from tests.mqtt_tools import ROOT, Broker, free_port
@@ -56,18 +58,22 @@ name = "Rear door"
     console.stop()
 
 
-def run(port: int, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+def run(port: int, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     code = ctl.main([*args, "--port", str(port)])
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_readme_commands_reach_the_devices(control, capsys):
+def test_readme_commands_reach_the_devices(
+    control: tuple[SimConsole, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     console, port = control
     assert run(port, capsys, "fire", "carrier", "on") == (
         0,
         {"ok": True, "device": "fire", "keyed": False},
     )
-    assert console.radios["fire"].sim.state().cts is True
+    fire = console.radios["fire"]
+    assert isinstance(fire, SerialSimRadio)
+    assert fire.sim.state().cts is True
     code, answer = run(port, capsys, "io1", "input", "on", "--channel", "3")
     assert code == 0 and console.modules["io1"].input(3) is True
     assert run(port, capsys, "door", "input", "on")[0] == 0
@@ -77,7 +83,9 @@ def test_readme_commands_reach_the_devices(control, capsys):
     assert code == 0 and "fire" in answer["radios"] and answer["alarms"] == ["door"]
 
 
-def test_unknown_action_is_answered_with_the_known_ones(control, capsys):
+def test_unknown_action_is_answered_with_the_known_ones(
+    control: tuple[SimConsole, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, port = control
     code, answer = run(port, capsys, "fire", "explode")
     assert code == 1 and not answer["ok"]
@@ -122,7 +130,7 @@ port = 4532
     assert sorted(console.radios) == ["ems", "fire", "police"]
 
 
-def test_unreachable_simulator(capsys):
+def test_unreachable_simulator(capsys: pytest.CaptureFixture[str]) -> None:
     assert ctl.main(["fire", "carrier", "on", "--port", str(free_port())]) == 1
     assert "cannot reach the simulator" in capsys.readouterr().err
 
@@ -136,7 +144,9 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_free_ports_serve_whatever_the_config_says(tmp_path, broker, busy_port):
+def test_free_ports_serve_whatever_the_config_says(
+    tmp_path: Path, broker: Broker, busy_port: int
+) -> None:
     """With free_ports the config's ports do not matter (here fire's and police's are taken):
     the devices get ports of their own, and the config written with them loads and names
     them."""
@@ -160,7 +170,7 @@ def test_free_ports_serve_whatever_the_config_says(tmp_path, broker, busy_port):
         assert isinstance(fire, SerialRadioSection)
         assert fire.url == f"rfc2217://127.0.0.1:{ports[('channels', 'fire', 'radio', 'url')]}"
         police = config.channels["police"].radio
-        assert police is not None and police.kind == "cm108"
+        assert isinstance(police, Cm108RadioSection)
         assert police.usb_backend is not None and police.usb_backend.endswith(
             f":{ports[('channels', 'police', 'radio', 'usb_backend')]}"
         )
@@ -170,7 +180,9 @@ def test_free_ports_serve_whatever_the_config_says(tmp_path, broker, busy_port):
         console.stop()
 
 
-def test_a_busy_pinned_port_is_named_and_nothing_stays_bound(tmp_path, broker, busy_port):
+def test_a_busy_pinned_port_is_named_and_nothing_stays_bound(
+    tmp_path: Path, broker: Broker, busy_port: int
+) -> None:
     _, text = channel_config(tmp_path, broker)
     fire_port, ems_port = map(int, re.findall(r"rfc2217://127\.0\.0\.1:(\d+)", text))
     path = tmp_path / "pinned.toml"
@@ -189,7 +201,9 @@ def test_a_busy_pinned_port_is_named_and_nothing_stays_bound(tmp_path, broker, b
         socket.create_connection(("127.0.0.1", fire_port), 2)
 
 
-def test_standalone_simulator_says_how_to_run_the_daemon(tmp_path, broker, busy_port):
+def test_standalone_simulator_says_how_to_run_the_daemon(
+    tmp_path: Path, broker: Broker, busy_port: int
+) -> None:
     """`python -m hw_sim`: free ports, the config for the daemon, the ctl's port; and a
     busy control port is one line too."""
     _, text = channel_config(tmp_path, broker)

@@ -338,7 +338,7 @@ async def test_stuck_and_flapping_carrier(
     await lines_become(radio, cos=False)
 
     sim.set_cos_flap(20.0)
-    seen: list[bool] = []
+    seen: list[bool | None] = []
 
     async def toggled_several_times() -> bool:
         cos = (await radio.read_lines()).cos

@@ -171,7 +171,8 @@ async def test_keying_does_not_wait_behind_a_read_on_a_slow_server(
     read = asyncio.create_task(radio.read_lines())
     await asyncio.sleep(0.4)  # its requests are at the server; the answers are held
     key = asyncio.create_task(radio.set_ptt(True))
-    keyed_at = (await sim.wait_keyed(True, timeout_s=WAIT_S)) and time.monotonic()
+    await sim.wait_keyed(True, timeout_s=WAIT_S)
+    keyed_at = time.monotonic()
     assert not read.done(), "the line changed only after the earlier read was answered"
     lines = await asyncio.wait_for(read, WAIT_S)
     assert lines.ptt is False  # read back before the command: what the server saw then
@@ -322,7 +323,7 @@ async def test_cos_faults(make_sim: SimFactory, make_radio: RadioFactory) -> Non
 
     t0 = time.monotonic()
     sim.set_cos_flap(50)
-    seen: set[bool] = set()
+    seen: set[bool | None] = set()
     async with asyncio.timeout(WAIT_S):
         while len(seen) < 2:
             seen.add((await radio.read_lines()).cos)
