@@ -226,4 +226,10 @@ class GatewayState(Payload):
         description="True while the console is installed but not yet configured "
         "(gateway.standby): it runs no channel and keys nothing",
     )
+    started: str | None = Field(
+        default=None,
+        description="When the daemon process started, RFC 3339 UTC: its uptime, which "
+        "`session` (counting connections) does not give. null from a gateway that does not "
+        "say",
+    )
     ts: str = Field(description="When this state was taken, RFC 3339 UTC")
