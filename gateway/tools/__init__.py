@@ -1,4 +1,4 @@
-"""Technician tools: `consolegw top`, `diag` and `plot`.
+"""Technician tools: `consolegw top`, `fleet`, `diag` and `plot`.
 
 Every tool follows the `consolegw` style: `--help` says what it does and what it touches,
 failures exit non-zero with a one-line reason (ToolError -> status 1, a bad config or bad
@@ -40,6 +40,12 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return top.run(args)
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from gateway.tools import fleet
+
+    return fleet.run(args)
+
+
 def _cmd_diag(args: argparse.Namespace) -> int:
     from gateway.tools import diag
 
@@ -68,7 +74,16 @@ def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     top.add_argument("-c", "--config", help="config file: broker, credentials, TLS and prefix")
     top.add_argument("--broker", help="broker URL, e.g. mqtt://console-07:1883 (overrides -c)")
     top.add_argument("--gateway", help="gateway id when no config is given (prefix consolegw/ID)")
-    top.add_argument("--prefix", help="topic prefix, when it is not consolegw/<gateway id>")
+    top.add_argument(
+        "--prefix",
+        help="topic prefix, when it is not consolegw/<gateway id>; with --fleet the root "
+        "(default: the config's prefix without the gateway id, or consolegw)",
+    )
+    top.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every gateway under the root prefix, one row each, live (as consolegw fleet)",
+    )
     top.add_argument(
         "--key-seconds",
         type=_positive_seconds(30),
@@ -83,7 +98,37 @@ def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     top.add_argument(
         "--json", action="store_true", help="print the retained state once as JSON and exit"
     )
-    top.set_defaults(func=_cmd_top, parser=top)
+    top.set_defaults(func=_cmd_top, parser=top, settle=3.0)
+
+    fleet = sub.add_parser(
+        "fleet",
+        help="every gateway on the broker: status, session, uptime, faults, outbox (from MQTT)",
+        description=(
+            "One row per gateway found under the root prefix (<root>/<gateway id>/...), built "
+            "only from retained topics (status, state, channel, alarm and module states): "
+            "status, session, version, uptime (or since when), channels, active faults, "
+            "outbox depth, standby, active alarms, IO modules offline, and BAD: payloads "
+            "there that could not be read (shown as ?). Sends nothing to the gateways. Exit "
+            "status: 0 every gateway found is online without faults, 1 one is offline, of "
+            "unknown status or has a fault, or none was found, 2 the broker could not be "
+            "reached or bad arguments or config."
+        ),
+    )
+    fleet.add_argument("-c", "--config", help="config file: broker, credentials, TLS and root")
+    fleet.add_argument("--broker", help="broker URL, e.g. mqtt://cad-mqtt:1883 (overrides -c)")
+    fleet.add_argument(
+        "--prefix",
+        help="root prefix (default: the config's prefix without the gateway id, or consolegw)",
+    )
+    fleet.add_argument(
+        "--settle",
+        type=_positive_seconds(30),
+        default=3.0,
+        help="wait at most this long for the retained topics when the broker drops the "
+        "end-of-retained probe (default 3)",
+    )
+    fleet.add_argument("--json", action="store_true", help="print one JSON list, for scripts")
+    fleet.set_defaults(func=_cmd_fleet, parser=fleet)
 
     diag = sub.add_parser(
         "diag",

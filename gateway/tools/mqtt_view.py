@@ -14,9 +14,9 @@ import logging
 import ssl
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import aiomqtt
 
@@ -24,6 +24,7 @@ from drivers.backoff import Backoff
 from gateway.config import Config, MqttSection, read_password
 from gateway.errors import ConfigError
 from gateway.mqtt import build_tls_context
+from gateway.tools import ToolError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ ChangeKind = Literal["status", "gateway", "channel", "alarm", "module", "event",
 
 MAX_EVENTS = 500
 """Events kept for the log view; older ones scroll away."""
+
+
+class BrokerUnreachable(ToolError):
+    """The broker could not be reached, or refused the connection or subscription."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,24 +199,36 @@ def json_object(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None  # RecursionError: `[[[[...` nested past the parser's stack
     return body if isinstance(body, dict) else None
 
 
-class MqttSession:
-    """Keeps a ConsoleView fed from the broker and sends requests. `run()` until cancelled."""
+class TopicView(Protocol):
+    """What MqttSession feeds: a ConsoleView (one gateway) or a FleetView (all of them)."""
+
+    def apply(self, topic: str, payload: bytes) -> Change | None: ...
+
+
+ViewT = TypeVar("ViewT", bound=TopicView)
+
+
+class MqttSession(Generic[ViewT]):
+    """Keeps a view fed from the broker and sends requests. `run()` until cancelled."""
 
     def __init__(
         self,
         *,
         target: BrokerTarget,
-        view: ConsoleView | None = None,
+        view: ViewT,
+        topics: Sequence[str] = (),
         on_change: Callable[[Change], None] | None = None,
         client_name: str = "consolegw-tool",
     ) -> None:
         self.target = target
-        self.view = view or ConsoleView(prefix=target.prefix)
+        self.view = view
+        self.topics = tuple(topics) or (f"{target.prefix}/#",)
+        """What to subscribe to; the whole prefix unless told (the fleet takes less)."""
         self._on_change = on_change
         self._identifier = f"{client_name}-{uuid.uuid4().hex[:8]}"
         self._client: aiomqtt.Client | None = None
@@ -233,12 +250,13 @@ class MqttSession:
         return False
 
     async def run(self, *, reconnect: bool = True) -> None:
-        """Connect, subscribe to the whole prefix and feed the view; reconnect on loss."""
+        """Connect, subscribe to `topics` and feed the view; reconnect on loss."""
         backoff = Backoff(0.5, 5.0)
         while True:
             try:
                 async with self.target.client(identifier=self._identifier) as client:
-                    await client.subscribe(f"{self.target.prefix}/#", qos=1)
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
                     with contextlib.suppress(aiomqtt.MqttError):  # a broker ACL may refuse it
                         await client.subscribe(self._probe_topic, qos=1)
                     self._client = client
@@ -318,6 +336,23 @@ class MqttSession:
             return _local_error(f"request not sent: {exc}")
         finally:
             self._pending.pop(transaction, None)
+
+    async def take_retained(self, *, connect_s: float = 10.0, settle_s: float = 3.0) -> None:
+        """Connect once, let the retained messages feed the view (`settle`), disconnect.
+
+        For one-shot output (`top --json`, `fleet`). Raises BrokerUnreachable."""
+        task = asyncio.create_task(self.run(reconnect=False))
+        waiter = asyncio.create_task(self.wait_subscribed(connect_s))
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done() or not waiter.result():
+                reason = self.error or f"no answer in {connect_s:g} s"
+                raise BrokerUnreachable(f"cannot reach the broker {self.target.mqtt.url}: {reason}")
+            await self.settle(at_most_s=settle_s)
+        finally:
+            for pending in (task, waiter):
+                pending.cancel()
+            await asyncio.gather(task, waiter, return_exceptions=True)
 
     async def settle(self, *, at_most_s: float = 3.0) -> None:
         """After subscribing: wait until the retained messages have all arrived.

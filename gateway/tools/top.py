@@ -34,7 +34,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Label, RichLog, Static
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
-from gateway.tools import ToolError
+from gateway.tools import ToolError, fleet
 from gateway.tools.mqtt_view import BrokerTarget, Change, ConsoleView, MqttSession
 
 KEY_SECONDS = 5.0
@@ -535,6 +535,97 @@ class TopApp(App[None]):
         self._respond(format_response(f"recall {channel}", response))
 
 
+class FleetApp(App[None]):
+    """`top --fleet`: every gateway under the root, one row each, as `consolegw fleet`
+    prints them, updated as their retained topics change. Read-only: q quits."""
+
+    TITLE = "consolegw top --fleet"
+    CSS = """
+    #fleet-header { height: 1; padding: 0 1; background: $boost; }
+    #fleet { height: 1fr; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+
+    def __init__(self, *, target: BrokerTarget) -> None:
+        super().__init__()
+        self.target = target
+        self.view = fleet.FleetView(root=target.prefix)
+        self.session = MqttSession(
+            target=target,
+            view=self.view,
+            topics=self.view.topics(),
+            on_change=self._changed,
+            client_name="consolegw-top",
+        )
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"connecting to {self.target.description} ...", id="fleet-header")
+        yield DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#fleet", DataTable)
+        for key, heading in fleet.COLUMNS:
+            table.add_column(heading, key=key)
+        table.focus()
+        # Uptimes and "seen ... ago" move with the clock, not only with messages.
+        self.set_interval(1.0, self.refresh_all)
+        self.run_worker(self.session.run(), name="mqtt", exit_on_error=False)
+
+    def _changed(self, change: Change) -> None:
+        if change.kind == "gateway":
+            self._update(change.key)
+        self._update_header()
+
+    def refresh_all(self) -> None:
+        for gateway in list(self.view.consoles):
+            self._update(gateway)
+        self._update_header()
+
+    def _update(self, gateway: str) -> None:
+        table = self.query_one("#fleet", DataTable)
+        if not self.view.has(gateway):
+            TopApp._remove_row(table, gateway)
+            return
+        row = self.view.row(gateway)
+        cells = fleet_cells(row)
+        keys = [key for key, _ in fleet.COLUMNS]
+        if gateway not in table.rows:
+            table.add_row(*cells, key=gateway)
+            table.sort("gateway")
+            return
+        for key, cell in zip(keys, cells, strict=True):
+            table.update_cell(gateway, key, cell, update_width=True)
+
+    def _update_header(self) -> None:
+        rows = self.view.rows()
+        line = Text()
+        line.append(f"fleet {self.target.prefix}/  ", style="bold")
+        if rows:
+            line.append(fleet.summary(rows), style="" if fleet.exit_status(rows) == 0 else "bold")
+        else:
+            line.append("no gateway found yet", style="yellow")
+        broker = "connected" if self.session.connected else f"DOWN ({self.session.error})"
+        line.append(f"  broker {self.target.mqtt.url} {broker}", style="dim")
+        self.query_one("#fleet-header", Static).update(line)
+
+
+def fleet_cells(row: fleet.GatewayRow) -> list[Text]:
+    """The fleet table's cells for one row, coloured where a technician should look."""
+    text = row.cells()
+    styles = {
+        "status": {"online": "bold green", "offline": "bold white on red"}.get(
+            text["status"], "bold yellow"
+        ),
+        "faults": "bold red" if row.faults else ("" if row.faults == 0 else "yellow"),
+        "outbox": "bold red" if row.outbox_full else "",
+        "modules": "bold red" if row.modules_offline else "",
+        "alarms": "bold red" if row.alarms_active else "",
+        "malformed": "yellow" if row.malformed else "dim",
+    }
+    return [Text(text[key], style=styles.get(key, "")) for key, _ in fleet.COLUMNS]
+
+
 # -- command line -------------------------------------------------------------------------
 
 
@@ -558,19 +649,10 @@ def target_from_args(args: argparse.Namespace) -> BrokerTarget:
 
 async def snapshot(target: BrokerTarget, *, connect_s: float = 10.0) -> dict[str, Any]:
     """Connect, collect the retained state, return it (`top --json`). Raises ToolError."""
-    session = MqttSession(target=target, client_name="consolegw-top")
-    task = asyncio.create_task(session.run(reconnect=False))
-    waiter = asyncio.create_task(session.wait_subscribed(connect_s))
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiter.done() or not waiter.result():
-            reason = session.error or f"no answer in {connect_s:g} s"
-            raise ToolError(f"cannot reach the broker {target.mqtt.url}: {reason}")
-        await session.settle()
-    finally:
-        for pending in (task, waiter):
-            pending.cancel()
-        await asyncio.gather(task, waiter, return_exceptions=True)
+    session = MqttSession(
+        target=target, view=ConsoleView(prefix=target.prefix), client_name="consolegw-top"
+    )
+    await session.take_retained(connect_s=connect_s)
     if session.view.status is None and not session.view.channels:
         raise ToolError(
             f"nothing retained under {target.prefix}/: wrong --gateway/--prefix, "
@@ -580,6 +662,8 @@ async def snapshot(target: BrokerTarget, *, connect_s: float = 10.0) -> dict[str
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return _run_fleet(args)
     target = target_from_args(args)
     if args.json:
         print(json.dumps(asyncio.run(snapshot(target)), indent=2))
@@ -593,4 +677,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ToolError(f"--record {record}: {exc.strerror}") from None
     TopApp(target=target, key_seconds=args.key_seconds, record=record).run()
+    return 0
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    if args.gateway or args.record:
+        args.parser.error("--fleet shows every gateway: no --gateway or --record with it")
+    if args.json:
+        return fleet.run(args)  # the same document as `consolegw fleet --json`
+    target = fleet.root_from_args(args)
+    fleet.check_root(args, target.prefix)
+    if not sys.stdout.isatty():
+        raise ToolError("top needs a terminal; use consolegw fleet for a one-shot table")
+    FleetApp(target=target).run()
     return 0
