@@ -67,6 +67,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.version = package_version()
+        self.started = utc_timestamp()
         self._stop = asyncio.Event()
         self.outbox = Outbox(
             path=config.gateway.state_dir / "outbox.sqlite3",
@@ -151,6 +152,7 @@ class Gateway:
             outbox_dropped=self.outbox.dropped,
             channels=sorted(self.channels),
             standby=self.config.gateway.standby,
+            started=self.started,
             ts=utc_timestamp(),
         )
 

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any
 
 import aiomqtt
@@ -50,6 +51,81 @@ def build_tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
     if tls is not None and tls.insecure:
         context.check_hostname = False
     return context
+
+
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code (MQTT 5's PUBACK), as
+    mosquitto does for a topic its ACL does not let this client publish to."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"the broker refused a publish to {topic} ({reason})")
+        self.topic = topic
+        self.reason = reason
+
+
+# The message ids of the paho publishes made by the aiomqtt publish running in this task.
+_PUBLISH_MIDS: ContextVar[list[int] | None] = ContextVar("consolegw_publish_mids", default=None)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, except that a publish the broker refuses raises PublishRefused.
+
+    aiomqtt 2.x completes a QoS 1 publish on any PUBACK, ignoring its reason code: an event
+    the broker refused ("Not authorized") would be taken off the outbox as delivered.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused: dict[int, str] = {}
+        paho_publish = self._client.publish
+
+        def publish(*args: Any, **kwargs: Any) -> paho.MQTTMessageInfo:
+            info = paho_publish(*args, **kwargs)
+            mids = _PUBLISH_MIDS.get()
+            if mids is not None:
+                mids.append(info.mid)
+            return info
+
+        setattr(self._client, "publish", publish)  # noqa: B010 (an instance's method)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self._refused[mid] = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def __aenter__(self) -> _Client:
+        await super().__aenter__()
+        # Read by `closed()` once the link runs; a connection lost before that (a refused
+        # first publish) must not leave asyncio to log "exception never retrieved".
+        self._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self
+
+    async def closed(self) -> None:
+        """Raise when the broker closes the connection. aiomqtt tells only a caller that
+        waits on the socket, and a quiet console may have none: without this a dropped
+        connection went unnoticed until the next event (mosquitto closes it, for one, after
+        refusing a publish its ACL denies)."""
+        await asyncio.shield(self._disconnected)
+        raise aiomqtt.MqttError("the broker closed the connection")
+
+    async def publish(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        mids: list[int] = []
+        token = _PUBLISH_MIDS.set(mids)
+        try:
+            await super().publish(topic, *args, **kwargs)
+        finally:
+            _PUBLISH_MIDS.reset(token)
+            refused = [self._refused.pop(mid, None) for mid in mids]
+        reason = next((r for r in refused if r is not None), None)
+        if reason is not None:
+            raise PublishRefused(topic, reason)
 
 
 class MqttLink:
@@ -112,12 +188,17 @@ class MqttLink:
                 continue
             except* aiomqtt.MqttError as group:
                 failure = f"{broker.host}:{broker.port}: {_describe_failure(_leaf(group))}"
-                if self._connected.is_set():
+                refused_again = (
+                    isinstance(_leaf(group), PublishRefused)
+                    and outage is not None
+                    and outage.failure == failure
+                )
+                if self._connected.is_set() and not refused_again:
                     backoff.reset()
                     failed_in_round = 0
                     outage = _Outage(failure)
                     log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
-                elif outage is None or failure != outage.failure:
+                elif outage is None or failure != outage.failure:  # (refused_again: same)
                     if outage is None:
                         outage = _Outage(failure)
                     else:
@@ -148,9 +229,9 @@ class MqttLink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff.next())
 
-    def _client(self, broker: BrokerEndpoint, version: ProtocolVersion) -> aiomqtt.Client:
+    def _client(self, broker: BrokerEndpoint, version: ProtocolVersion) -> _Client:
         offline = self._status(state="offline")  # the Will: stamped at connection time
-        client = aiomqtt.Client(
+        client = _Client(
             broker.host,
             broker.port,
             identifier=self._client_id,
@@ -175,7 +256,7 @@ class MqttLink:
 
     async def _enter(
         self, broker: BrokerEndpoint, stack: contextlib.AsyncExitStack
-    ) -> tuple[aiomqtt.Client, ProtocolVersion]:
+    ) -> tuple[_Client, ProtocolVersion]:
         """Connect with the configured protocol; in auto, v5 first and 3.1.1 when the
         broker refuses or ignores a v5 CONNECT (remembered for that broker)."""
         wanted = self._mqtt.protocol
@@ -244,7 +325,12 @@ class MqttLink:
             which = (
                 "" if len(self._brokers) == 1 else f", broker {index + 1} of {len(self._brokers)}"
             )
-            log.info(
+            # Connected again to a broker that refuses our publishes: the outage goes on, and
+            # its summary says so; not a line per attempt.
+            log.log(
+                logging.DEBUG
+                if outage is not None and outage.failure.endswith(_REFUSED_HINT)
+                else logging.INFO,
                 "MQTT connected to %s:%d as %s with MQTT %s%s%s (session %d, %d events queued)",
                 broker.host,
                 broker.port,
@@ -259,6 +345,7 @@ class MqttLink:
             back_to_first = asyncio.Event()
             async with asyncio.TaskGroup() as group:
                 tasks = [
+                    group.create_task(client.closed()),
                     group.create_task(self._pump_events(client)),
                     group.create_task(self._pump_states(client)),
                     group.create_task(requests.serve()),
@@ -403,11 +490,17 @@ class MqttLink:
         if reply.correlation_data is not None:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = reply.correlation_data
-        with contextlib.suppress(aiomqtt.MqttError):
-            # A lost connection loses the response, not the command's effect; the
-            # requester times out and asks `status`.
+        try:
             await client.publish(reply.topic, reply.payload, qos=1, properties=properties)
             _ack_now(client)
+        except PublishRefused as exc:
+            # A v5 response topic the ACL does not let us publish to: the response on
+            # .../response/<cmd> is a separate publish, and the link carries on.
+            _reply_refusals.note(exc)
+        except aiomqtt.MqttError:
+            # A lost connection loses the response, not the command's effect; the
+            # requester times out and asks `status`.
+            pass
 
 
 class _RequestDispatch:
@@ -453,6 +546,30 @@ class _RequestDispatch:
 
 
 _quickack_warned = False
+
+
+class _ReplyRefusals:
+    """A refused response is logged once a minute at most (a CAD may name a new response
+    topic per request), with the count since the last line."""
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._since = 0
+
+    def note(self, refused: PublishRefused) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last >= 60.0:
+            log.warning(
+                "MQTT: %s (%d in all since the last such line): a v5 response topic must be "
+                "one the broker's ACL lets this gateway publish to (docs/broker-acl.md)",
+                refused,
+                self._since,
+            )
+            self._last, self._since = now, 0
+
+
+_reply_refusals = _ReplyRefusals()
 
 
 def _ack_now(client: aiomqtt.Client) -> None:
@@ -537,8 +654,13 @@ _AUTH_CODES = {4, 5, 134, 135}  # 3.1.1 and v5: bad user name or password, not a
 _PROTOCOL_CODES = {1, 132}  # unacceptable / unsupported protocol version
 
 
+_REFUSED_HINT = "its ACL must let this gateway publish under its prefix (docs/broker-acl.md)"
+
+
 def _describe_failure(error: BaseException) -> str:
     """Which of network, protocol, authentication or TLS failed, in words a technician acts on."""
+    if isinstance(error, PublishRefused):
+        return f"authorization: {error}: {_REFUSED_HINT}"
     cause = error.__context__  # aiomqtt re-raises connect()'s OSError as a bare MqttError
     if isinstance(error, MqttConnectError):  # a CONNACK refusal: its code says why
         code = getattr(error.rc, "value", error.rc)

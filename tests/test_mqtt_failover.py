@@ -105,3 +105,33 @@ def test_fail_over_to_the_second_broker_and_back(
         stop_carrier.set()
         first.stop()
         second.stop()
+
+
+def test_a_quiet_console_sees_its_broker_go_and_come_back(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # A console in standby publishes nothing after its start: only the connection itself can
+    # tell that the broker went. (The link once noticed a dropped connection only at its
+    # next publish, so a quiet console stayed cut off after a broker restart.)
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        daemon = daemon_factory(
+            f'[gateway]\nid = "pos-quiet"\nstandby = true\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[mqtt]\nurl = "{broker.url}"\nkeepalive_s = 60\n'
+        )
+        daemon.start()
+        wait_for(lambda: "MQTT connected" in daemon.log(), 20, "the first connection")
+        broker.stop()
+        wait_for(lambda: "MQTT connection lost" in daemon.log(), 5, "the loss, at once")
+        broker.start()
+        wait_for(lambda: len(connected_lines(daemon.log())) >= 2, 15, "the reconnection")
+        cad = Subscriber(broker.host, broker.port, ["consolegw/pos-quiet/#"])
+        try:
+            answer = cad.request("consolegw/pos-quiet/request/status", {})
+            assert answer["status"] == "ok" and answer["data"]["standby"] is True
+        finally:
+            cad.close()
+        assert daemon.stop() == 0
+    finally:
+        broker.stop()
