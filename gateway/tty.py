@@ -51,13 +51,16 @@ _ECHO_GUARD_S = 0.3
 
 
 class TtyDetectedData(EventData):
-    baud: float
-    mark_hz: float
-    space_hz: float
+    baud: float = Field(description="The caller's bit rate as measured: 45.45 or 50 (US TTY)")
+    mark_hz: float = Field(description="The mark tone as measured, Hz (nominal 1400)")
+    space_hz: float = Field(description="The space tone as measured, Hz (nominal 1800)")
 
 
 class TtyTextData(EventData):
-    text: str
+    text: str = Field(
+        description="What the caller typed: the characters as they arrive (line false) or "
+        "the whole line, as finally read (line true)"
+    )
     line: bool = Field(description="False: characters as they arrive; true: a whole line")
     revised: bool = Field(
         default=False,
@@ -77,9 +80,11 @@ class TtyEndedData(EventData):
 
 
 class TtySentData(EventData):
-    text: str
-    baud: float
-    seconds: float
+    text: str = Field(
+        description="The reply, in upper case (characters TTY has no code for were not played)"
+    )
+    baud: float = Field(description="The bit rate it was played at: 45.45 or 50")
+    seconds: float = Field(description="How long it took to play")
 
 
 register_event_type("tty.detected", TtyDetectedData)
@@ -91,15 +96,20 @@ register_event_type("tty.sent", TtySentData)
 class TtyState(Payload):
     """`<prefix>/channels/<id>/tty`, retained: is a TTY on the line, and what it said last."""
 
-    channel: str
-    active: bool
-    baud: float | None
-    last_line: str | None
-    ts: str
+    channel: str = Field(description="The channel id")
+    active: bool = Field(description="True while a TTY signal is on the line")
+    baud: float | None = Field(description="The caller's bit rate, while active; else null")
+    last_line: str | None = Field(description="The last whole line the caller typed, or null")
+    ts: str = Field(description="When this state was taken, RFC 3339 UTC")
 
 
 class TtyRequest(Request):
-    text: str = Field(min_length=1, max_length=_MAX_REPLY_CHARS)
+    text: str = Field(
+        min_length=1,
+        max_length=_MAX_REPLY_CHARS,
+        description="The reply to play to the caller: TTY sends upper case, and leaves out "
+        "characters it has no code for",
+    )
     baud: float | None = Field(default=None, description="45.45 or 50; default the config's")
 
     @field_validator("baud")
