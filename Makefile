@@ -38,7 +38,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 pytest: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 system-deps:
 	@missing=""; \
