@@ -261,8 +261,15 @@ class MqttLink:
         broker refuses or ignores a v5 CONNECT (remembered for that broker)."""
         wanted = self._mqtt.protocol
         learned = self._learned.get(broker.url)
+        # Another broker of `urls` spoke 3.1.1 only: a cluster's nodes are alike, and a v5
+        # CONNECT to RabbitMQ costs a 10 s time-out, too long for a fail-over.
+        assumed = (
+            wanted == "auto" and learned is None and ProtocolVersion.V311 in self._learned.values()
+        )
         if learned is not None:
             versions = [learned]
+        elif assumed:
+            versions = [ProtocolVersion.V311]
         elif wanted == "auto":
             versions = [ProtocolVersion.V5, ProtocolVersion.V311]
         else:
@@ -281,7 +288,14 @@ class MqttLink:
                     )
                     continue
                 raise
-            if wanted == "auto" and learned is None:
+            if assumed:
+                self._learned[broker.url] = version
+                log.info(
+                    "MQTT broker %s:%d: 3.1.1, as another broker of mqtt.urls (v5 not tried)",
+                    broker.host,
+                    broker.port,
+                )
+            elif wanted == "auto" and learned is None:
                 self._learned[broker.url] = version
                 if version is ProtocolVersion.V311:
                     log.warning(

@@ -65,9 +65,9 @@ class ConsoleUnderTest:
         )
         return state
 
-    def wait_online(self) -> None:
+    def wait_online(self, timeout: float = 10.0) -> None:
         for channel in self.console.radios:
-            self.wait_state(channel, device="online")
+            self.wait_state(channel, timeout, device="online")
 
 
 def config_header(tmp_path: Path, broker: Broker, gid: str) -> str:
@@ -147,6 +147,7 @@ def start_config(
     subscriber_factory: Callable[..., Subscriber],
     *,
     before_daemon: Callable[[SimConsole], None] | None = None,
+    online_timeout: float = 10.0,
 ) -> tuple[ConsoleUnderTest, Callable[[], None]]:
     """Serve a config's devices in-process, start the daemon on it, subscribe to it."""
     path = tmp_path / f"sim-{gid}.toml"
@@ -159,5 +160,5 @@ def start_config(
     daemon = daemon_factory(text, name=gid, env=console.env)
     daemon.start()
     cut = ConsoleUnderTest(gid, console, daemon, sub, text)
-    cut.wait_online()
+    cut.wait_online(online_timeout)
     return cut, console.stop

@@ -13,7 +13,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
@@ -21,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from tests.mqtt_tools import Subscriber, wait_for
+from tests.mqtt_tools import Daemon, Subscriber, wait_for
 from tests.rabbitmq import (
     RabbitBroker,
     RabbitCluster,
@@ -30,6 +32,7 @@ from tests.rabbitmq import (
     rabbitmq_available,
     read_packet,
 )
+from tests.sim_tools import channel_config, start_config
 
 pytestmark = [pytest.mark.slow]
 
@@ -538,6 +541,88 @@ def test_qos1_stream_when_the_publishers_node_dies(cluster: RabbitCluster) -> No
     )
     assert not lost
     cluster.restart("a")
+
+
+def test_the_gateway_fails_over_across_the_cluster_and_cad_loses_nothing(
+    cluster: RabbitCluster, tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The gateway on node A with the three nodes in `mqtt.urls`, CAD on node B with a
+    persistent session; A is killed while events flow. The gateway is on B or C within a
+    few seconds, republishes its status and states there (B had none: retained messages
+    stay on their node), and CAD misses no event (duplicates are dropped by event_id)."""
+    a, b, c = (cluster[name] for name in ("a", "b", "c"))
+    urls = ", ".join(f'"mqtt://{n.host}:{n.port}"' for n in (a, b, c))
+    gid, text = channel_config(tmp_path, SimpleNamespace(url=a.url))  # type: ignore[arg-type]
+    text = text.replace(
+        f'url = "{a.url}"', f"urls = [{urls}]\nkeepalive_s = 5\nreturn_to_first_s = 0"
+    )
+    cad = Subscriber(
+        b.host,
+        b.port,
+        [f"consolegw/{gid}/#"],
+        client_id=f"cad-{gid}",
+        persistent=True,
+        protocol=V311,
+    )
+    stop_carrier = threading.Event()
+
+    def on_a(topics: list[str]) -> Subscriber:
+        return Subscriber(a.host, a.port, topics, protocol=V311)
+
+    # (The first connection costs RabbitMQ's 10 s silence to a v5 CONNECT.)
+    cut, stop_console = start_config(tmp_path, gid, text, daemon_factory, on_a, online_timeout=40.0)
+    try:
+
+        def carrier() -> None:  # events all along: cos.on / cos.off on fire
+            on = False
+            while not stop_carrier.wait(0.2):
+                on = not on
+                cut.serial("fire").carrier(on)
+
+        toggler = threading.Thread(target=carrier, daemon=True)
+        toggler.start()
+        log = cut.daemon.log
+        wait_for(lambda: len(_connected(log())) >= 1, 40, "the first connection")
+        assert f":{a.port} " in _connected(log())[0]
+        time.sleep(3.0)
+        killed = time.monotonic()
+        cluster.kill("a")
+        wait_for(lambda: len(_connected(log())) >= 2, 15, "the fail-over")
+        took = time.monotonic() - killed
+        after = _connected(log())[1]
+        assert f":{b.port} " in after or f":{c.port} " in after, after
+        assert "with MQTT 3.1.1" in after and "v5 not tried" in log()
+        time.sleep(3.0)
+        stop_carrier.set()
+        toggler.join()
+        time.sleep(2.0)
+        # The status, retained on the node the gateway is on now, for a subscriber there
+        # that names the topic (a wildcard gets no retained message from RabbitMQ 3.10).
+        now_on = b if f":{b.port} " in after else c
+        status = _subscribe(now_on, f"consolegw/{gid}/status")
+        status.wait(lambda m: [x for x in m if x.json()["state"] == "online"], 10, "status")
+        status.close()
+        seqs = sorted({e["seq"] for e in cad.events()})
+        cos = [e for e in cad.events() if e["type"].startswith("cos.")]
+        missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
+        print(
+            f"\ngateway fail-over A -> {'B' if now_on is b else 'C'} in {took:.2f} s; CAD on B: "
+            f"{len(seqs)} events ({len(cos)} cos), {len(cad.events()) - len(seqs)} twice, "
+            f"{len(missing)} missing"
+        )
+        assert took < 5.0, f"fail-over took {took:.1f} s"
+        assert len(cos) >= 20 and missing == [], missing
+        assert "Traceback" not in log()
+    finally:
+        stop_carrier.set()
+        cad.close()
+        cut.sub.close()
+        stop_console()
+        cluster.restart("a")
+
+
+def _connected(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "MQTT connected to" in line]
 
 
 def test_one_node_left_alone(cluster: RabbitCluster) -> None:
