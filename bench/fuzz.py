@@ -48,6 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
+from bench.procfs import vm_rss_kb  # noqa: E402
 from gateway.cli import build_gateway  # noqa: E402
 from gateway.config import Config, load_config  # noqa: E402
 from hw_sim.audio import sim_env  # noqa: E402
@@ -108,16 +109,6 @@ def _json(payload: bytes) -> Any:
         return json.loads(payload)
     except (ValueError, RecursionError):
         return None
-
-
-def vm_rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def count_lines(path: Path) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 from bench.stats import percentile  # noqa: E402
 from hw_sim.serial_radio import SimState, SimulatedSerialRadio  # noqa: E402
@@ -51,18 +52,25 @@ def _more_ptt_responses_than(before: int) -> Callable[[list[Received]], bool]:
 class BrokerRoundTrip:
     """publish -> on_message between two paho clients, one message at a time."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        protocol: MQTTProtocolVersion = paho.MQTTv5,
+    ) -> None:
         self._got = threading.Event()
         self._arrived = 0.0
         self._count = 0
-        self._sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self._topic = f"bench/rtt/{os.getpid()}"  # a broker other runs may share
+        self._sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
         self._sub.on_message = self._on_message
-        self._sub.connect("127.0.0.1", port)
+        self._sub.connect(host, port)
         nodelay(self._sub)
-        self._sub.subscribe("bench/rtt", qos=1)
+        self._sub.subscribe(self._topic, qos=1)
         self._sub.loop_start()
-        self._pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self._pub.connect("127.0.0.1", port)
+        self._pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        self._pub.connect(host, port)
         nodelay(self._pub)
         self._pub.loop_start()
         time.sleep(0.3)
@@ -76,7 +84,7 @@ class BrokerRoundTrip:
         self._got.clear()
         self._count += 1
         start = time.monotonic()
-        self._pub.publish("bench/rtt", json.dumps({"state": "on", "i": self._count}), qos=1)
+        self._pub.publish(self._topic, json.dumps({"state": "on", "i": self._count}), qos=1)
         if not self._got.wait(5):
             raise RuntimeError("baseline message lost")
         return (self._arrived - start) * 1000

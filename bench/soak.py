@@ -55,6 +55,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import vm_rss_kb  # noqa: E402
 from hw_sim.resolve import dump_toml  # noqa: E402
 from tests.mqtt_tools import Broker, Daemon, Received, Subscriber, free_port  # noqa: E402
 from tests.sim_tools import ConsoleUnderTest, start_config  # noqa: E402
@@ -144,15 +145,12 @@ def fd_kinds(pid: int, peers: dict[int, str]) -> Counter[str]:
 
 def proc_sample(pid: int) -> tuple[int, int] | None:
     """(VmRSS in kB, open fds) of a process, None once it is gone."""
+    rss = vm_rss_kb(pid)
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
         fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
     except OSError:
         return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]), fds
-    return None
+    return None if rss is None else (rss, fds)
 
 
 # --- the schedule --------------------------------------------------------------------------

@@ -187,23 +187,22 @@ class MqttLink:
                 index = 0
                 continue
             except* aiomqtt.MqttError as group:
+                refused = isinstance(_leaf(group), PublishRefused)
                 failure = f"{broker.host}:{broker.port}: {_describe_failure(_leaf(group))}"
-                refused_again = (
-                    isinstance(_leaf(group), PublishRefused)
-                    and outage is not None
-                    and outage.failure == failure
-                )
+                # A broker that takes the connection but refuses our publishes: one outage,
+                # not a loss and a recovery per attempt.
+                refused_again = refused and outage is not None and outage.failure == failure
                 if self._connected.is_set() and not refused_again:
                     backoff.reset()
                     failed_in_round = 0
-                    outage = _Outage(failure)
+                    outage = _Outage(failure, refused=refused)
                     log.warning("MQTT connection lost (%s); events wait in the outbox", failure)
-                elif outage is None or failure != outage.failure:  # (refused_again: same)
+                elif outage is None or failure != outage.failure:
                     if outage is None:
-                        outage = _Outage(failure)
+                        outage = _Outage(failure, refused=refused)
                     else:
                         outage.attempts += 1
-                        outage.failure = failure
+                        outage.failure, outage.refused = failure, refused
                     log.warning("MQTT broker %s; events wait in the outbox", failure)
                 else:
                     outage.attempts += 1
@@ -342,9 +341,7 @@ class MqttLink:
             # Connected again to a broker that refuses our publishes: the outage goes on, and
             # its summary says so; not a line per attempt.
             log.log(
-                logging.DEBUG
-                if outage is not None and outage.failure.endswith(_REFUSED_HINT)
-                else logging.INFO,
+                logging.DEBUG if outage is not None and outage.refused else logging.INFO,
                 "MQTT connected to %s:%d as %s with MQTT %s%s%s (session %d, %d events queued)",
                 broker.host,
                 broker.port,
@@ -618,8 +615,10 @@ class _Outage:
 
     _SUMMARY_S = 600.0
 
-    def __init__(self, failure: str) -> None:
+    def __init__(self, failure: str, *, refused: bool = False) -> None:
         self.failure = failure
+        self.refused = refused
+        """The broker took the connection and refused a publish (PublishRefused)."""
         self.since = time.monotonic()
         self.attempts = 1
         self._last_summary = self.since
@@ -668,13 +667,13 @@ _AUTH_CODES = {4, 5, 134, 135}  # 3.1.1 and v5: bad user name or password, not a
 _PROTOCOL_CODES = {1, 132}  # unacceptable / unsupported protocol version
 
 
-_REFUSED_HINT = "its ACL must let this gateway publish under its prefix (docs/broker-acl.md)"
-
-
 def _describe_failure(error: BaseException) -> str:
     """Which of network, protocol, authentication or TLS failed, in words a technician acts on."""
     if isinstance(error, PublishRefused):
-        return f"authorization: {error}: {_REFUSED_HINT}"
+        return (
+            f"authorization: {error}: its ACL must let this gateway publish under its prefix "
+            "(docs/broker-acl.md)"
+        )
     cause = error.__context__  # aiomqtt re-raises connect()'s OSError as a bare MqttError
     if isinstance(error, MqttConnectError):  # a CONNACK refusal: its code says why
         code = getattr(error.rc, "value", error.rc)
