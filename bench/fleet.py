@@ -39,11 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
+from bench.procfs import cpu_seconds, vm_rss_kb  # noqa: E402
+from bench.ptt_latency import BrokerRoundTrip  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from hw_sim.serial_radio import SimState, SimulatedSerialRadio  # noqa: E402
-from tests.mqtt_tools import Broker, Daemon, Received, Subscriber, free_port, nodelay  # noqa: E402
+from tests.mqtt_tools import Broker, Daemon, Received, Subscriber, free_port  # noqa: E402
 from tests.rabbitmq import RabbitCluster, rabbitmq_available  # noqa: E402
 
 TOGGLE_S = 0.5
@@ -51,8 +52,14 @@ TOGGLE_S = 0.5
 PAUSE_S = 0.02
 """Between measurements: a dispatcher's PTT presses are seconds apart, not back to back."""
 FAILOVER_TARGET_S = 5.0
+CAD_TOPICS = [
+    "consolegw/+/event",
+    "consolegw/+/channels/+/event",
+    "consolegw/+/channels/+/state",
+    "consolegw/+/channels/+/response/+",
+]
+"""What CAD takes: every event, the channel states (online) and the PTT responses."""
 PTT_TARGET_RATIO = 2.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -78,6 +85,7 @@ class RunFigures:
     daemon_rss_kb: list[int] = field(default_factory=list)
     broker_cpu: float | None = None
     broker_rss_kb: int | None = None
+    ptt_lost: int = 0  # requests unanswered (published to a node as it died)
     failover_s: list[float] = field(default_factory=list)
     not_failed_over: int = 0
 
@@ -93,6 +101,7 @@ class RunFigures:
             "duplicated": self.duplicated,
             "lost": self.lost,
             "ptt_requests": len(self.ptt_ms),
+            "ptt_unanswered": self.ptt_lost,
             "ptt_p50_ms": round(statistics.median(self.ptt_ms), 3),
             "ptt_p99_ms": round(p99, 3),
             "broker_rtt_p50_ms": round(statistics.median(self.rtt_ms), 3),
@@ -113,63 +122,6 @@ class RunFigures:
             )
             out["not_failed_over"] = self.not_failed_over
         return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class RoundTrip:
-    """publish -> on_message between two paho clients, one message at a time."""
-
-    def __init__(self, host: str, port: int, protocol: MQTTProtocolVersion) -> None:
-        self._got = threading.Event()
-        self._arrived = 0.0
-        self._count = 0
-        self._topic = f"bench/rtt/{os.getpid()}"
-        self._sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-        self._sub.on_message = self._on_message
-        self._sub.connect(host, port)
-        nodelay(self._sub)
-        self._sub.subscribe(self._topic, qos=1)
-        self._sub.loop_start()
-        self._pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-        self._pub.connect(host, port)
-        nodelay(self._pub)
-        self._pub.loop_start()
-        time.sleep(0.5)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self._arrived = time.monotonic()
-        self._got.set()
-
-    def once(self) -> float:
-        self._got.clear()
-        self._count += 1
-        start = time.monotonic()
-        self._pub.publish(self._topic, json.dumps({"state": "on", "i": self._count}), qos=1)
-        if not self._got.wait(5):
-            raise RuntimeError("round-trip message lost")
-        return (self._arrived - start) * 1000
-
-    def close(self) -> None:
-        for client in (self._pub, self._sub):
-            client.loop_stop()
-            client.disconnect()
 
 
 def gateway_config(tmp: Path, gid: str, radio: SimulatedSerialRadio, mqtt: str) -> str:
@@ -266,7 +218,7 @@ class Toggler:
 def measure_ptt(
     target: Member,
     sub: Subscriber,
-    round_trip: RoundTrip,
+    round_trip: BrokerRoundTrip,
     *,
     requests: int,
     figures: RunFigures,
@@ -286,14 +238,17 @@ def measure_ptt(
         start = time.monotonic()
         sub.client.publish(topic, json.dumps({"state": "on" if keyed else "off"}), qos=1)
         try:
-            target.radio.wait_blocking(_keyed_is(keyed), timeout_s=10)
-            sub.wait(_responses_beyond(response, before), timeout=10)
-        except (TimeoutError, AssertionError, RuntimeError):
+            target.radio.wait_blocking(_keyed_is(keyed), timeout_s=5)
+            sub.wait(_responses_beyond(response, before), timeout=5)
+        except (TimeoutError, AssertionError):
             # Across a fail-over a request published to the dying node is lost with it:
             # the PTT press a dispatcher repeats. Not a latency sample.
+            figures.ptt_lost += 1
+            say(f"  PTT request {i} unanswered ({'on' if keyed else 'off'})")
             continue
         change = [e for e in target.radio.events(name="keyed") if e.value == keyed]
-        figures.ptt_ms.append((change[0].t - start) * 1000)
+        if change:  # (none: the line was there already, after a lost request)
+            figures.ptt_ms.append((change[0].t - start) * 1000)
 
 
 def count_events(cad: Subscriber, members: list[Member], figures: RunFigures) -> None:
@@ -348,7 +303,7 @@ def sample_processes(
         used = cpu_seconds(pid)
         if used is not None:
             figures.daemon_cpu.append((used - began[pid]) / seconds)
-        rss = rss_kb(pid)
+        rss = vm_rss_kb(pid)
         if rss is not None:
             figures.daemon_rss_kb.append(rss)
     cpu = [cpu_seconds(pid) for pid in broker_pids]
@@ -356,7 +311,7 @@ def sample_processes(
         figures.broker_cpu = (
             sum((c or 0.0) - began[pid] for c, pid in zip(cpu, broker_pids, strict=True)) / seconds
         )
-        figures.broker_rss_kb = sum(rss_kb(pid) or 0 for pid in broker_pids)
+        figures.broker_rss_kb = sum(vm_rss_kb(pid) or 0 for pid in broker_pids)
 
 
 def cpu_marks(members: list[Member], broker_pids: list[int]) -> dict[int, float]:
@@ -373,12 +328,7 @@ def run_mosquitto(args: argparse.Namespace) -> RunFigures:
         cad = Subscriber(
             broker.host,
             broker.port,
-            [
-                "consolegw/+/event",
-                "consolegw/+/channels/+/event",
-                "consolegw/+/channels/+/state",
-                "consolegw/+/channels/+/response/+",
-            ],
+            CAD_TOPICS,
         )
         try:
             with fleet(tmp, args.gateways, f'url = "{broker.url}"') as members:
@@ -387,7 +337,7 @@ def run_mosquitto(args: argparse.Namespace) -> RunFigures:
                     args,
                     members,
                     cad,
-                    RoundTrip(broker.host, broker.port, paho.MQTTv5),
+                    BrokerRoundTrip(broker.port, host=broker.host),
                     figures=figures,
                     broker_pids=[broker.proc.pid] if broker.proc else [],
                 )
@@ -401,7 +351,7 @@ def run_fleet(
     args: argparse.Namespace,
     members: list[Member],
     cad: Subscriber,
-    round_trip: RoundTrip,
+    round_trip: BrokerRoundTrip,
     *,
     figures: RunFigures,
     broker_pids: list[int],
@@ -439,12 +389,7 @@ def run_cluster(args: argparse.Namespace) -> RunFigures:
         cad = Subscriber(
             b.host,
             b.port,
-            [
-                "consolegw/+/event",
-                "consolegw/+/channels/+/event",
-                "consolegw/+/channels/+/state",
-                "consolegw/+/channels/+/response/+",
-            ],
+            CAD_TOPICS,
             client_id=f"cad-{os.getpid()}",
             persistent=True,
             protocol=paho.MQTTv311,
@@ -468,7 +413,7 @@ def run_cluster(args: argparse.Namespace) -> RunFigures:
                     args,
                     members,
                     cad,
-                    RoundTrip(b.host, b.port, paho.MQTTv311),
+                    BrokerRoundTrip(b.port, host=b.host, protocol=paho.MQTTv311),
                     figures=figures,
                     broker_pids=broker_pids,
                     halfway=kill_a,
@@ -489,6 +434,11 @@ def watch_failovers(members: list[Member], since: float, figures: RunFigures) ->
                 del waiting[gid]
         time.sleep(0.05)
     figures.not_failed_over = len(waiting)
+    for gid, member in waiting.items():  # what they say instead: the bench's finding
+        lines = [ln for ln in member.daemon.log().splitlines() if "gateway.mqtt" in ln]
+        say(f"  {gid} did not fail over; its last MQTT lines:")
+        for line in lines[-4:]:
+            say(f"    {line[:300]}")
 
 
 def say(text: str) -> None:
