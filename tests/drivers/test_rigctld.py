@@ -298,7 +298,7 @@ async def test_carrier_from_the_dummy_rigs_dcd(
     rigctld: Rigctld, make_radio: Callable[..., RigctldRadio], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The dummy flips DCD at every get_dcd: COS is a real reading, both ways."""
-    caplog.set_level(logging.INFO, LOGGER)
+    caplog.set_level(logging.DEBUG, LOGGER)  # the open line is at debug (the channel logs the open)
     radio = make_radio(port=rigctld.port)
     await radio.open()
     seen = [(await radio.read_lines()).cos for _ in range(6)]
