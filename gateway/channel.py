@@ -33,7 +33,7 @@ from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import ChannelSection
-from gateway.errors import CommandError
+from gateway.errors import CommandError, RefusedWhileLost
 from gateway.events import (
     ChannelState,
     CosData,
@@ -231,12 +231,12 @@ class ChannelMonitor:
         self._pub.emit("channel", self.channel_id, event_type, data, keep=True)
         self._publish_state()
 
-    def _set_reported_ptt(self, keyed: bool, reason: str) -> None:
+    def _set_reported_ptt(self, keyed: bool, reason: str, *, level: int = logging.INFO) -> None:
         if keyed == self._ptt_hw:
             return
         self._ptt_hw = keyed
         self._ptt_changed_at = self._clock()
-        log.info("channel %s: PTT %s (%s)", self.channel_id, "ON" if keyed else "off", reason)
+        log.log(level, "channel %s: PTT %s (%s)", self.channel_id, "ON" if keyed else "off", reason)
         self._pub.emit(
             "channel",
             self.channel_id,
@@ -319,12 +319,13 @@ class ChannelMonitor:
                     await self._key(False, "request")
                 except DeviceError as exc:
                     self._device_lost(exc)
-                    raise CommandError(f"radio interface lost: {exc}") from None
+                    raise RefusedWhileLost(f"radio interface lost: {exc}") from None
             self._lease_until = None
             self._lease_holder = None
             return self._ptt_reply()
         if not self._online:
-            raise CommandError(f"channel {self.channel_id}: radio interface offline")
+            self.health.refused()
+            raise RefusedWhileLost(f"channel {self.channel_id}: radio interface offline")
         if self._timed_out:
             self._timed_out_asked_at = self._clock()
             raise CommandError(
@@ -348,7 +349,7 @@ class ChannelMonitor:
                 await self._key(True, "request")
             except DeviceError as exc:
                 self._device_lost(exc)
-                raise CommandError(f"radio interface lost: {exc}") from None
+                raise RefusedWhileLost(f"radio interface lost: {exc}") from None
         return self._ptt_reply(lease_s=round(lease, 3))
 
     def _ptt_reply(self, *, lease_s: float | None = None) -> PttResponse:
@@ -465,8 +466,10 @@ class ChannelMonitor:
         self._online = False
         self._ptt_commanded = False
         self._lease_until = None
-        self.raise_fault("device_lost", f"radio interface lost: {exc}")
-        self._set_reported_ptt(False, "device_lost")
+        # One line for the loss, PTT's drop included: the fault line says it.
+        keyed = "; it was transmitting: PTT off" if self._ptt_hw else ""
+        self.raise_fault("device_lost", f"radio interface lost: {exc}{keyed}")
+        self._set_reported_ptt(False, "device_lost", level=logging.DEBUG)
         if self._cos:  # the carrier reported is over (for event consumers); unknown from now
             self._pub.emit("channel", self.channel_id, "cos.off", CosData())
         self._cos_raw = self._cos = None

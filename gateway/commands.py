@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import BadRequest, CommandError, UnknownCommand, UnknownTarget
+from gateway.errors import (
+    BadRequest,
+    CommandError,
+    RefusedWhileLost,
+    UnknownCommand,
+    UnknownTarget,
+)
 from gateway.events import ResponsePayload
 from gateway.request_boundary import (
     RefusalLog,
@@ -199,7 +205,8 @@ class CommandRouter:
             response = await self._run(scope, target, name, body)
             response.transaction = transaction
         except CommandError as exc:
-            self.refusals.refused(topic, f"{exc.code}: {exc}")
+            told = isinstance(exc, RefusedWhileLost)
+            self.refusals.refused(topic, f"{exc.code}: {exc}", told=told)
             response = ResponsePayload(
                 status="error", transaction=transaction, code=exc.code, error=f"{exc.code}: {exc}"
             )

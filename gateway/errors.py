@@ -42,6 +42,15 @@ class CommandError(ConsoleGwError):
     code: ClassVar[ErrorCode] = "refused"
 
 
+class RefusedWhileLost(CommandError):
+    """Refused because the device it needs is lost: a fault the log has told already.
+
+    The refusal is logged at debug and counted by the device's health, whose recovery line
+    says how many requests it refused meanwhile: a dispatcher pressing PTT on a dead radio
+    for a minute must not put a line per press between the loss and the recovery.
+    """
+
+
 class BadRequest(CommandError):
     """The request itself is malformed: refused before anything acted on it."""
 

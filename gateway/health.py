@@ -41,6 +41,7 @@ class DeviceHealth:
         self.attempts = 0
         """Failed attempts to reach it again since it was lost."""
         self.last_error: str | None = None
+        self._refused = 0
 
     @property
     def lost(self) -> bool:
@@ -75,11 +76,19 @@ class DeviceHealth:
             )
         return False
 
+    def refused(self) -> None:
+        """A request was refused because the device is lost (told at recovery, not each)."""
+        self._refused += 1
+
     def recovered(self) -> str | None:
         """Back: how long it was away, for the owner's recovery line (None if never lost)."""
         if self._lost_at is None:
             return None
         away = f"after {_duration(self._clock() - self._lost_at)}, {self.attempts} attempts"
+        if self._refused:
+            plural = "s" if self._refused != 1 else ""
+            away += f", {self._refused} request{plural} refused meanwhile"
+        self._refused = 0
         self._lost_at = None
         self.lost_since = None
         self.attempts = 0

@@ -180,7 +180,11 @@ class RefusalLog:
         self._seen: set[tuple[str, str]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def refused(self, topic: str, reason: str) -> None:
+    def refused(self, topic: str, reason: str, *, told: bool = False) -> None:
+        """`told`: the cause is a fault the log has told, whose owner counts the refusals."""
+        if told:
+            log.debug("request %s refused: %s", _printable_topic(topic), reason[:300])
+            return
         self._roll()
         seen = (topic, reason) in self._seen
         if self._logged < self._burst and not seen:

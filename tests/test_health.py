@@ -49,3 +49,16 @@ def test_a_quiet_first_change_is_in_the_state_only(caplog: pytest.LogCaptureFixt
     assert caplog.records == [] and health.last_error == "connection refused"
     health.failed("permission denied")
     assert [r.getMessage() for r in caplog.records] == ["radio still lost, now: permission denied"]
+
+
+def test_requests_refused_while_lost_are_told_at_recovery() -> None:
+    clock = Clock()
+    health = DeviceHealth(what="radio", logger=logging.getLogger("test.health"), clock=clock)
+    health.failed("connection lost")
+    for _ in range(3):
+        health.refused()
+    clock.now += 4.0
+    assert health.recovered() == "after 4.0 s, 0 attempts, 3 requests refused meanwhile"
+    health.failed("connection lost")  # the next outage starts from none
+    health.refused()
+    assert health.recovered() == "after 0.0 s, 0 attempts, 1 request refused meanwhile"

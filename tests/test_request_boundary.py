@@ -296,3 +296,16 @@ def test_the_summary_comes_even_when_the_flood_stops(caplog: pytest.LogCaptureFi
     asyncio.run(flood())
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3 and "refused 48 more requests" in messages[-1]
+
+
+def test_a_refusal_the_fault_has_told_is_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(burst=5, window_s=60, clock=_Clock())
+    caplog.set_level(logging.DEBUG, logger="gateway.commands")
+    offline = "refused: channel fire: radio interface offline"
+    for _ in range(10):
+        refusals.refused("consolegw/gw/channels/fire/request/ptt", offline, told=True)
+    assert {r.levelno for r in caplog.records} == {logging.DEBUG}
+    refusals.flush()  # and no summary: the device's recovery line counts them
+    assert {r.levelno for r in caplog.records} == {logging.DEBUG}
+    refusals.refused("consolegw/gw/request/x", "bad_request: nope")  # others still warn
+    assert caplog.records[-1].levelno == logging.WARNING
