@@ -351,6 +351,47 @@ class AlarmPoint:
             )
 
 
+class LinkLog:
+    """The offline and back-online lines of the modules on one link, one line for them all.
+
+    Modules on one link (an RS-485 bus, a Modbus TCP gateway) lose it together when its
+    cable is pulled: the technician needs one line naming the modules, not one per module.
+    A line waits `window_s` for the others (they notice within a poll or a time-out of
+    each other); on a link with one polled module it is logged at once.
+    """
+
+    def __init__(self, link_id: str, *, modules: int, window_s: float) -> None:
+        self._link_id = link_id
+        self._grouped = modules > 1
+        self._window_s = window_s
+        self._pending: dict[tuple[int, str], list[tuple[str, str]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def say(self, level: int, module_id: str, text: str, detail: str = "") -> None:
+        """Log "module <id>: <text><detail>". Modules saying the same text are grouped in
+        one line with the first one's detail: the others' follow from it ("not connected")."""
+        if not self._grouped:
+            log.log(level, "module %s: %s%s", module_id, text, detail)
+            return
+        self._pending.setdefault((level, text), []).append((module_id, detail))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._window_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for (level, text), said in pending.items():
+            if len(said) == 1:
+                log.log(level, "module %s: %s%s", said[0][0], text, said[0][1])
+            else:
+                names = ", ".join(module_id for module_id, _ in said)
+                log.log(
+                    level, "modules %s on link %s: %s%s", names, self._link_id, text, said[0][1]
+                )
+
+
 class ModuleMonitor:
     """Polls one IO module and feeds its alarm points; supervises the link to it."""
 
@@ -362,8 +403,10 @@ class ModuleMonitor:
         link: ModbusLink,
         points: list[AlarmPoint],
         publisher: Publisher,
+        link_log: LinkLog | None = None,
     ) -> None:
         self.module_id = module_id
+        self.link_log = link_log or LinkLog(config.link, modules=1, window_s=0.0)
         self._cfg = config
         self._preset = preset(config.preset)
         self._module = ModbusModule(link=link, device_id=config.device_id)
@@ -440,7 +483,7 @@ class ModuleMonitor:
             self._last_error = None
             away = self._health.recovered()
             if returning:
-                log.warning("module %s: back online (%s)", self.module_id, away)
+                self.link_log.say(logging.WARNING, self.module_id, "back online", f" ({away})")
                 data = ModuleData(message="module answers again", failed_polls=self._failures)
                 self._pub.emit("module", self.module_id, "module.online", data, keep=True)
             else:
@@ -480,7 +523,7 @@ class ModuleMonitor:
         self._health.failed(self._streak_error)
         self._last_error = self._streak_error
         message = f"no valid answer for {self._misses} polls: {self._streak_error}"
-        log.error("module %s: OFFLINE: %s", self.module_id, message)
+        self.link_log.say(logging.ERROR, self.module_id, "OFFLINE", f": {message}")
         data = ModuleData(message=message, failed_polls=self._failures)
         self._pub.emit("module", self.module_id, "module.offline", data, keep=True)
         self._publish_state()
@@ -531,6 +574,14 @@ def build_alarm_system(
         alarm_id: AlarmPoint(alarm_id=alarm_id, config=section, publisher=publisher, memory=memory)
         for alarm_id, section in alarms.items()
     }
+    polled = {m for m in modules if any(p.config.module == m for p in points.values())}
+    link_logs = {}
+    for link_id, link in link_objects.items():
+        on_link = [s for m, s in modules.items() if s.link == link_id and m in polled]
+        # The modules of a link notice its loss within a poll and a time-out of each other.
+        slowest_poll_s = max((s.poll_ms / 1000 for s in on_link), default=0.0)
+        window_s = max(0.5, 2 * slowest_poll_s + 2 * link.timeout_s)
+        link_logs[link_id] = LinkLog(link_id, modules=len(on_link), window_s=window_s)
     monitors = {
         module_id: ModuleMonitor(
             module_id=module_id,
@@ -538,6 +589,7 @@ def build_alarm_system(
             link=link_objects[section.link],
             points=[p for p in points.values() if p.config.module == module_id],
             publisher=publisher,
+            link_log=link_logs[section.link],
         )
         for module_id, section in modules.items()
     }
@@ -637,6 +689,8 @@ class Alarms(Subsystem):
         return [f"module {m}" for m, module in self.modules.items() if module.polled]
 
     async def close(self) -> None:
+        for module in self.modules.values():
+            module.link_log.flush()  # a line still waiting for its link's other modules
         await asyncio.gather(
             *(link.close() for link in self.links.values()), return_exceptions=True
         )
