@@ -182,11 +182,12 @@ def test_a_renewing_client_cannot_beat_the_time_out_timer(
 ) -> None:
     cut = console_factory(fire="tx_timeout_s = 3\nmax_lease_s = 2")
     started = time.monotonic()
-    replies = renew(cut, "fire", 60, every=1.0)
+    # 20 s of renewals a second: past the time-out (3 s) and four times its reset wait (5 s).
+    replies = renew(cut, "fire", 20, every=1.0)
     ended = time.monotonic()
     assert replies[0]["status"] == "ok" and replies[0]["data"]["ptt"] is True
     refused = [r for r in replies if r["status"] == "error"]
-    assert len(refused) >= 55 and all("time-out" in r["error"] for r in refused)
+    assert len(refused) >= 16 and all("time-out" in r["error"] for r in refused)
     assert all(r["code"] == "refused" for r in refused)
     assert len(cut.sub.events("ptt.on")) == 1
     keyed = keyed_seconds(cut, "fire", started, ended)
