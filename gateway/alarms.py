@@ -35,7 +35,7 @@ from drivers.modbus_io import (
 from drivers.modbus_presets import preset
 from gateway.commands import CommandRouter, Request, RequestContext, StatusRequest
 from gateway.config import AlarmSection, ModbusLinkSection, ModbusModuleSection
-from gateway.errors import CommandError
+from gateway.errors import CommandError, RefusedWhileLost
 from gateway.events import EventData, Payload, register_event_type, utc_timestamp
 from gateway.health import DeviceHealth
 from gateway.memory import JsonMemory
@@ -184,6 +184,8 @@ class AlarmPoint:
         self._state_topic = publisher.topic_for("alarm", alarm_id, "state")
         self._memory = memory
         self._remembered: Condition | None = None
+        self.module_health: DeviceHealth | None = None
+        """Its module's, set by the module's monitor: counts what is refused while it is lost."""
         self._recall()
 
     def _recall(self) -> None:
@@ -299,6 +301,15 @@ class AlarmPoint:
     # -- commands --------------------------------------------------------------------------
 
     def acknowledge(self, by: str | None) -> AlarmState:
+        if not self._active and not self._module_online:
+            # Unknown, not "not active": the input may be in alarm right now. (A latched
+            # alarm raised before the module went away is still acknowledged.)
+            if self.module_health is not None:
+                self.module_health.refused()
+            raise RefusedWhileLost(
+                f"alarm {self.alarm_id}: module {self.config.module} is offline, the input is "
+                "unknown: nothing known to acknowledge"
+            )
         if not self._active:
             raise CommandError(f"alarm {self.alarm_id} is not active: nothing to acknowledge")
         if not self._acknowledged:
@@ -364,16 +375,20 @@ class LinkLog:
         self._link_id = link_id
         self._grouped = modules > 1
         self._window_s = window_s
-        self._pending: dict[tuple[int, str], list[tuple[str, str]]] = {}
+        self._pending: dict[tuple[int, str, bool], list[tuple[str, str]]] = {}
+        """(level, text, paren) -> (module, detail) in the order said."""
         self._timer: asyncio.TimerHandle | None = None
 
-    def say(self, level: int, module_id: str, text: str, detail: str = "") -> None:
-        """Log "module <id>: <text><detail>". Modules saying the same text are grouped in
-        one line with the first one's detail: the others' follow from it ("not connected")."""
+    def say(
+        self, level: int, module_id: str, text: str, detail: str = "", *, paren: bool = False
+    ) -> None:
+        """Log "module <id>: <text>: <detail>" (or "<text> (<detail>)" with `paren`).
+        Modules saying the same text are grouped in one line, with every module's detail
+        where they differ."""
         if not self._grouped:
-            log.log(level, "module %s: %s%s", module_id, text, detail)
+            log.log(level, "module %s: %s%s", module_id, text, _detail(detail, paren))
             return
-        self._pending.setdefault((level, text), []).append((module_id, detail))
+        self._pending.setdefault((level, text, paren), []).append((module_id, detail))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._window_s, self.flush)
 
@@ -382,14 +397,22 @@ class LinkLog:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, {}
-        for (level, text), said in pending.items():
+        for (level, text, paren), said in pending.items():
             if len(said) == 1:
-                log.log(level, "module %s: %s%s", said[0][0], text, said[0][1])
+                log.log(level, "module %s: %s%s", said[0][0], text, _detail(said[0][1], paren))
+                continue
+            names = ", ".join(module_id for module_id, _ in said)
+            if len({detail for _, detail in said}) > 1:
+                detail = " (" + "; ".join(f"{m}: {d}" for m, d in said) + ")"
             else:
-                names = ", ".join(module_id for module_id, _ in said)
-                log.log(
-                    level, "modules %s on link %s: %s%s", names, self._link_id, text, said[0][1]
-                )
+                detail = _detail(said[0][1], paren)
+            log.log(level, "modules %s on link %s: %s%s", names, self._link_id, text, detail)
+
+
+def _detail(detail: str, paren: bool) -> str:
+    if not detail:
+        return ""
+    return f" ({detail})" if paren else f": {detail}"
 
 
 class ModuleMonitor:
@@ -428,6 +451,8 @@ class ModuleMonitor:
         self._streak_error = ""
         self._state_topic = publisher.topic_for("module", module_id, "state")
         self._health = DeviceHealth(what=f"module {module_id}", logger=log)
+        for point in points:
+            point.module_health = self._health
 
     @property
     def online(self) -> bool:
@@ -483,7 +508,9 @@ class ModuleMonitor:
             self._last_error = None
             away = self._health.recovered()
             if returning:
-                self.link_log.say(logging.WARNING, self.module_id, "back online", f" ({away})")
+                self.link_log.say(
+                    logging.WARNING, self.module_id, "back online", away or "", paren=True
+                )
                 data = ModuleData(message="module answers again", failed_polls=self._failures)
                 self._pub.emit("module", self.module_id, "module.online", data, keep=True)
             else:
@@ -523,7 +550,7 @@ class ModuleMonitor:
         self._health.failed(self._streak_error)
         self._last_error = self._streak_error
         message = f"no valid answer for {self._misses} polls: {self._streak_error}"
-        self.link_log.say(logging.ERROR, self.module_id, "OFFLINE", f": {message}")
+        self.link_log.say(logging.ERROR, self.module_id, "OFFLINE", message)
         data = ModuleData(message=message, failed_polls=self._failures)
         self._pub.emit("module", self.module_id, "module.offline", data, keep=True)
         self._publish_state()

@@ -78,7 +78,8 @@ class DeviceHealth:
 
     def refused(self) -> None:
         """A request was refused because the device is lost (told at recovery, not each)."""
-        self._refused += 1
+        if self._lost_at is not None:
+            self._refused += 1
 
     def recovered(self) -> str | None:
         """Back: how long it was away, for the owner's recovery line (None if never lost)."""

@@ -275,6 +275,9 @@ def test_link_dropped_and_back(alarm_console: Callable[..., ConsoleUnderTest]) -
     cut.console.links["bus"].unplug()
     cut.sub.wait_event("module.offline", source_id="io1")
     cut.sub.wait_event("module.offline", source_id="io2")
+    # Acknowledging an alarm whose module is away: its input is unknown, not "not active".
+    unknown = ack(cut, "door")
+    assert unknown["status"] == "error" and "is offline, the input is unknown" in unknown["error"]
     cut.console.links["bus"].replug()
     cut.sub.wait_event("module.online", source_id="io1", timeout=20)
     cut.sub.wait_event("module.online", source_id="io2", timeout=20)
@@ -284,7 +287,10 @@ def test_link_dropped_and_back(alarm_console: Callable[..., ConsoleUnderTest]) -
     offline = [ln for ln in lines if "OFFLINE" in ln]
     back = [ln for ln in lines if "back online" in ln]
     assert len(offline) == 1 and "modules io1, io2 on link bus: OFFLINE" in offline[0], offline
-    assert len(back) == 1 and "modules io1, io2 on link bus: back online (after" in back[0], back
+    assert len(back) == 1, back
+    assert "modules io1, io2 on link bus: back online (io1: after" in back[0]
+    assert "1 request refused meanwhile" in back[0]  # the ack, counted, not logged on its own
+    assert not [ln for ln in lines if "gateway.commands" in ln and "/request/ack" in ln]
 
 
 def test_set_output(alarm_console: Callable[..., ConsoleUnderTest]) -> None:
