@@ -180,8 +180,9 @@ class Plan:
     faults: list[Fault]
 
 
-def plan(duration_s: float, targets: list[str]) -> Plan:
-    """Each kind of fault at its period scaled with the duration; none overlaps another."""
+def plan(duration_s: float, targets: list[str], *, kill: bool = True) -> Plan:
+    """Each kind of fault at its period scaled with the duration; none overlaps another.
+    Without `kill` the daemon is never SIGKILLed: one life, for a memory profile."""
     scale = duration_s / FULL_S
     warmup = max(10.0, WARMUP_S * scale)
     unplug_for = max(5.0, UNPLUG_FOR_S * scale)
@@ -192,7 +193,7 @@ def plan(duration_s: float, targets: list[str]) -> Plan:
     for kind, every in (
         ("unplug", UNPLUG_EVERY_S * scale),
         ("broker", BROKER_EVERY_S * scale),
-        ("kill", KILL_EVERY_S * scale),
+        ("kill", KILL_EVERY_S * scale if kill else 2 * duration_s),
     ):
         k = 1
         while k * every < duration_s:
@@ -339,10 +340,22 @@ class Life:
 
 
 class Soak:
-    def __init__(self, tmp: Path, duration_s: float, seed: int) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        duration_s: float,
+        seed: int,
+        *,
+        kill: bool = True,
+        memprofile: Path | None = None,
+        tracemalloc_frames: int = 0,
+    ) -> None:
         self.tmp = tmp
         self.duration_s = duration_s
         self.seed = seed
+        self.kill_daemon = kill
+        self.memprofile = memprofile
+        self.tracemalloc_frames = tracemalloc_frames
         self.broker = Broker(tmp / "broker")
         self.lives: list[Life] = []
         self.unexpected_exits: list[int] = []
@@ -470,7 +483,13 @@ class Soak:
             path = self.tmp / f"{name}.toml"
             path.write_text(text)
             self.log_path = path.with_suffix(".log")
-            return Daemon(path, env=env)
+            if self.memprofile is None:
+                return Daemon(path, env=env)
+            # Each life samples itself into memprofile/<pid> (bench/memprofile.py).
+            wrapper = [str(ROOT / "bench" / "memprofile.py"), "daemon", str(self.memprofile)]
+            if self.tracemalloc_frames:
+                wrapper = ["-X", f"tracemalloc={self.tracemalloc_frames}", *wrapper]
+            return Daemon(path, env=env, entry=[*wrapper, "--"])
 
         text = sim_config(self.tmp, self.broker)
         data = tomllib.loads(text)
@@ -493,8 +512,16 @@ class Soak:
         for link_id, link in data.get("modbus", {}).get("links", {}).items():
             if "port" in link:
                 self.peers[link["port"]] = link_id
-        self.cut, stop_console = start_config(self.tmp, gid, text, daemon, subscriber)
-        self.plan = plan(self.duration_s, [*self.cut.console.radios, *self.cut.console.links])
+        # tracemalloc slows the daemon's start several times over.
+        online_s = 10.0 if self.memprofile is None else 60.0
+        self.cut, stop_console = start_config(
+            self.tmp, gid, text, daemon, subscriber, online_timeout=online_s
+        )
+        self.plan = plan(
+            self.duration_s,
+            [*self.cut.console.radios, *self.cut.console.links],
+            kill=self.kill_daemon,
+        )
         self._begin_life()
         self.started = time.monotonic()
         self.started_wall = time.time()
@@ -1021,8 +1048,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the working folder (daemon log, outbox)"
     )
+    parser.add_argument(
+        "--no-kill", action="store_true", help="never SIGKILL the daemon: one life to profile"
+    )
+    parser.add_argument(
+        "--memprofile",
+        type=Path,
+        metavar="DIR",
+        help="run the daemon under bench/memprofile.py, sampling its memory into DIR",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --memprofile: trace Python allocations, FRAMES deep (0: off)",
+    )
     args = parser.parse_args(argv)
     duration = QUICK_S if args.quick else args.minutes * 60
+    options: dict[str, Any] = {
+        "kill": not args.no_kill,
+        "memprofile": args.memprofile.resolve() if args.memprofile else None,
+        "tracemalloc_frames": args.tracemalloc,
+    }
     # A stop signal unwinds the run, so the broker, daemon and sound servers stop with it
     # (a background job of a non-interactive shell even starts with SIGINT ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1030,10 +1078,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.keep:
         kept = Path(tempfile.mkdtemp(prefix="soak-"))
         say(f"working folder (kept): {kept}")
-        result = Soak(kept, duration, args.seed).run()
+        result = Soak(kept, duration, args.seed, **options).run()
     else:
         with tempfile.TemporaryDirectory(prefix="soak-") as tmp_name:
-            result = Soak(Path(tmp_name), duration, args.seed).run()
+            result = Soak(Path(tmp_name), duration, args.seed, **options).run()
     report(result)
     print(json.dumps(result))
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,8 +268,16 @@ class Subscriber:
 class Daemon:
     """`consolegw run` in a subprocess, as systemd would run it."""
 
-    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        entry: Sequence[str] = ("-m", "gateway"),
+    ) -> None:
         self.config_path = config_path
+        self.entry = list(entry)
+        """What follows the interpreter before `run`: a bench may wrap the daemon."""
         self.log_path = config_path.with_suffix(".log")
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -277,7 +285,7 @@ class Daemon:
     def start(self) -> None:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+            [sys.executable, *self.entry, "run", "-c", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
