@@ -1,0 +1,1 @@
+"""The logging recorder: every transmission on every audio channel, recorded and indexed."""

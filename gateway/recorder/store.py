@@ -1,0 +1,639 @@
+"""Where recordings go: compressed audio files and their SQLite index, owned by one thread.
+
+The event loop never touches the disk for a recording: `RecordingStore` queues each
+operation (begin, audio, note, end) and a writer thread encodes, writes and indexes. The
+queue is bounded by seconds of audio; when the disk cannot keep up, audio is dropped (and
+counted in the record's `dropped_s`), never the PTT path or the capture made to wait.
+
+Crash safety: a record's row is committed before its first sample is written, with status
+`recording`; its file is flushed every `flush_s` (a Ogg/Opus or FLAC file is then playable
+up to that point). At the next open, every row still `recording` is repaired: its duration
+read from what the file holds, its checksum computed, its status `incomplete`. Nothing
+recorded before is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["rx", "tx"]
+AudioFormat = Literal["opus", "flac"]
+Status = Literal["recording", "complete", "incomplete"]
+
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+"""The input rates libsndfile's Opus encoder takes."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL,
+    duration_s REAL NOT NULL DEFAULT 0,
+    samplerate INTEGER NOT NULL,
+    level_dbfs REAL,
+    requested_by TEXT,
+    transaction_id TEXT,
+    faults TEXT NOT NULL DEFAULT '',
+    tty_text TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    status TEXT NOT NULL,
+    split_from INTEGER,
+    dropped_s REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS recordings_channel_start ON recordings (channel, start);
+CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start);
+"""
+
+_COLUMNS = (
+    "id",
+    "channel",
+    "direction",
+    "start",
+    "end",
+    "duration_s",
+    "samplerate",
+    "level_dbfs",
+    "requested_by",
+    "transaction_id",
+    "faults",
+    "tty_text",
+    "path",
+    "bytes",
+    "sha256",
+    "status",
+    "split_from",
+    "dropped_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """One record of the index."""
+
+    id: int
+    channel: str
+    direction: Direction
+    start: float
+    end: float | None
+    duration_s: float
+    samplerate: int
+    level_dbfs: float | None
+    requested_by: str | None
+    transaction_id: str | None
+    faults: tuple[str, ...]
+    tty_text: str
+    path: str
+    bytes: int
+    sha256: str | None
+    status: Status
+    split_from: int | None
+    dropped_s: float
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Recording:
+        values = dict(zip(_COLUMNS, row, strict=True))
+        faults = str(values["faults"] or "")
+        values["faults"] = tuple(f for f in faults.split(",") if f)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Which records: all filters optional, newest first."""
+
+    channel: str | None = None
+    direction: Direction | None = None
+    since: float | None = None
+    """Records that end at or after this (epoch seconds)."""
+    until: float | None = None
+    """Records that start before this."""
+    text: str | None = None
+    """In the TTY transcript, the requester or a fault code (case-insensitive)."""
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        # SQLite's LIKE reads a pattern up to a NUL: "A\0B" would find every "A".
+        if self.text is not None and "\x00" in self.text:
+            raise ValueError("the search text must not contain NUL characters")
+        if not 1 <= self.limit <= 10_000:
+            raise ValueError(f"limit must be 1..10000, got {self.limit}")
+
+
+@dataclass(slots=True)
+class _Open:
+    """A record being written (writer thread only)."""
+
+    record_id: int
+    path: Path
+    file: sf.SoundFile | None
+    samplerate: int
+    frames: int = 0
+    sumsq: float = 0.0
+    last_flush: float = field(default_factory=time.monotonic)
+    dropped_frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    handle: int
+    channel: str
+    direction: Direction
+    start: float
+    samplerate: int
+    requested_by: str | None = None
+    transaction_id: str | None = None
+    split_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    handle: int
+    pcm: NDArray[np.int16]
+    samplerate: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    handle: int
+    fault: str | None = None
+    tty_text: str | None = None
+    requested_by: str | None = None
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    handle: int
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """A record finished (for the `recording.saved` event)."""
+
+    recording: Recording
+
+
+_Op = Begin | _Audio | _Note | _End | _Stop
+
+
+class RecordingStore:
+    """Recordings of every channel under one folder, with one index. Call from one loop."""
+
+    def __init__(
+        self,
+        *,
+        folder: Path,
+        audio_format: AudioFormat = "opus",
+        flush_s: float = 1.0,
+        queue_s: float = 30.0,
+        max_age_days: float = 0.0,
+        quota_bytes: int = 0,
+        low_disk_bytes: int = 0,
+        on_saved: Callable[[Saved], None] | None = None,
+        on_low_disk: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.index_path = folder / "index.sqlite"
+        self._format: AudioFormat = audio_format
+        self._flush_s = flush_s
+        self._queue_s = queue_s
+        self._max_age_s = max_age_days * 86400.0
+        self._quota = quota_bytes
+        self._low_disk = low_disk_bytes
+        self._on_saved = on_saved
+        self._on_low_disk = on_low_disk
+        self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._queued_s = 0.0  # seconds of audio in _ops (approximate; under _lock)
+        self._lock = threading.Lock()
+        self._next_handle = 0
+        self._thread: threading.Thread | None = None
+        self._loop_call: Callable[[Callable[[], None]], None] | None = None
+        self.dropped_s = 0.0
+        """Audio dropped because the disk did not keep up, since the start."""
+        self.repaired: list[Recording] = []
+        """Records a crash left open, repaired at open()."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, call_soon: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Create the folder and index, repair what a crash left, start the writer.
+
+        `call_soon` hands the writer's callbacks to the event loop (call_soon_threadsafe).
+        """
+        self._loop_call = call_soon
+        self.folder.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        db.executescript(_SCHEMA)
+        self.repaired = _repair(db)
+        for rec in self.repaired:
+            log.warning(
+                "recording %d (%s %s) was cut by a crash: %.1f s kept in %s",
+                rec.id,
+                rec.channel,
+                rec.direction,
+                rec.duration_s,
+                rec.path,
+            )
+        self._thread = threading.Thread(
+            target=self._writer_main, args=(db,), name="recorder", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Finish every open record, stop the writer (blocks: a shutdown step)."""
+        if self._thread is None:
+            return
+        self._ops.put(_Stop())
+        self._thread.join()
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    # -- the event loop's side (never blocks) ------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        channel: str,
+        direction: Direction,
+        start: float,
+        samplerate: int,
+        requested_by: str | None = None,
+        transaction_id: str | None = None,
+        split_from: int | None = None,
+    ) -> int:
+        """A new record from `start` (epoch seconds); returns its handle."""
+        self._next_handle += 1
+        self._ops.put(
+            Begin(
+                self._next_handle,
+                channel,
+                direction,
+                start,
+                samplerate,
+                requested_by,
+                transaction_id,
+                split_from,
+            )
+        )
+        return self._next_handle
+
+    def audio(self, handle: int, pcm: NDArray[np.int16], samplerate: int) -> bool:
+        """Queue samples for a record; False (and counted) when the queue is full."""
+        seconds = len(pcm) / samplerate
+        with self._lock:
+            if self._queued_s + seconds > self._queue_s:
+                self.dropped_s += seconds
+                return False
+            self._queued_s += seconds
+        self._ops.put(_Audio(handle, pcm, samplerate))
+        return True
+
+    def note(
+        self,
+        handle: int,
+        *,
+        fault: str | None = None,
+        tty_text: str | None = None,
+        requested_by: str | None = None,
+        transaction_id: str | None = None,
+    ) -> None:
+        """Add a fault raised during the record, TTY text, or who keyed it."""
+        if tty_text is not None:
+            tty_text = tty_text.replace("\x00", "")  # never searchable (see Query)
+        self._ops.put(_Note(handle, fault, tty_text, requested_by, transaction_id))
+
+    def end(self, handle: int, end: float) -> None:
+        self._ops.put(_End(handle, end))
+
+    # -- reading (any thread; a connection per call, as readers do beside the writer) ------
+
+    def query(self, q: Query) -> list[Recording]:
+        where: list[str] = []
+        args: list[Any] = []
+        if q.channel is not None:
+            where.append("channel = ?")
+            args.append(q.channel)
+        if q.direction is not None:
+            where.append("direction = ?")
+            args.append(q.direction)
+        if q.since is not None:
+            where.append("COALESCE(end, start + duration_s) >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("start < ?")
+            args.append(q.until)
+        if q.text:
+            where.append(
+                "(tty_text LIKE ? ESCAPE '\\' OR requested_by LIKE ? ESCAPE '\\' "
+                "OR faults LIKE ? ESCAPE '\\')"
+            )
+            literal = q.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args.extend([f"%{literal}%"] * 3)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start DESC, id DESC LIMIT ?"
+        args.append(q.limit)
+        with contextlib.closing(self._connect()) as db:
+            return [Recording.from_row(row) for row in db.execute(sql, args)]
+
+    def get(self, record_id: int) -> Recording | None:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings WHERE id = ?"
+        with contextlib.closing(self._connect()) as db:
+            row = db.execute(sql, (record_id,)).fetchone()
+        return Recording.from_row(row) if row else None
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _writer_main(self, db: sqlite3.Connection) -> None:
+        open_records: dict[int, _Open] = {}
+        last_retention = 0.0
+        low = False
+        try:
+            while True:
+                try:
+                    op = self._ops.get(timeout=self._flush_s)
+                except queue.Empty:
+                    op = None
+                if isinstance(op, _Stop):
+                    break
+                if op is not None:
+                    self._apply(db, open_records, op)
+                now = time.monotonic()
+                for rec in open_records.values():
+                    if rec.file is not None and now - rec.last_flush >= self._flush_s:
+                        rec.file.flush()
+                        rec.last_flush = now
+                if now - last_retention >= 60.0 or isinstance(op, _End):
+                    last_retention = now
+                    self._retention(db)
+                    low = self._check_disk(low)
+        except Exception:
+            log.exception("recorder: the writer failed; recording stops")
+        finally:
+            for handle in list(open_records):
+                self._finish(db, open_records.pop(handle), time.time())
+            db.close()
+
+    def _apply(self, db: sqlite3.Connection, records: dict[int, _Open], op: _Op) -> None:
+        if isinstance(op, Begin):
+            records[op.handle] = self._start(db, op)
+        elif isinstance(op, _Audio):
+            with self._lock:
+                self._queued_s -= len(op.pcm) / op.samplerate
+            rec = records.get(op.handle)
+            if rec is not None:
+                self._write(rec, op.pcm)
+        elif isinstance(op, _Note):
+            rec = records.get(op.handle)
+            if rec is not None:
+                _note(db, rec.record_id, op)
+        elif isinstance(op, _End):
+            rec = records.pop(op.handle, None)
+            if rec is not None:
+                saved = self._finish(db, rec, op.end)
+                if saved is not None and self._on_saved is not None:
+                    self._call(self._on_saved, Saved(saved))
+
+    def _start(self, db: sqlite3.Connection, op: Begin) -> _Open:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(op.start))
+        millis = int((op.start % 1) * 1000)
+        day = time.strftime("%Y-%m-%d", time.gmtime(op.start))
+        suffix = ".opus" if self._format == "opus" else ".flac"
+        path = self.folder / op.channel / day / f"{op.channel}-{stamp}{millis:03d}Z-{op.direction}"
+        path = path.with_suffix(suffix)
+        cur = db.execute(
+            "INSERT INTO recordings (channel, direction, start, samplerate, requested_by, "
+            "transaction_id, path, status, split_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                op.channel,
+                op.direction,
+                op.start,
+                op.samplerate,
+                op.requested_by,
+                op.transaction_id,
+                str(path),
+                "recording",
+                op.split_from,
+            ),
+        )
+        record_id = int(cur.lastrowid or 0)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = _open_audio(path, op.samplerate, self._format)
+        except (OSError, sf.LibsndfileError, ValueError) as exc:
+            log.error("recorder: cannot create %s: %s", path, exc)
+            file = None
+        return _Open(record_id, path, file, op.samplerate)
+
+    def _write(self, rec: _Open, pcm: NDArray[np.int16]) -> None:
+        if rec.file is None:
+            rec.dropped_frames += len(pcm)
+            return
+        try:
+            rec.file.write(pcm)
+        except (OSError, sf.LibsndfileError) as exc:
+            log.error("recorder: writing %s failed: %s; the rest is dropped", rec.path, exc)
+            with contextlib.suppress(Exception):
+                rec.file.close()
+            rec.file = None
+            rec.dropped_frames += len(pcm)
+            return
+        rec.frames += len(pcm)
+        x = pcm.astype(np.float64)
+        rec.sumsq += float(np.dot(x, x))
+
+    def _finish(self, db: sqlite3.Connection, rec: _Open, end: float) -> Recording | None:
+        if rec.file is not None:
+            with contextlib.suppress(Exception):
+                rec.file.close()
+        size, digest = _file_facts(rec.path)
+        level = (
+            round(20 * math.log10(math.sqrt(rec.sumsq / rec.frames) / 32768.0 + 1e-12), 2)
+            if rec.frames and rec.sumsq > 0
+            else None
+        )
+        db.execute(
+            "UPDATE recordings SET end = ?, duration_s = ?, level_dbfs = ?, bytes = ?, "
+            "sha256 = ?, status = 'complete', dropped_s = dropped_s + ? WHERE id = ?",
+            (
+                end,
+                round(rec.frames / rec.samplerate, 3),
+                level,
+                size,
+                digest,
+                round(rec.dropped_frames / rec.samplerate, 3),
+                rec.record_id,
+            ),
+        )
+        return _get(db, rec.record_id)
+
+    def _retention(self, db: sqlite3.Connection) -> None:
+        """Oldest first: past the age limit, or while over the quota. Never a record being
+        written (its row is `recording`; its bytes count once it is finished)."""
+        cutoff = time.time() - self._max_age_s if self._max_age_s > 0 else None
+        (total,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM recordings").fetchone()
+        total = int(total)
+        doomed: list[tuple[int, str]] = []
+        rows = db.execute(
+            "SELECT id, path, start, bytes FROM recordings WHERE status != 'recording' "
+            "ORDER BY start"
+        ).fetchall()
+        for rid, path, start, size in rows:
+            old = cutoff is not None and start < cutoff
+            over = self._quota > 0 and total > self._quota
+            if not (old or over):
+                break  # the rest are newer, and the quota holds
+            doomed.append((rid, path))
+            total -= int(size)
+        for rid, path in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            db.execute("DELETE FROM recordings WHERE id = ?", (rid,))
+        if doomed:
+            log.info("recorder: %d old recordings removed (retention)", len(doomed))
+
+    def _check_disk(self, low: bool) -> bool:
+        if self._low_disk <= 0 or self._on_low_disk is None:
+            return low
+        try:
+            st = os.statvfs(self.folder)
+        except OSError:
+            return low
+        free = st.f_bavail * st.f_frsize
+        now_low = free < self._low_disk
+        if now_low != low:
+            message = (
+                f"{free / 1e6:.0f} MB free on the recordings' disk ({self.folder}), "
+                f"below recorder.low_disk_mb ({self._low_disk / 1e6:.0f})"
+                if now_low
+                else f"{free / 1e6:.0f} MB free on the recordings' disk again"
+            )
+            self._call(self._on_low_disk, now_low, message)
+        return now_low
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop_call is not None:
+            self._loop_call(lambda: fn(*args))
+        else:
+            fn(*args)
+
+
+def _open_audio(path: Path, samplerate: int, audio_format: AudioFormat) -> sf.SoundFile:
+    if audio_format == "opus":
+        if samplerate not in OPUS_RATES:
+            raise ValueError(f"Opus takes {OPUS_RATES} Hz, not {samplerate}")
+        return sf.SoundFile(
+            path, mode="w", samplerate=samplerate, channels=1, format="OGG", subtype="OPUS"
+        )
+    return sf.SoundFile(
+        path, mode="w", samplerate=samplerate, channels=1, format="FLAC", subtype="PCM_16"
+    )
+
+
+def _note(db: sqlite3.Connection, record_id: int, op: _Note) -> None:
+    if op.fault:
+        row = db.execute("SELECT faults FROM recordings WHERE id = ?", (record_id,)).fetchone()
+        faults = [f for f in str(row[0] or "").split(",") if f]
+        if op.fault not in faults:
+            faults.append(op.fault)
+            db.execute(
+                "UPDATE recordings SET faults = ? WHERE id = ?", (",".join(faults), record_id)
+            )
+    if op.tty_text:
+        db.execute(
+            "UPDATE recordings SET tty_text = tty_text || ? WHERE id = ?",
+            (op.tty_text, record_id),
+        )
+    if op.requested_by is not None or op.transaction_id is not None:
+        db.execute(
+            "UPDATE recordings SET requested_by = COALESCE(?, requested_by), "
+            "transaction_id = COALESCE(?, transaction_id) WHERE id = ?",
+            (op.requested_by, op.transaction_id, record_id),
+        )
+
+
+def _get(db: sqlite3.Connection, record_id: int) -> Recording | None:
+    sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings WHERE id = ?"
+    row = db.execute(sql, (record_id,)).fetchone()
+    return Recording.from_row(row) if row else None
+
+
+def _file_facts(path: Path) -> tuple[int, str | None]:
+    """Size and SHA-256 of a file (0, None when it does not exist)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                digest.update(block)
+                size += len(block)
+    except OSError:
+        return 0, None
+    return size, digest.hexdigest()
+
+
+def _playable_seconds(path: Path) -> float:
+    """How much of a file a player reads (a file cut by a crash: up to its last flush)."""
+    try:
+        with sf.SoundFile(path) as f:
+            rate = float(f.samplerate)
+            if f.frames > 0:
+                return float(f.frames) / rate
+            # A stream cut short may not know its length: count what decodes.
+            frames = sum(len(block) for block in f.blocks(blocksize=8192))
+            return frames / rate
+    except (OSError, sf.LibsndfileError, RuntimeError):
+        return 0.0
+
+
+def _repair(db: sqlite3.Connection) -> list[Recording]:
+    """Rows a crash left `recording`: duration from the file, checksum, `incomplete`."""
+    rows = db.execute("SELECT id, path, start FROM recordings WHERE status = 'recording'")
+    repaired = []
+    for record_id, path, start in rows.fetchall():
+        seconds = _playable_seconds(Path(path))
+        size, digest = _file_facts(Path(path))
+        db.execute(
+            "UPDATE recordings SET status = 'incomplete', duration_s = ?, end = ?, bytes = ?, "
+            "sha256 = ? WHERE id = ?",
+            (round(seconds, 3), start + seconds, size, digest, record_id),
+        )
+        rec = _get(db, record_id)
+        if rec is not None:
+            repaired.append(rec)
+    return repaired
