@@ -235,6 +235,8 @@ class RecordingStore:
         self._lock = threading.Lock()
         self._next_handle = 0
         self._thread: threading.Thread | None = None
+        self._ids: dict[int, int] = {}
+        """Handle -> record id of the recent records (writer thread): what a split names."""
         self._loop_call: Callable[[Callable[[], None]], None] | None = None
         self.dropped_s = 0.0
         """Audio dropped because the disk did not keep up, since the start."""
@@ -295,7 +297,8 @@ class RecordingStore:
         transaction_id: str | None = None,
         split_from: int | None = None,
     ) -> int:
-        """A new record from `start` (epoch seconds); returns its handle."""
+        """A new record from `start` (epoch seconds); returns its handle. `split_from`: the
+        handle of the record this one continues (split at the maximum length)."""
         self._next_handle += 1
         self._ops.put(
             Begin(
@@ -448,10 +451,13 @@ class RecordingStore:
                 op.transaction_id,
                 str(path),
                 "recording",
-                op.split_from,
+                None if op.split_from is None else self._ids.get(op.split_from),
             ),
         )
         record_id = int(cur.lastrowid or 0)
+        self._ids[op.handle] = record_id
+        while len(self._ids) > 1000:  # a split names a record begun moments ago
+            del self._ids[next(iter(self._ids))]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             file = _open_audio(path, op.samplerate, self._format)
