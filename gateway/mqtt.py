@@ -317,18 +317,29 @@ class MqttLink:
             self.session = await self._outbox.next_session()
             if self.on_connected is not None:
                 self.on_connected()
-            await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
+            await _until_closed(
+                client,
+                client.publish(self._status_topic, self._status("online"), qos=1, retain=True),
+                f"the PUBLISH of {self._status_topic}",
+            )
             requests.install()  # before subscribing, so no request is missed
             for topic in self._router.subscriptions:
                 if v5:
                     # Retain-As-Published keeps the retain flag on live delivery, so a
                     # request published with retain=true is refused, not only a stale one.
                     options = SubscribeOptions(qos=1, retainAsPublished=True)
-                    await client.subscribe(topic, options=options)
+                    subscribed = client.subscribe(topic, options=options)
                 else:
                     # 3.1.1 clears the flag on live delivery: only a stale retained request
-                    # is recognised (and refused, and cleared) as such.
-                    await client.subscribe(topic, qos=1)
+                    # is recognised (and refused, and cleared) as such. QoS 0: the session
+                    # is a clean one, whose unacknowledged deliveries the broker drops with
+                    # it, so QoS 1 would save no request; and RabbitMQ 3.x (the 3.1.1
+                    # broker) keeps a clean session's QoS 1 subscription in a durable queue
+                    # on the node it was made on: once that node crashes, every node
+                    # refuses this client id a QoS 1 SUBSCRIBE, by closing the connection,
+                    # until it is back (docs/broker-rabbitmq.md).
+                    subscribed = client.subscribe(topic, qos=0)
+                await _until_closed(client, subscribed, f"the SUBSCRIBE to {topic}")
             self._connected.set()
             after = (
                 ""
@@ -602,6 +613,39 @@ def _ack_now(client: aiomqtt.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
+class SetupFailed(aiomqtt.MqttError):
+    """The broker accepted the connection (CONNACK), then closed it or left unanswered the
+    status PUBLISH or a SUBSCRIBE that follow."""
+
+
+async def _until_closed(client: _Client, step: Coroutine[Any, Any, Any], what: str) -> None:
+    """`step`, or SetupFailed as soon as the broker closes the connection. aiomqtt would wait
+    out its whole timeout (10 s) for a PUBACK or SUBACK that a closed connection never
+    brings, and its "Operation timed out" read as a broker that sent no CONNACK: RabbitMQ
+    refuses a SUBSCRIBE by closing the connection."""
+    closed = asyncio.ensure_future(client.closed())
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (closed, task):
+            if not future.done():
+                future.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await closed  # its end (or its cancellation) retrieved
+    if task in done:
+        try:
+            task.result()
+        except aiomqtt.MqttError as exc:
+            if str(exc) == "Operation timed out":
+                raise SetupFailed(f"no answer to {what}, after its CONNACK") from None
+            raise
+        return
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await task
+    raise SetupFailed(f"the broker closed the connection on {what}, after its CONNACK")
+
+
 async def _first(waiter: Any, failure: asyncio.Future[None]) -> None:
     task = asyncio.ensure_future(waiter)
     try:
@@ -682,6 +726,12 @@ def _describe_failure(error: BaseException) -> str:
         if code in _PROTOCOL_CODES:
             return f"protocol refused ({error}): the broker does not speak this MQTT version"
         return f"connection refused by the broker ({error})"
+    if isinstance(error, SetupFailed):
+        return (
+            f"refused after connecting: {error} (RabbitMQ closes the connection on a topic "
+            "outside the user's permissions, or on a QoS 1 subscription kept on a node "
+            "that is down)"
+        )
     if isinstance(cause, ssl.SSLError) or "SSL" in str(error) or "certificate" in str(error):
         return f"TLS failed ({error}): check mqtt.tls and the broker's certificate"
     if str(error) == "Operation timed out":

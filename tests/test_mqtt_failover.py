@@ -3,6 +3,7 @@ again while events flow; CAD, subscribed to both, misses no event."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mqtt_tools import Broker, Daemon, Subscriber, wait_for
+from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
+from tests.rabbitmq import read_packet
 from tests.sim_tools import channel_config, start_config
 
 
@@ -135,3 +137,94 @@ def test_a_quiet_console_sees_its_broker_go_and_come_back(
         assert daemon.stop() == 0
     finally:
         broker.stop()
+
+
+class ClosesOnSubscribe:
+    """A loopback MQTT 3.1.1 peer that answers CONNECT with CONNACK 0 and a QoS 1 PUBLISH
+    with its PUBACK, and closes the connection on SUBSCRIBE: what RabbitMQ does to a
+    subscription it refuses (docs/broker-rabbitmq.md). Counts the connections it took."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _packet(conn: socket.socket) -> tuple[int, bytes] | None:
+        """(the first byte, the body after the remaining length) of the next packet."""
+        raw = read_packet(conn)
+        end = 1
+        while end < len(raw) and raw[end] & 0x80:
+            end += 1
+        return (raw[0], raw[end + 1 :]) if len(raw) > end else None
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            while True:
+                try:
+                    packet = self._packet(conn)
+                except OSError:
+                    return
+                if packet is None:
+                    return
+                kind, body = packet
+                if kind >> 4 == 1:  # CONNECT
+                    conn.sendall(b"\x20\x02\x00\x00")
+                elif kind >> 4 == 3 and (kind >> 1) & 3:  # PUBLISH, QoS 1
+                    topic_len = int.from_bytes(body[:2], "big")
+                    conn.sendall(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])
+                elif kind >> 4 == 12:  # PINGREQ
+                    conn.sendall(b"\xd0\x00")
+                else:  # SUBSCRIBE (and DISCONNECT): the connection ends
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+
+
+def test_a_broker_that_closes_the_connection_on_subscribe_is_left_for_the_next(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # aiomqtt does not end a SUBSCRIBE's wait for its SUBACK when the connection closes: the
+    # link waited out 10 s, then said the broker sent no CONNACK. It now sees the close,
+    # says what the broker did, and moves on to the next broker of mqtt.urls.
+    closer = ClosesOnSubscribe()
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        daemon = daemon_factory(
+            f'[gateway]\nid = "pos-sub"\nstandby = true\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[mqtt]\nurls = ["{closer.url}", "{broker.url}"]\nprotocol = "3.1.1"\n'
+            "return_to_first_s = 0\n"
+        )
+        daemon.start()
+        wait_for(lambda: connected_lines(daemon.log()), 20, "the connection to the second")
+        log = daemon.log()
+        assert f":{broker.port} " in connected_lines(log)[0]
+        assert (
+            f"127.0.0.1:{closer.port}: refused after connecting: the broker closed the "
+            "connection on the SUBSCRIBE to consolegw/pos-sub/request/+, after its CONNACK"
+        ) in log, log
+        assert "no MQTT CONNACK" not in log and "Traceback" not in log
+        assert closer.connections >= 1
+        assert daemon.stop() == 0
+    finally:
+        broker.stop()
+        closer.close()

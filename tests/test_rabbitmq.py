@@ -448,6 +448,56 @@ def test_persistent_session_while_its_node_is_down(cluster: RabbitCluster) -> No
     }
 
 
+def _subscribe_outcome(node: RabbitBroker, cid: str, topic: str, qos: int) -> Any:
+    """A clean session of `cid` on `node` subscribing `topic` at `qos`: the granted QoS,
+    or "closed" if the broker closed the connection instead of a SUBACK."""
+    peer = Peer(node, cid)
+    assert peer.connack is not None and peer.connack.value == 0, peer.connack
+    peer.client.subscribe(topic, qos=qos)
+    wait_for(lambda: peer.subacks or peer.closed.is_set(), 10, "SUBACK or close")
+    outcome = [c.value for c in peer.subacks] if peer.subacks else "closed"
+    peer.close()
+    return outcome
+
+
+def test_qos1_subscription_of_a_clean_session_when_its_node_dies(cluster: RabbitCluster) -> None:
+    """A clean session's QoS 1 subscription is a durable (auto-delete) classic queue on the
+    node it was made on. Once A is killed and B has taken A's death in (the queue's live
+    record is gone, its durable one stays), that client id's QoS 1 SUBSCRIBE is answered by
+    closing the connection, after a CONNACK 0, on B and on C alike ("home node ... of durable
+    queue ... is down or inaccessible" in B's log); a QoS 0 SUBSCRIBE (a transient queue) is
+    granted. A reconnection that beats B to the news of A's death deletes the queue instead
+    (a race a gateway reconnecting within milliseconds usually won), so the probe waits for
+    B first. Back with A, the QoS 1 SUBSCRIBE is granted again."""
+    a, b, c = (cluster[name] for name in ("a", "b", "c"))
+    cid = f"clean-{_tag()}"
+    topic = f"probe/{cid}/request/+"
+    # A connection on A holds the subscription (its queue) when A dies.
+    holder = Peer(a, cid)
+    holder.client.subscribe(topic, qos=1)
+    wait_for(lambda: holder.subacks, 10, "SUBACK on A")
+    assert [code.value for code in holder.subacks] == [1]
+    cluster.kill("a")
+    queue = f'rabbit_misc:r(<<"/">>, queue, <<"mqtt-subscription-{cid}qos1">>)'
+    live = f"rabbit_amqqueue:exists({queue})."
+    wait_for(lambda: b.ctl("eval", live).strip() == "false", 30, "B to drop A's queue")
+    facts: dict[str, Any] = {
+        "qos1_on_b": _subscribe_outcome(b, cid, topic, 1),
+        "qos1_on_c": _subscribe_outcome(c, cid, topic, 1),
+        "qos0_on_b": _subscribe_outcome(b, cid, topic, 0),
+    }
+    holder.close()
+    cluster.restart("a")
+    facts["qos1_on_b_after_restart"] = _subscribe_outcome(b, cid, topic, 1)
+    print(f"\na clean session's subscriptions with its node A down: {facts}")
+    assert facts == {
+        "qos1_on_b": "closed",
+        "qos1_on_c": "closed",
+        "qos0_on_b": [0],
+        "qos1_on_b_after_restart": [1],
+    }
+
+
 def _set_durable_queue_type(cluster: RabbitCluster, kind: str) -> None:
     """mqtt.durable_queue_type on every running node, in one CLI call."""
     cluster["a"].ctl(
