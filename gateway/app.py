@@ -30,6 +30,7 @@ from gateway.memory import JsonMemory
 from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
+from gateway.recorder import Recorder
 from gateway.request_boundary import RequestLimits
 from gateway.sdnotify import SystemdNotifier
 from gateway.startup import START_WINDOW_S, StartupSummary
@@ -39,7 +40,13 @@ from gateway.tty import Tty
 
 log = logging.getLogger(__name__)
 
-SUBSYSTEMS: tuple[Builder, ...] = (Radios.build, Audio.build, Tty.build, Alarms.build)
+SUBSYSTEMS: tuple[Builder, ...] = (
+    Radios.build,
+    Audio.build,
+    Tty.build,
+    Recorder.build,
+    Alarms.build,
+)
 """Every subsystem, in build order (each may use those before it); closed in reverse.
 A new subsystem is one module and one entry here."""
 

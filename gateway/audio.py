@@ -25,7 +25,7 @@ import wave
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -159,6 +159,10 @@ class RingBuffer:
         return np.concatenate((self._buf[start:], self._buf[: self._pos]))
 
 
+class BlockListener(Protocol):
+    def __call__(self, samples: NDArray[np.float32], end_wall: float, *, active: bool) -> None: ...
+
+
 class ChannelAudio:
     """Activity, faults, levels and recall for one channel's audio."""
 
@@ -177,6 +181,7 @@ class ChannelAudio:
         self.column = config.column
         self._cfg = config
         self._sr = samplerate
+        self.samplerate = samplerate
         self._monitor = monitor
         self._pub = publisher
         self._recall_dir = recall_dir
@@ -204,6 +209,9 @@ class ChannelAudio:
         self._state_topic = publisher.topic_for("channel", channel_id, "audio")
         self.sample_listeners: list[Callable[[NDArray[np.float32]], None]] = []
         """Called with every block of this channel's samples, in order (the TTY decoder)."""
+        self.block_listeners: list[BlockListener] = []
+        """Called with every block, the wall-clock time of its last sample and whether the
+        level meter hears activity (the recorder)."""
         monitor.fault_listeners.append(self._on_fault)
 
     # -- device --------------------------------------------------------------------------
@@ -233,6 +241,8 @@ class ChannelAudio:
         self._ring_end_wall = end_wall
         for listener in self.sample_listeners:
             listener(samples)
+        for block_listener in self.block_listeners:
+            block_listener(samples, end_wall, active=self.active)
 
     def add_gap(self, frames: int) -> None:
         """Blocks were lost: keep the recall's timeline right with silence in their place."""

@@ -270,6 +270,8 @@ class ChannelAudioSection(_Model):
     """How much audio the instant-recall ring buffer keeps."""
     recall_on_fault_s: float = Field(default=30.0, ge=0, le=3600)
     """Seconds written to a WAV automatically when a fault is raised (0: never)."""
+    record: bool = True
+    """Record this channel's transmissions (when [recorder] is enabled)."""
 
 
 class ChannelTtySection(_Model):
@@ -423,6 +425,31 @@ class MetricsSection(_Model):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class RecorderSection(_Model):
+    """The logging recorder: every transmission on every audio channel (a channel's
+    `audio.record = false` leaves it out), indexed in SQLite under `folder`."""
+
+    enabled: bool = True
+    folder: str = ""
+    """Where recordings and their index go; empty: <gateway.state_dir>/recordings."""
+    format: Literal["opus", "flac"] = "opus"
+    """opus: Ogg/Opus, speech-grade, about 1 kB a second; flac: lossless, about 10 times that."""
+    pre_roll_s: float = Field(default=1.0, ge=0, le=30)
+    """Audio kept from before the carrier or PTT came (a word's start, a late COS)."""
+    hang_s: float = Field(default=2.0, ge=0, le=60)
+    """A transmission back within this continues the record (an exchange of overs)."""
+    max_s: float = Field(default=600.0, ge=10, le=86_400)
+    """A longer record is split here (a stuck carrier does not make one endless file)."""
+    max_age_days: float = Field(default=0.0, ge=0, le=36_500)
+    """Records older than this are deleted, oldest first (0: kept, within the quota)."""
+    quota_mb: float = Field(default=0.0, ge=0)
+    """Records beyond this much disk are deleted, oldest first (0: no quota)."""
+    low_disk_mb: float = Field(default=1000.0, ge=0)
+    """A `recorder_low_disk` fault on every recorded channel while less is free (0: never)."""
+    flush_s: float = Field(default=1.0, gt=0, le=60)
+    """How often an open record's file is flushed: a crash loses at most this much."""
+
+
 class Config(_Model):
     gateway: GatewaySection = GatewaySection()
     mqtt: MqttSection = MqttSection()
@@ -432,6 +459,7 @@ class Config(_Model):
     modbus: ModbusSection = ModbusSection()
     alarms: dict[Identifier, AlarmSection] = Field(default_factory=dict)
     metrics: MetricsSection = MetricsSection()
+    recorder: RecorderSection = RecorderSection()
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -477,6 +505,7 @@ def _validation_message(path: Path, exc: ValidationError) -> str:
 
 _PATH_KEYS = (
     ("gateway", "state_dir"),
+    ("recorder", "folder"),
     ("mqtt", "password_file"),
     ("mqtt", "tls", "ca_file"),
     ("mqtt", "tls", "cert_file"),
@@ -497,6 +526,8 @@ def _resolve_relative_paths(data: dict[str, Any], source: Path) -> dict[str, Any
         if not (isinstance(node, dict) and isinstance(node.get(keys[-1]), str)):
             continue  # absent, or not a string: validation names the problem
         raw: str = node[keys[-1]]
+        if not raw and keys == ("recorder", "folder"):
+            continue  # empty: the default (under state_dir), not the config's own folder
         where = f"{source}: {'.'.join(keys)}"
         if "\0" in raw:
             raise ConfigError(f"{where}: contains a NUL character")
@@ -604,6 +635,14 @@ def _check_references(config: Config, source: Path) -> None:
                 f"{where}.column: device {audio.device} has {device.channels} channels "
                 f"(columns 0-{device.channels - 1})"
             )
+        opus_rates = (8000, 12000, 16000, 24000, 48000)
+        recorded = config.recorder.enabled and audio.record
+        if recorded and config.recorder.format == "opus" and device.samplerate not in opus_rates:
+            raise ConfigError(
+                f"{source}: audio.devices.{audio.device}.samplerate: {device.samplerate} Hz, "
+                f'but recorder.format = "opus" takes {", ".join(map(str, opus_rates))} Hz: '
+                'use one of those, or format = "flac", or record = false on the channel'
+            )
         tty = channel_section.tty
         if tty is not None and tty.output_device is not None:
             out = config.audio.devices.get(tty.output_device)
@@ -653,7 +692,7 @@ def _check_references(config: Config, source: Path) -> None:
 
 def _check_files(config: Config, source: Path) -> None:
     for keys in _PATH_KEYS:
-        if keys == ("gateway", "state_dir"):
+        if keys in (("gateway", "state_dir"), ("recorder", "folder")):
             continue  # a directory, made when missing
         node: Any = config
         for key in keys:

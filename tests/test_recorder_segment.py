@@ -29,7 +29,7 @@ class Channel:
             samplerate=SR,
             store=self.store,
             config=SegmentConfig(**cfg),
-            has_cos=has_cos,
+            has_cos=lambda: has_cos,
             clock=lambda: self.now,
         )
         self.n = 0

@@ -1,5 +1,6 @@
 """One channel's transmissions cut into records: received (COS, or audio activity where the
-channel has no COS) and transmitted (PTT), with pre-roll, a hang time and a maximum length.
+channel has no COS or its COS is not known) and transmitted (PTT), with pre-roll, a hang
+time and a maximum length.
 
 Time is the audio's: each block comes with the wall-clock time of its last sample, and the
 COS and PTT changes with the wall-clock time they were seen; a record starts `pre_roll_s`
@@ -48,9 +49,11 @@ class ChannelSegmenter:
         samplerate: int,
         store: RecordingStore,
         config: SegmentConfig,
-        has_cos: bool,
+        has_cos: Callable[[], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`has_cos`: whether the channel's carrier is known now (wired, and its radio
+        interface online and reporting); while not, the audio's activity decides."""
         self.channel_id = channel_id
         self._sr = samplerate
         self._store = store
@@ -78,7 +81,7 @@ class ChannelSegmenter:
     def _wanted(self) -> Direction | None:
         if self._ptt:
             return "tx"
-        if self._cos if self._has_cos else self._active:
+        if self._cos if self._has_cos() else self._active:
             return "rx"
         return None
 
@@ -124,7 +127,7 @@ class ChannelSegmenter:
         self._keep(pcm, end_wall)
         if active != self._active:
             self._active = active
-            if not self._has_cos:
+            if not self._has_cos():
                 # The meter decides after its attack time: the pre-roll covers that.
                 self._changed(end_wall - len(pcm) / self._sr)
         rec = self._record

@@ -269,6 +269,10 @@ class RecordingStore:
         )
         self._thread.start()
 
+    @property
+    def opened(self) -> bool:
+        return self._thread is not None
+
     def close(self) -> None:
         """Finish every open record, stop the writer (blocks: a shutdown step)."""
         if self._thread is None:
