@@ -1,4 +1,4 @@
-"""Technician tools: `consolegw top`, `fleet`, `diag` and `plot`.
+"""Technician tools: `consolegw top`, `fleet`, `diag`, `plot` and `recordings`.
 
 Every tool follows the `consolegw` style: `--help` says what it does and what it touches,
 failures exit non-zero with a one-line reason (ToolError -> status 1, a bad config or bad
@@ -207,3 +207,7 @@ def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     plot.add_argument("--json", action="store_true", help="print what was drawn as JSON")
     plot.set_defaults(func=_cmd_plot, parser=plot)
+
+    from gateway.tools import recordings
+
+    recordings.register(sub)

@@ -118,6 +118,20 @@ _FLOAT = 3
 _EXTENSIBLE = 0xFFFE
 
 
+def _read_other(path: Path, column: int) -> Recording:
+    """Ogg/Opus, FLAC and the rest libsndfile reads (the recorder's files)."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(path, dtype="float64", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise ToolError(f"{path}: neither WAV nor an audio file libsndfile reads: {exc}") from None
+    channels = int(data.shape[1])
+    if not 0 <= column < channels:
+        raise ToolError(f"{path}: has {channels} channel(s); --column {column} does not exist")
+    return Recording(samples=data[:, column], rate=int(rate), channels=channels)
+
+
 def read_wav(path: Path, *, column: int = 0) -> Recording:
     """PCM 8/16/24/32-bit and float 32/64 WAV (plain or WAVE_FORMAT_EXTENSIBLE), one column.
 
@@ -128,7 +142,7 @@ def read_wav(path: Path, *, column: int = 0) -> Recording:
     except OSError as exc:
         raise ToolError(f"{path}: cannot read: {exc.strerror}") from None
     if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
-        raise ToolError(f"{path}: not a WAV file")
+        return _read_other(path, column)
     fmt: tuple[int, int, int, int] | None = None
     data: bytes | None = None
     pos = 12
@@ -428,10 +442,14 @@ def make_plot(
     size_px: tuple[int, int] = (1400, 900),
     title: str | None = None,
     column: int = 0,
+    channel: str | None = None,
 ) -> PlotInfo:
-    """Read, place markers, draw, save. Raises ToolError with a one-line reason."""
+    """Read, place markers, draw, save. Raises ToolError with a one-line reason.
+    `channel`: whose events to mark (default: the sidecar's)."""
     recording = read_wav(wav, column=column)
     sidecar = read_sidecar(wav) or {}
+    if channel is not None:
+        sidecar["channel"] = channel
     notes: list[str] = []
     start_epoch: float | None = None
     if start is not None:

@@ -1,0 +1,263 @@
+"""`consolegw recordings list|export|play|plot`: the recorder's index and files on this host.
+
+Reads the index (SQLite) and the audio files the daemon's recorder writes; never writes to
+either, so it runs beside the daemon. The folder is the config's `recorder.folder` (or
+<gateway.state_dir>/recordings), or `--folder`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.tools import ToolError
+
+if TYPE_CHECKING:  # imported when a command runs: the parser is built at every start
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from gateway.recorder.store import Query, Recording, RecordingStore
+
+MAX_SPAN_S = 24 * 3600.0
+"""The longest time span `export --channel` stitches into one file."""
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    if args.folder:
+        folder = Path(args.folder)
+    elif args.config:
+        from gateway.config import load_config
+
+        config = load_config(args.config)
+        rec = config.recorder
+        folder = Path(rec.folder) if rec.folder else config.gateway.state_dir / "recordings"
+    else:
+        raise ToolError("give -c CONFIG or --folder: where the recordings are")
+    if not (folder / "index.sqlite").is_file():
+        raise ToolError(f"{folder}: no recorder index here (index.sqlite)")
+    return folder
+
+
+def _time(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ToolError(
+            f"{what}: not a time (RFC 3339, e.g. 2026-12-07T02:10:00Z): {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # a technician's "02:10" is local time
+    return when.timestamp()
+
+
+def _query(args: argparse.Namespace, limit: int) -> Query:
+    from gateway.recorder.store import Query
+
+    try:
+        return Query(
+            channel=args.channel,
+            direction=args.direction,
+            since=_time(args.since, "--since"),
+            until=_time(args.until, "--until"),
+            text=getattr(args, "text", None),
+            limit=limit,
+        )
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _local(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _store(args: argparse.Namespace) -> RecordingStore:
+    from gateway.recorder.store import RecordingStore
+
+    return RecordingStore(folder=_folder(args))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.recorder import RecordingInfo
+
+    store = _store(args)
+    found = store.query(_query(args, args.limit))
+    if args.json:
+        print(json.dumps([RecordingInfo.of(r).model_dump(mode="json") for r in found], indent=2))
+        return 0
+    if not found:
+        print("no recordings match")
+        return 0
+    print(
+        f"{'id':>6}  {'channel':<12} {'dir':<3} {'start (local)':<19} {'length':>7} "
+        f"{'level':>6}  {'status':<10} by / faults / text"
+    )
+    for r in found:
+        level = f"{r.level_dbfs:.0f}" if r.level_dbfs is not None else "-"
+        extra = " ".join(
+            x
+            for x in (
+                r.requested_by or "",
+                ",".join(r.faults),
+                r.tty_text.replace("\n", " / ")[:40],
+            )
+            if x
+        )
+        print(
+            f"{r.id:>6}  {r.channel:<12.12} {r.direction:<3} {_local(r.start):<19} "
+            f"{r.duration_s:>6.1f}s {level:>6}  {r.status:<10} {extra}"
+        )
+    return 0
+
+
+def _read(rec: Recording) -> tuple[NDArray[np.float64], int]:
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(rec.path, dtype="float64", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise ToolError(f"recording {rec.id}: cannot read {rec.path}: {exc}") from None
+    return data[:, 0], int(rate)
+
+
+def _one(store: RecordingStore, record_id: int) -> Recording:
+    rec = store.get(record_id)
+    if rec is None:
+        raise ToolError(f"no recording {record_id}")
+    return rec
+
+
+def stitch(records: list[Recording], start: float, end: float) -> tuple[NDArray[np.float64], int]:
+    """The records of one channel laid on the time line [start, end), silence between."""
+    import numpy as np
+
+    if end - start > MAX_SPAN_S:
+        raise ToolError(f"a span of {end - start:.0f} s is longer than {MAX_SPAN_S:.0f} s")
+    rate = records[0].samplerate
+    out = np.zeros(round((end - start) * rate))
+    for rec in sorted(records, key=lambda r: r.start):
+        if rec.samplerate != rate:
+            raise ToolError(f"recording {rec.id} is at {rec.samplerate} Hz, the others {rate}")
+        samples, _ = _read(rec)
+        at = round((rec.start - start) * rate)
+        lo = max(0, -at)
+        hi = min(len(samples), len(out) - at)
+        if hi > lo:
+            out[at + lo : at + hi] = samples[lo:hi]
+    return out, rate
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.audio import to_pcm16, write_wav16
+
+    store = _store(args)
+    output = Path(args.output)
+    if args.id is not None:
+        rec = _one(store, args.id)
+        samples, rate = _read(rec)
+        what = f"recording {rec.id} ({rec.channel} {rec.direction}, {_local(rec.start)})"
+    else:
+        if not (args.channel and args.since and args.until):
+            raise ToolError("give a recording id, or --channel, --since and --until")
+        query = _query(args, 10_000)
+        assert query.since is not None and query.until is not None
+        found = store.query(query)
+        if not found:
+            raise ToolError(f"no recordings of {args.channel} in that span")
+        samples, rate = stitch(found, query.since, query.until)
+        what = f"{len(found)} recordings of {args.channel}, {args.since} to {args.until}"
+    try:
+        write_wav16(output, to_pcm16(samples), rate)
+    except OSError as exc:
+        raise ToolError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {output}: {what}, {len(samples) / rate:.1f} s at {rate} Hz")
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    import numpy as np
+    import sounddevice as sd
+
+    store = _store(args)
+    rec = _one(store, args.id)
+    samples, rate = _read(rec)
+    print(f"playing recording {rec.id} ({rec.channel} {rec.direction}, {rec.duration_s:.1f} s)")
+    try:
+        sd.play(samples.astype(np.float32), rate, device=args.device, blocking=True)
+    except (sd.PortAudioError, ValueError) as exc:
+        raise ToolError(f"cannot play: {exc}") from None
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gateway.events import utc_timestamp
+    from gateway.tools.plot import make_plot
+
+    store = _store(args)
+    rec = _one(store, args.id)
+    info = make_plot(
+        Path(rec.path),
+        Path(args.output),
+        events_path=Path(args.events) if args.events else None,
+        start=utc_timestamp(rec.start),
+        title=f"recording {rec.id}: {rec.channel} {rec.direction}, {_local(rec.start)}",
+        channel=rec.channel,
+    )
+    print(f"wrote {info.output}: {info.duration_s:g} s, {len(info.markers)} marker(s)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = sub.add_parser(
+        "recordings",
+        help="the recorder's records on this host: list, export to WAV, play, plot",
+        description=(
+            "Reads the recorder's index and files (never writes them; runs beside the "
+            "daemon). Times are RFC 3339; without a zone, local time."
+        ),
+    )
+    rec.add_argument("-c", "--config", help="config file: where the recordings are")
+    rec.add_argument("--folder", help="the recordings folder (overrides -c)")
+    actions = rec.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--channel", help="only this channel")
+        p.add_argument("--direction", choices=["rx", "tx"], help="only received or transmitted")
+        p.add_argument("--since", metavar="TIME", help="records that end at or after this")
+        p.add_argument("--until", metavar="TIME", help="records that start before this")
+
+    listing = actions.add_parser("list", help="records, newest first")
+    filters(listing)
+    listing.add_argument("--text", help="in the TTY transcript, the requester or a fault code")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON list (as request/recordings answers)"
+    )
+    listing.set_defaults(func=cmd_list)
+
+    export = actions.add_parser(
+        "export",
+        help="one record, or a time span of a channel stitched on its time line, to a WAV",
+    )
+    export.add_argument("id", type=int, nargs="?", help="the record's id")
+    filters(export)
+    export.add_argument("-o", "--output", required=True, metavar="FILE.wav")
+    export.set_defaults(func=cmd_export)
+
+    play = actions.add_parser("play", help="play one record on this host's sound output")
+    play.add_argument("id", type=int)
+    play.add_argument("--device", help="PortAudio output device (default: the system's)")
+    play.set_defaults(func=cmd_play)
+
+    plot = actions.add_parser("plot", help="waveform, level and spectrogram of one record")
+    plot.add_argument("id", type=int)
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    plot.add_argument("--events", metavar="EVENTS.json", help="events to mark (as for plot)")
+    plot.set_defaults(func=cmd_plot)
