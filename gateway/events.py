@@ -24,6 +24,22 @@ def utc_timestamp(epoch: float | None = None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_timestamp(text: str, *, naive_is_local: bool = False) -> float:
+    """RFC 3339 (ISO 8601 with a zone) to epoch seconds; ValueError saying what is wrong.
+
+    A time without a zone is refused, unless `naive_is_local` (a technician at the console
+    typing "02:10" means the console's local time; a CAD system must say)."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        if not naive_is_local:
+            raise ValueError(f"time without a zone (add Z or +hh:mm): {text[:40]!r}")
+        moment = moment.astimezone()
+    return moment.timestamp()
+
+
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

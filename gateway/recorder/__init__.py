@@ -24,7 +24,14 @@ from gateway.channel import ChannelMonitor, Radios
 from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import RecorderSection
 from gateway.errors import BadRequest, CommandError
-from gateway.events import Event, EventData, Payload, register_event_type, utc_timestamp
+from gateway.events import (
+    Event,
+    EventData,
+    Payload,
+    parse_timestamp,
+    register_event_type,
+    utc_timestamp,
+)
 from gateway.recorder.segment import ChannelSegmenter, SegmentConfig
 from gateway.recorder.store import Query, Recording, RecordingStore, Saved
 from gateway.subsystem import Subsystem, SubsystemContext, Task
@@ -123,15 +130,10 @@ class RecordingRequest(Request):
 def _epoch(value: str | None, key: str) -> float | None:
     if value is None:
         return None
-    from datetime import datetime
-
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{key}: not an RFC 3339 time: {value[:40]!r}") from None
-    if when.tzinfo is None:
-        raise BadRequest(f"{key}: give the time zone (e.g. ...Z or +01:00): {value[:40]!r}")
-    return when.timestamp()
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise BadRequest(f"{key}: {exc}") from None
 
 
 def _cos_known(monitor: ChannelMonitor) -> Callable[[], bool]:

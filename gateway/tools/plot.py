@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.events import utc_timestamp
+from gateway.events import parse_timestamp, utc_timestamp
 from gateway.tools import ToolError
 
 LEVEL_WINDOW_S = 0.05
@@ -124,8 +124,10 @@ def _read_other(path: Path, column: int) -> Recording:
 
     try:
         data, rate = sf.read(path, dtype="float64", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise ToolError(f"{path}: neither WAV nor an audio file libsndfile reads: {exc}") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        raise ToolError(
+            f"{path}: not a WAV file (nor Ogg/Opus, FLAC or another libsndfile format)"
+        ) from None
     channels = int(data.shape[1])
     if not 0 <= column < channels:
         raise ToolError(f"{path}: has {channels} channel(s); --column {column} does not exist")
@@ -198,12 +200,9 @@ def parse_time(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise ToolError(f"not an RFC 3339 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise ToolError(f"time without a zone (add Z or +hh:mm): {value!r}")
-    return moment.timestamp()
+        return parse_timestamp(str(value))
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
 
 
 def read_sidecar(wav: Path) -> dict[str, Any] | None:

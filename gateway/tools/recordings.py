@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,17 +42,14 @@ def _folder(args: argparse.Namespace) -> Path:
 
 
 def _time(text: str | None, what: str) -> float | None:
+    from gateway.events import parse_timestamp
+
     if text is None:
         return None
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ToolError(
-            f"{what}: not a time (RFC 3339, e.g. 2026-12-07T02:10:00Z): {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # a technician's "02:10" is local time
-    return when.timestamp()
+        return parse_timestamp(text, naive_is_local=True)
+    except ValueError as exc:
+        raise ToolError(f"{what}: {exc}") from None
 
 
 def _query(args: argparse.Namespace, limit: int) -> Query:

@@ -170,7 +170,9 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not a wav at all")
     assert main(["plot", str(junk), "-o", str(tmp_path / "x.png")]) == 1
-    assert capsys.readouterr().err.strip() == f"consolegw: {junk}: not a WAV file"
+    assert capsys.readouterr().err.strip() == (
+        f"consolegw: {junk}: not a WAV file (nor Ogg/Opus, FLAC or another libsndfile format)"
+    )
     missing = tmp_path / "missing.wav"
     assert main(["plot", str(missing), "-o", str(tmp_path / "x.png")]) == 1
     assert "cannot read" in capsys.readouterr().err

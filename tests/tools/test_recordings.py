@@ -90,7 +90,7 @@ def test_errors_name_the_problem(
     assert main(["recordings", "--folder", str(tmp_path / "none"), "list"]) == 1
     assert "no recorder index here" in capsys.readouterr().err
     assert main(["recordings", "--folder", str(folder), "list", "--since", "noon"]) == 1
-    assert "--since: not a time" in capsys.readouterr().err
+    assert "--since: not an RFC 3339 time" in capsys.readouterr().err
     out = str(tmp_path / "x.wav")
     assert main(["recordings", "--folder", str(folder), "export", "99", "-o", out]) == 1
     assert "no recording 99" in capsys.readouterr().err
