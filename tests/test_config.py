@@ -70,6 +70,14 @@ def test_example_config_is_valid_but_for_its_site_files() -> None:
             "max_lease_s",
         ),
         ('[mqtt]\npassword_file = "nope.txt"\n', "mqtt.password_file", "file not found"),
+        (
+            '[audio.devices.card]\ndevice = "x"\nsamplerate = 44100\n'
+            '[channels.line.audio]\ndevice = "card"\n',
+            "audio.devices.card.samplerate",
+            'recorder.format = "opus" takes 8000, 12000, 16000, 24000, 48000 Hz',
+        ),
+        ('[recorder]\nformat = "mp3"\n', "recorder.format", "'opus' or 'flac'"),
+        ("[recorder]\nmax_s = 1\n", "recorder.max_s", "greater than or equal to 10"),
     ],
 )
 def test_bad_config_names_file_key_and_problem(
@@ -321,3 +329,17 @@ def test_urls_make_url_the_first_broker(tmp_path: Path) -> None:
         ("a", 1884, False),
         ("b", 8883, True),
     ]
+
+
+@pytest.mark.parametrize(
+    "fix", ['[recorder]\nformat = "flac"\n', "[recorder]\nenabled = false\n", "record = false\n"]
+)
+def test_a_44_1_khz_card_is_recorded_as_flac_or_not_at_all(tmp_path: Path, fix: str) -> None:
+    audio = '[audio.devices.card]\ndevice = "x"\nsamplerate = 44100\n'
+    line = '[channels.line.audio]\ndevice = "card"\n'
+    text = '[gateway]\nid = "pos-1"\n' + (
+        audio + line + fix if fix.startswith("record ") else fix + audio + line
+    )
+    path = tmp_path / "ok.toml"
+    path.write_text(text)
+    assert load_config(path).channels["line"].audio is not None
