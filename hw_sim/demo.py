@@ -350,6 +350,21 @@ class TrafficPrinter:
                 what = f"{what} {json.dumps(data)}"
             elif what == "recall.saved":
                 what = f"{what} {data['seconds']:.1f} s ({data['reason']}) -> {data['path']}"
+            elif what == "recording.saved":
+                rec = data["recording"]
+                extra = "".join(
+                    f", {label} {value}"
+                    for label, value in (
+                        ("by", rec["requested_by"]),
+                        ("faults", ",".join(rec["faults"])),
+                        ("text", rec["tty_text"].strip().replace("\n", " / ")[:60]),
+                    )
+                    if value
+                )
+                what = (
+                    f"{what} #{rec['id']} {rec['direction']} {rec['duration_s']:.1f} s "
+                    f"{rec['status']}{extra} -> {rec['path']}"
+                )
             return f"{body['source_id']:<12} event #{body['seq']} {what}"
         if "/response/" in topic:
             detail = body.get("error") or json.dumps(body.get("data"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ SHOWN = (
     "FAULT RAISED dead_audio",
     "FAULT cleared dead_audio",
     "recall.saved",
+    "recording.saved #",  # the recorder: every transmission a record
     "response recall: ok",
     "tty.detected",
     "tty.text LINE: HELLO 911 MY HUSBAND FELL AND CANNOT GET UP GA",
@@ -118,6 +120,8 @@ def test_the_demo_shows_the_system_working_beside_a_second_demo() -> None:
         assert shown in out, f"the demo no longer shows {shown!r}:\n{out[-3000:]}"
     cos_lines = [line for line in out.splitlines() if "event #" in line and " cos.o" in line]
     assert len(cos_lines) < 25, "COS flapping floods the output again"
+    for kind in ("rx", "tx"):  # received and transmitted, each a record
+        assert re.search(rf"recording\.saved #\d+ {kind} ", out), f"no {kind} record:\n{out}"
 
 
 def _children(pid: int) -> list[int]:

@@ -279,6 +279,10 @@ class Recorder(Subsystem):
             text = data.get("text")
             if isinstance(text, str) and text:
                 segmenter.note_tty(text + "\n")
+        elif kind == "tty.sent":  # the call taker's reply, marked as ours
+            text = data.get("text")
+            if isinstance(text, str) and text:
+                segmenter.note_tty(f"> {text}\n")
 
     # -- out ---------------------------------------------------------------------------------
 
