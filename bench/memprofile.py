@@ -1,6 +1,6 @@
 """Where the daemon's memory goes: a wrapper that runs it with tracemalloc, and a diff.
 
-    python -X tracemalloc=25 bench/memprofile.py daemon OUT -- run -c CONFIG
+    python -X tracemalloc=25 bench/memprofile.py daemon [--snapshot-s S] OUT -- run -c CONFIG
     python bench/memprofile.py diff OUT [--top 25] [--from N] [--to M]
 
 `daemon` runs `consolegw run` (gateway's __main__) in this process with a sampler thread
@@ -10,7 +10,8 @@ daemon life this way. Into OUT (one sub-folder per process, named by its pid) it
 - samples.jsonl, every SAMPLE_S: VmRSS, smaps_rollup's anonymous and file-backed resident
   memory, what tracemalloc traces (when it is on), the asyncio task count and gc objects;
 - snap-NNN.tracemalloc every SNAPSHOT_S (tracemalloc's own dump format) with gc-NNN.json,
-  the live gc-tracked objects counted by type.
+  the live gc-tracked objects counted by type, and tasks-NNN.json, the live asyncio tasks
+  by name, coroutine and where each pending one waits.
 
 RSS growing while tracemalloc stays flat is native memory (a C library, SQLite's page
 cache, malloc fragmentation); the `diff` of two snapshots names the Python code that holds
@@ -91,14 +92,37 @@ def _status_kb(pid: int, key: str) -> int | None:
     return None
 
 
+def _awaiting(coro: object) -> str:
+    """Where a coroutine waits: the innermost function of its await chain, and its line."""
+    where = ""
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            where = f"{frame.f_code.co_qualname} ({Path(frame.f_code.co_filename).name}:"
+            where += f"{frame.f_lineno})"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return where
+
+
+def task_census() -> dict[str, int]:
+    """The live asyncio tasks by name, coroutine, state and (pending) where they wait."""
+    census: Counter[str] = Counter()
+    for task in [o for o in gc.get_objects() if isinstance(o, asyncio.Task)]:
+        coro = task.get_coro()
+        state = "done" if task.done() else f"waits in {_awaiting(coro)}"
+        census[f"{task.get_name()}: {getattr(coro, '__qualname__', coro)}, {state}"] += 1
+    return dict(census.most_common())
+
+
 def _task_count() -> int:
     # Counted from the sampler thread: asyncio.all_tasks() needs the loop's own thread.
     return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Task))
 
 
 class Sampler:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, snapshot_s: float = SNAPSHOT_S) -> None:
         self.out = out
+        self.snapshot_s = snapshot_s
         self.out.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         self.snapshots = 0
@@ -130,24 +154,25 @@ class Sampler:
         self.snapshots += 1
         types = Counter(type(o).__qualname__ for o in gc.get_objects())
         (self.out / f"gc-{n:03d}.json").write_text(json.dumps(dict(types.most_common(300))))
+        (self.out / f"tasks-{n:03d}.json").write_text(json.dumps(task_census(), indent=1))
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(self.out / f"snap-{n:03d}.tracemalloc"))
 
     def run(self) -> None:
-        next_snapshot = self.started + SNAPSHOT_S
+        next_snapshot = self.started + self.snapshot_s
         while True:
             time.sleep(SAMPLE_S)
             try:
                 self.sample()
                 if time.monotonic() >= next_snapshot:
-                    next_snapshot += SNAPSHOT_S
+                    next_snapshot += self.snapshot_s
                     self.snapshot()
             except Exception as exc:  # a failed sample must not take the daemon down
                 print(f"memprofile: {exc!r}", file=sys.stderr)
 
 
-def run_daemon(out: Path, gateway_args: list[str]) -> None:
-    sampler = Sampler(out / str(os.getpid()))
+def run_daemon(out: Path, gateway_args: list[str], snapshot_s: float) -> None:
+    sampler = Sampler(out / str(os.getpid()), snapshot_s)
     sampler.sample()
     threading.Thread(target=sampler.run, name="memprofile", daemon=True).start()
     sys.argv = ["consolegw", *gateway_args]
@@ -198,6 +223,14 @@ def diff(folder: Path, first: int, last: int, top: int) -> None:
         print(f"-- gc objects by type, {gcs[first].name} -> {gcs[last].name}")
         for n, name in grown:
             print(f"{n:+8d} {name} (now {b[name]})")
+    tasks = sorted(folder.glob("tasks-*.json"))
+    if len(tasks) >= 2:
+        a = Counter(json.loads(tasks[first].read_text()))
+        b = Counter(json.loads(tasks[last].read_text()))
+        print(f"-- asyncio tasks, {tasks[first].name} -> {tasks[last].name}")
+        for name in sorted(set(a) | set(b), key=lambda k: a[k] - b[k]):
+            if a[name] != b[name]:
+                print(f"{b[name] - a[name]:+5d} {name} (now {b[name]})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("daemon", help="run consolegw with the sampler (args after --)")
     d.add_argument("out", type=Path)
+    d.add_argument("--snapshot-s", type=float, default=SNAPSHOT_S, help="between snapshots")
     d.add_argument("gateway_args", nargs=argparse.REMAINDER)
     f = sub.add_parser("diff", help="compare two snapshots of one process's folder")
     f.add_argument("folder", type=Path)
@@ -214,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "daemon":
         rest = args.gateway_args[1:] if args.gateway_args[:1] == ["--"] else args.gateway_args
-        run_daemon(args.out, rest)
+        run_daemon(args.out, rest, args.snapshot_s)
     else:
         diff(args.folder, args.first, args.last, args.top)
 

@@ -349,6 +349,7 @@ class Soak:
         kill: bool = True,
         memprofile: Path | None = None,
         tracemalloc_frames: int = 0,
+        daemon_env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.duration_s = duration_s
@@ -356,6 +357,7 @@ class Soak:
         self.kill_daemon = kill
         self.memprofile = memprofile
         self.tracemalloc_frames = tracemalloc_frames
+        self.daemon_env = daemon_env or {}
         self.broker = Broker(tmp / "broker")
         self.lives: list[Life] = []
         self.unexpected_exits: list[int] = []
@@ -483,10 +485,13 @@ class Soak:
             path = self.tmp / f"{name}.toml"
             path.write_text(text)
             self.log_path = path.with_suffix(".log")
+            env = {**env, **self.daemon_env}
             if self.memprofile is None:
                 return Daemon(path, env=env)
             # Each life samples itself into memprofile/<pid> (bench/memprofile.py).
-            wrapper = [str(ROOT / "bench" / "memprofile.py"), "daemon", str(self.memprofile)]
+            every = min(120.0, self.duration_s / 6)  # a short run gets snapshots too
+            wrapper = [str(ROOT / "bench" / "memprofile.py"), "daemon", "--snapshot-s", str(every)]
+            wrapper.append(str(self.memprofile))
             if self.tracemalloc_frames:
                 wrapper = ["-X", f"tracemalloc={self.tracemalloc_frames}", *wrapper]
             return Daemon(path, env=env, entry=[*wrapper, "--"])
@@ -1064,12 +1069,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FRAMES",
         help="with --memprofile: trace Python allocations, FRAMES deep (0: off)",
     )
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the daemon's environment only (e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
     args = parser.parse_args(argv)
     duration = QUICK_S if args.quick else args.minutes * 60
     options: dict[str, Any] = {
         "kill": not args.no_kill,
         "memprofile": args.memprofile.resolve() if args.memprofile else None,
         "tracemalloc_frames": args.tracemalloc,
+        "daemon_env": dict(item.split("=", 1) for item in args.daemon_env),
     }
     # A stop signal unwinds the run, so the broker, daemon and sound servers stop with it
     # (a background job of a non-interactive shell even starts with SIGINT ignored).
