@@ -66,6 +66,41 @@ CREATE INDEX IF NOT EXISTS recordings_channel_start ON recordings (channel, star
 CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start);
 """
 
+# Text search over a million records must not read them all: a trigram index of the
+# searchable text (a search of 3 characters or more uses it; the LIKE then confirms).
+_FTS_SCHEMA = """
+CREATE VIRTUAL TABLE recordings_fts USING fts5(
+    tty_text, requested_by, faults, content='recordings', content_rowid='id',
+    tokenize='trigram'
+);
+CREATE TRIGGER recordings_fts_insert AFTER INSERT ON recordings BEGIN
+    INSERT INTO recordings_fts (rowid, tty_text, requested_by, faults)
+    VALUES (new.id, new.tty_text, new.requested_by, new.faults);
+END;
+CREATE TRIGGER recordings_fts_delete AFTER DELETE ON recordings BEGIN
+    INSERT INTO recordings_fts (recordings_fts, rowid, tty_text, requested_by, faults)
+    VALUES ('delete', old.id, old.tty_text, old.requested_by, old.faults);
+END;
+CREATE TRIGGER recordings_fts_update AFTER UPDATE OF tty_text, requested_by, faults
+ON recordings BEGIN
+    INSERT INTO recordings_fts (recordings_fts, rowid, tty_text, requested_by, faults)
+    VALUES ('delete', old.id, old.tty_text, old.requested_by, old.faults);
+    INSERT INTO recordings_fts (rowid, tty_text, requested_by, faults)
+    VALUES (new.id, new.tty_text, new.requested_by, new.faults);
+END;
+INSERT INTO recordings_fts (recordings_fts) VALUES ('rebuild');
+"""
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    has_fts = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recordings_fts'"
+    ).fetchone()
+    if not has_fts:
+        db.executescript("BEGIN;" + _FTS_SCHEMA + "COMMIT;")
+
+
 _COLUMNS = (
     "id",
     "channel",
@@ -253,7 +288,7 @@ class RecordingStore:
         self._loop_call = call_soon
         self.folder.mkdir(parents=True, exist_ok=True)
         db = self._connect()
-        db.executescript(_SCHEMA)
+        _create_schema(db)
         self.repaired = _repair(db)
         for rec in self.repaired:
             log.warning(
@@ -370,6 +405,11 @@ class RecordingStore:
             )
             literal = q.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             args.extend([f"%{literal}%"] * 3)
+            if len(q.text) >= 3:  # the trigram index narrows; the LIKE above decides
+                where.append(
+                    "id IN (SELECT rowid FROM recordings_fts WHERE recordings_fts MATCH ?)"
+                )
+                args.append('"' + q.text.replace('"', '""') + '"')
         sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings"
         if where:
             sql += " WHERE " + " AND ".join(where)
