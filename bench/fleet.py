@@ -1,6 +1,7 @@
 """Fleet: N console gateways on one broker and one CAD subscriber, on this machine.
 
     python bench/fleet.py [--gateways 20] [--seconds 60] [--requests 300] [--no-cluster]
+                          [--skip-mosquitto] [--freeze] [--net-ticktime S]
 
 Each gateway is the real daemon (a subprocess, as in production) with one serial radio
 channel, simulated behind RFC 2217 on loopback; the bench toggles every other radio's
@@ -12,7 +13,9 @@ every gateway's events; an event is lost when its `seq` is missing at CAD at the
 
 Two runs: mosquitto (MQTT 5), then a three-node RabbitMQ cluster (MQTT 3.1.1) with the
 gateways on node A (`mqtt.urls` lists A, B, C) and CAD on node B with a persistent session;
-node A is killed half-way and each gateway's fail-over time is taken from its own log.
+node A is killed half-way (SIGKILL: its connections end at once; or, with --freeze, SIGSTOP:
+a machine gone silent, its connections left open, which the other nodes notice only after
+net_ticktime) and each gateway's fail-over time is taken from its own log.
 Per-daemon and broker CPU (share of one core) and RSS come from /proc.
 
 The last line is one JSON object. Targets: 0 lost, PTT p99 within 2x the broker's p99 round
@@ -377,10 +380,13 @@ def run_fleet(
 
 
 def run_cluster(args: argparse.Namespace) -> RunFigures:
-    figures = RunFigures("RabbitMQ 3 nodes, 3.1.1, node A killed", args.gateways)
+    how = "frozen (SIGSTOP)" if args.freeze else "killed"
+    tick = "" if args.net_ticktime is None else f", net_ticktime {args.net_ticktime} s"
+    figures = RunFigures(f"RabbitMQ 3 nodes, 3.1.1, node A {how}{tick}", args.gateways)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        cluster = RabbitCluster(tmp / "cluster")
+        extra = "" if args.net_ticktime is None else f"net_ticktime = {args.net_ticktime}\n"
+        cluster = RabbitCluster(tmp / "cluster", extra_conf=extra)
         say("  starting the RabbitMQ cluster")
         cluster.start()
         a, b, c = (cluster[name] for name in ("a", "b", "c"))
@@ -401,11 +407,16 @@ def run_cluster(args: argparse.Namespace) -> RunFigures:
                 killed: dict[str, float] = {}
 
                 def kill_a() -> None:
-                    say("  killing node A")
+                    say(f"  node A {how}")
                     killed["at"] = time.monotonic()
-                    cluster.kill("a")
+                    if args.freeze:
+                        cluster.freeze("a")
+                    else:
+                        cluster.kill("a")
                     threading.Thread(
-                        target=watch_failovers, args=(members, killed["at"], figures), daemon=True
+                        target=watch_failovers,
+                        args=(members, killed["at"], figures, max(30.0, args.seconds)),
+                        daemon=True,
                     ).start()
 
                 broker_pids = [node.beam_pid() for node in (b, c)]
@@ -424,9 +435,11 @@ def run_cluster(args: argparse.Namespace) -> RunFigures:
     return figures
 
 
-def watch_failovers(members: list[Member], since: float, figures: RunFigures) -> None:
+def watch_failovers(
+    members: list[Member], since: float, figures: RunFigures, within_s: float
+) -> None:
     waiting = {m.gid: m for m in members}
-    deadline = since + 30.0
+    deadline = since + within_s
     while waiting and time.monotonic() < deadline:
         for gid, member in list(waiting.items()):
             if member.daemon.log().count("MQTT connected to") >= 2:
@@ -478,10 +491,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--no-cluster", action="store_true", help="mosquitto only")
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="SIGSTOP node A instead of SIGKILL: a machine gone without closing its "
+        "connections (power, network), which its peers detect only by net_ticktime",
+    )
+    parser.add_argument(
+        "--net-ticktime",
+        type=int,
+        default=None,
+        help="the cluster's net_ticktime in seconds (RabbitMQ's default: 60)",
+    )
+    parser.add_argument(
+        "--skip-mosquitto", action="store_true", help="the RabbitMQ cluster run only"
+    )
     args = parser.parse_args()
     if args.gateways < 2:
         parser.error("--gateways: at least 2 (one is measured while the others stream)")
-    runs = [report(run_mosquitto(args))]
+    runs = [] if args.skip_mosquitto else [report(run_mosquitto(args))]
     if not args.no_cluster:
         if rabbitmq_available():
             runs.append(report(run_cluster(args)))

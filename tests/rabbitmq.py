@@ -24,6 +24,7 @@ same data, and a node that joins a running cluster, skip that wait.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -319,10 +320,25 @@ class RabbitBroker:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def freeze(self) -> None:
+        """SIGSTOP the Erlang VM: the node stops answering while every TCP connection it holds
+        stays open (no FIN, no RST), as when its machine loses power or its network. Its
+        clients find out by their keepalive, its peers by the Erlang distribution's tick
+        (`net_ticktime`, 60 s unless set). `stop()` and `kill()` end a frozen node too."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.beam_pid(), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the VM (nothing if it was not frozen), so that it can take a SIGTERM."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(self.beam_pid(), signal.SIGCONT)
+
     def stop(self) -> None:
         """A clean stop: the script passes SIGTERM to the VM, which stops RabbitMQ in order."""
         if self.proc is None:
             return
+        self.thaw()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -425,9 +441,13 @@ class RabbitCluster:
         node.stop()
         node.start(timeout)
 
+    def freeze(self, name: str) -> None:
+        self.nodes[name].freeze()
+
     def stop(self) -> None:
         for node in self.nodes.values():  # all at once: each stop takes a second or two
             if node.proc is not None and node.proc.poll() is None:
+                node.thaw()
                 node.proc.terminate()
         for node in self.nodes.values():
             node.stop()
