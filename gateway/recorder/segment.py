@@ -183,10 +183,17 @@ class ChannelSegmenter:
 
     def _write_until(self, rec: _Record, until: float) -> None:
         """Write what the delay line holds between the record's last sample and `until`."""
-        for pcm, block_end in self._delay:
+        # From the newest block back to the last one written: one block a call, as a rule
+        # (the whole delay line only for a pre-roll). This runs on the capture's path.
+        pending = []
+        for pcm, block_end in reversed(self._delay):
+            if block_end <= rec.written_until:
+                break
+            pending.append((pcm, block_end))
+        for pcm, block_end in reversed(pending):
             block_start = block_end - len(pcm) / self._sr
-            if block_end <= rec.written_until or block_start >= until:
-                continue
+            if block_start >= until:
+                break
             lo = max(0, round((rec.written_until - block_start) * self._sr))
             hi = min(len(pcm), round((until - block_start) * self._sr))
             if hi > lo:

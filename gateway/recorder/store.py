@@ -272,6 +272,8 @@ class RecordingStore:
         self._thread: threading.Thread | None = None
         self._ids: dict[int, int] = {}
         """Handle -> record id of the recent records (writer thread): what a split names."""
+        self._total_bytes = 0
+        """The files' bytes the index holds (writer thread), for the quota."""
         self._loop_call: Callable[[Callable[[], None]], None] | None = None
         self.dropped_s = 0.0
         """Audio dropped because the disk did not keep up, since the start."""
@@ -430,6 +432,9 @@ class RecordingStore:
         open_records: dict[int, _Open] = {}
         last_retention = 0.0
         low = False
+        failures = 0
+        (total,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM recordings").fetchone()
+        self._total_bytes = int(total)
         try:
             while True:
                 try:
@@ -438,22 +443,30 @@ class RecordingStore:
                     op = None
                 if isinstance(op, _Stop):
                     break
-                if op is not None:
-                    self._apply(db, open_records, op)
-                now = time.monotonic()
-                for rec in open_records.values():
-                    if rec.file is not None and now - rec.last_flush >= self._flush_s:
-                        rec.file.flush()
-                        rec.last_flush = now
-                if now - last_retention >= 60.0 or isinstance(op, _End):
-                    last_retention = now
-                    self._retention(db)
-                    low = self._check_disk(low)
-        except Exception:
-            log.exception("recorder: the writer failed; recording stops")
+                try:
+                    if op is not None:
+                        self._apply(db, open_records, op)
+                    now = time.monotonic()
+                    for rec in open_records.values():
+                        if rec.file is not None and now - rec.last_flush >= self._flush_s:
+                            rec.file.flush()
+                            rec.last_flush = now
+                    # After each record (cheap: the oldest rows, through the start index),
+                    # and once a minute for the age limit and the disk.
+                    if now - last_retention >= 60.0 or isinstance(op, _End):
+                        last_retention = now
+                        self._retention(db)
+                        low = self._check_disk(low)
+                except Exception:
+                    # One bad operation (a full disk, a broken file) must not end the
+                    # recording of every channel: said, counted, and the next one tried.
+                    failures += 1
+                    if failures == 1 or failures % 1000 == 0:
+                        log.exception("recorder: failure %d of the writer; it goes on", failures)
         finally:
             for handle in list(open_records):
-                self._finish(db, open_records.pop(handle), time.time())
+                with contextlib.suppress(Exception):
+                    self._finish(db, open_records.pop(handle), time.time())
             db.close()
 
     def _apply(self, db: sqlite3.Connection, records: dict[int, _Open], op: _Op) -> None:
@@ -537,6 +550,7 @@ class RecordingStore:
             if rec.frames and rec.sumsq > 0
             else None
         )
+        self._total_bytes += size
         db.execute(
             "UPDATE recordings SET end = ?, duration_s = ?, level_dbfs = ?, bytes = ?, "
             "sha256 = ?, status = 'complete', dropped_s = dropped_s + ? WHERE id = ?",
@@ -554,26 +568,31 @@ class RecordingStore:
 
     def _retention(self, db: sqlite3.Connection) -> None:
         """Oldest first: past the age limit, or while over the quota. Never a record being
-        written (its row is `recording`; its bytes count once it is finished)."""
-        cutoff = time.time() - self._max_age_s if self._max_age_s > 0 else None
-        (total,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM recordings").fetchone()
-        total = int(total)
-        doomed: list[tuple[int, str]] = []
-        rows = db.execute(
-            "SELECT id, path, start, bytes FROM recordings WHERE status != 'recording' "
-            "ORDER BY start"
-        ).fetchall()
-        for rid, path, start, size in rows:
-            old = cutoff is not None and start < cutoff
-            over = self._quota > 0 and total > self._quota
-            if not (old or over):
-                break  # the rest are newer, and the quota holds
-            doomed.append((rid, path))
-            total -= int(size)
-        for rid, path in doomed:
+        written (its row is `recording`; its bytes count once it is finished). Reads the
+        oldest rows through the index on start, not the whole table."""
+        oldest = (
+            "SELECT id, path, bytes FROM recordings WHERE status != 'recording' {} "
+            "ORDER BY start LIMIT 10000"
+        )
+        doomed: dict[int, tuple[str, int]] = {}
+        if self._max_age_s > 0:
+            cutoff = time.time() - self._max_age_s
+            for rid, path, size in db.execute(oldest.format("AND start < ?"), (cutoff,)):
+                doomed[rid] = (path, int(size))
+        if self._quota > 0:
+            excess = self._total_bytes - sum(size for _, size in doomed.values()) - self._quota
+            if excess > 0:
+                for rid, path, size in db.execute(oldest.format("")):
+                    if excess <= 0:
+                        break
+                    if rid not in doomed:
+                        doomed[rid] = (path, int(size))
+                        excess -= int(size)
+        for rid, (path, size) in doomed.items():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             db.execute("DELETE FROM recordings WHERE id = ?", (rid,))
+            self._total_bytes -= size
         if doomed:
             log.info("recorder: %d old recordings removed (retention)", len(doomed))
 
@@ -597,10 +616,13 @@ class RecordingStore:
         return now_low
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop_call is not None:
-            self._loop_call(lambda: fn(*args))
-        else:
-            fn(*args)
+        try:
+            if self._loop_call is not None:
+                self._loop_call(lambda: fn(*args))
+            else:
+                fn(*args)
+        except Exception:  # (a loop that is closing): the record is saved all the same
+            log.exception("recorder: a callback failed")
 
 
 def _open_audio(path: Path, samplerate: int, audio_format: AudioFormat) -> sf.SoundFile:
