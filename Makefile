@@ -15,9 +15,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # systemd: systemd-analyze, which verifies the unit; dpkg-dev: dpkg-shlibdeps, for `make deb`;
 # lintian and debootstrap: the .deb's checks and its install into a throwaway Debian root
 # (tests/test_deb.py). rabbitmq-server: RabbitMQ 3.10 as a real MQTT 3.1.1 peer, one node or a
-# cluster of three (tests/rabbitmq.py); its own service is not used.
+# cluster of three (tests/rabbitmq.py); its own service is not used. libhamlib-utils: rigctld.
+# opus-tools and espeak-ng: the recorder's bench (opusenc, the reference encoder, on speech);
+# chromium and chromium-driver: the recordings web page tested in a real browser.
 DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio ser2net \
-	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server libhamlib-utils
+	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server libhamlib-utils \
+	opus-tools espeak-ng chromium chromium-driver
 
 .PHONY: demo test lint typecheck pytest system-deps venv bench deb clean
 

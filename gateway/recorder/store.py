@@ -420,6 +420,25 @@ class RecordingStore:
         with contextlib.closing(self._connect()) as db:
             return [Recording.from_row(row) for row in db.execute(sql, args)]
 
+    def channels(self) -> list[tuple[str, float]]:
+        """Each channel in the index with the start of its newest record, by name.
+
+        Walks the (channel, start) index one channel at a time: a few lookups per channel,
+        not a scan of a million rows."""
+        found: list[tuple[str, float]] = []
+        with contextlib.closing(self._connect()) as db:
+            row = db.execute("SELECT MIN(channel) FROM recordings").fetchone()
+            while row is not None and row[0] is not None:
+                channel = str(row[0])
+                (last,) = db.execute(
+                    "SELECT MAX(start) FROM recordings WHERE channel = ?", (channel,)
+                ).fetchone()
+                found.append((channel, float(last)))
+                row = db.execute(
+                    "SELECT MIN(channel) FROM recordings WHERE channel > ?", (channel,)
+                ).fetchone()
+        return found
+
     def get(self, record_id: int) -> Recording | None:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings WHERE id = ?"
         with contextlib.closing(self._connect()) as db:

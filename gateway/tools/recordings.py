@@ -1,4 +1,4 @@
-"""`consolegw recordings list|export|play|plot`: the recorder's index and files on this host.
+"""`consolegw recordings list|export|play|plot|serve`: the recorder's index and files on this host.
 
 Reads the index (SQLite) and the audio files the daemon's recorder writes; never writes to
 either, so it runs beside the daemon. The folder is the config's `recorder.folder` (or
@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # imported when a command runs: the parser is built at every 
 
     from gateway.recorder.store import Query, Recording, RecordingStore
 
+TOKEN_ENV = "CONSOLEGW_RECORDINGS_TOKEN"
+"""The web page's token from the environment (a command line is visible to every user)."""
 MAX_SPAN_S = 24 * 3600.0
 """The longest time span `export --channel` stitches into one file."""
 
@@ -210,10 +212,51 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    from gateway.tools.recordings_web import make_server
+
+    folder = _folder(args)
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ToolError(f"--token-file: {exc}") from None
+        if token is None:
+            raise ToolError(f"--token-file {args.token_file}: the file is empty")
+    from gateway.recorder.store import RecordingStore
+
+    try:
+        server, token = make_server(
+            RecordingStore(folder=folder),
+            host=args.host,
+            port=args.port,
+            token=token,
+            title=args.title or socket.gethostname(),
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+    host, port = str(server.server_address[0]), server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"recordings of {folder}: http://{shown}:{port}/?token={token}", flush=True)
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print("note: plain HTTP beyond this host; use it only on a trusted network", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rec = sub.add_parser(
         "recordings",
-        help="the recorder's records on this host: list, export to WAV, play, plot",
+        help="the recorder's records on this host: list, export, play, plot, a web page",
         description=(
             "Reads the recorder's index and files (never writes them; runs beside the "
             "daemon). Times are RFC 3339; without a zone, local time."
@@ -257,3 +300,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
     plot.add_argument("--events", metavar="EVENTS.json", help="events to mark (as for plot)")
     plot.set_defaults(func=cmd_plot)
+
+    serve = actions.add_parser(
+        "serve",
+        help="a read-only web page: records per channel and time, filters, playback",
+        description=(
+            "Serves the records to a browser, read-only. Every request needs the token: "
+            f"from --token-file, ${TOKEN_ENV} or a new random one; the address printed "
+            "carries it. Localhost unless --host says otherwise (plain HTTP)."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    serve.add_argument("--token-file", metavar="FILE", help="the token, in a file")
+    serve.add_argument("--title", help="the page's title (default: this host's name)")
+    serve.set_defaults(func=cmd_serve)

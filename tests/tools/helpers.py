@@ -7,6 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gateway.recorder.store import Direction, RecordingStore
 from tests.mqtt_tools import Broker, free_port
 from tests.sim_tools import channel_config
 
@@ -51,3 +54,33 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within_s} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+SR = 8000
+"""The recordings' sample rate in the tools' tests."""
+
+
+def record_tone(
+    store: RecordingStore,
+    channel: str,
+    start: float,
+    seconds: float,
+    *,
+    direction: Direction = "rx",
+    requested_by: str | None = None,
+    **note: str,
+) -> None:
+    """A record of a 600 Hz tone, as the recorder's store writes one."""
+    t = np.arange(int(seconds * SR)) / SR
+    pcm = (0.3 * 32767 * np.sin(2 * np.pi * 600 * t)).astype(np.int16)
+    h = store.begin(
+        channel=channel,
+        direction=direction,
+        start=start,
+        samplerate=SR,
+        requested_by=requested_by,
+    )
+    store.audio(h, pcm, SR)
+    if note:
+        store.note(h, **note)
+    store.end(h, start + seconds)

@@ -12,28 +12,18 @@ import pytest
 
 from gateway.cli import main
 from gateway.recorder.store import RecordingStore
+from tests.tools.helpers import SR, record_tone
 
-SR = 8000
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-def _record(store: RecordingStore, channel: str, start: float, seconds: float, **note: str) -> None:
-    t = np.arange(int(seconds * SR)) / SR
-    pcm = (0.3 * 32767 * np.sin(2 * np.pi * 600 * t)).astype(np.int16)
-    h = store.begin(channel=channel, direction="rx", start=start, samplerate=SR)
-    store.audio(h, pcm, SR)
-    if note:
-        store.note(h, **note)
-    store.end(h, start + seconds)
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     store = RecordingStore(folder=tmp_path / "rec")
     store.open()
-    _record(store, "fire", T0, 2.0)
-    _record(store, "fire", T0 + 5, 1.0, tty_text="HELLO 911 GA\n")
-    _record(store, "ems", T0 + 3, 1.0, fault="cos_stuck")
+    record_tone(store, "fire", T0, 2.0)
+    record_tone(store, "fire", T0 + 5, 1.0, tty_text="HELLO 911 GA\n")
+    record_tone(store, "ems", T0 + 3, 1.0, fault="cos_stuck")
     store.close()
     return tmp_path / "rec"
 
