@@ -210,9 +210,16 @@ def plan(duration_s: float, targets: list[str], *, kill: bool = True) -> Plan:
     faults: list[Fault] = []
     free_at = warmup
     unplugs = 0
+    kinds = {kind for _, kind in nominal}
     for nominal_at, kind in sorted(nominal):
         at = max(nominal_at, free_at)
         if at + busy[kind] > end:
+            continue
+        # A repeat gives way when it would leave no room for a kind not yet run once (a
+        # short run still shows every kind).
+        unseen = kinds - {f.kind for f in faults} - {kind}
+        repeat = any(f.kind == kind for f in faults)
+        if repeat and at + busy[kind] + sum(busy[k] for k in unseen) > end:
             continue
         target = targets[unplugs % len(targets)] if kind == "unplug" else ""
         unplugs += kind == "unplug"
