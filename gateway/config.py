@@ -433,7 +433,10 @@ class RecorderSection(_Model):
     folder: str = ""
     """Where recordings and their index go; empty: <gateway.state_dir>/recordings."""
     format: Literal["opus", "flac"] = "opus"
-    """opus: Ogg/Opus, speech-grade, about 1 kB a second; flac: lossless, about 10 times that."""
+    """opus: Ogg/Opus, speech-grade (about 110 kB per audio minute at 16 kbit/s); flac:
+    lossless, about 8 times that at 8 kHz."""
+    opus_kbps: float = Field(default=16.0, ge=6, le=64)
+    """The Opus bitrate: 16 kbit/s is transparent for radio speech at 8 kHz."""
     pre_roll_s: float = Field(default=1.0, ge=0, le=30)
     """Audio kept from before the carrier or PTT came (a word's start, a late COS)."""
     hang_s: float = Field(default=2.0, ge=0, le=60)

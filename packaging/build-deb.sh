@@ -128,7 +128,7 @@ shlibs=$(cd "$work" && dpkg-shlibdeps -O --ignore-missing-info "${private[@]}" \
 }
 shlibs=${shlibs#shlibs:Depends=}
 # pyusb loads libusb-1.0 and sounddevice PortAudio with ctypes: no ELF names them.
-depends="python3 (>= $pyver), python3 (<< $pynext), $shlibs, libusb-1.0-0, libportaudio2, adduser"
+depends="python3 (>= $pyver), python3 (<< $pynext), $shlibs, libusb-1.0-0, libportaudio2, libopus0, libogg0, adduser"
 installed_size=$(du -sk --apparent-size "$stage" | cut -f1)
 sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@DEPENDS@|$depends|" \
 	-e "s|@INSTALLED_SIZE@|$installed_size|" "$pkg/control.in" >"$stage/DEBIAN/control"

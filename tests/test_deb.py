@@ -109,8 +109,8 @@ def test_control_area(deb: Path, tmp_path: Path) -> None:
     assert "example.invalid" not in fields["Maintainer"]
     depends = [d.strip() for d in fields["Depends"].split(",")]
     names = {re.split(r"[ (]", d)[0] for d in depends}
-    # Loaded with ctypes at run time (pyusb, sounddevice), and the maintainer scripts' adduser.
-    assert {"libusb-1.0-0", "libportaudio2", "adduser"} <= names
+    # Loaded with ctypes at run time (pyusb, sounddevice, the recorder's Opus), and adduser.
+    assert {"libusb-1.0-0", "libportaudio2", "libopus0", "libogg0", "adduser"} <= names
     # What the wheels' binaries link to, found by dpkg-shlibdeps.
     assert {"libc6", "libstdc++6"} <= names
     assert "python3 (>= 3.11)" in depends

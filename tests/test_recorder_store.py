@@ -78,6 +78,43 @@ def test_a_record_is_a_playable_file_and_an_indexed_row(tmp_path: Path) -> None:
     assert rec.bytes < 20_000
 
 
+def test_same_start_twice_never_overwrites_a_file(tmp_path: Path) -> None:
+    """Two records of one channel stamped alike (a clock set back): two files."""
+    store = RecordingStore(folder=tmp_path)
+    store.open()
+    start = time.time()
+    record(store, "fire", start, 1.0)
+    record(store, "fire", start, 2.0)
+    store.close()
+    found = store.query(Query())
+    assert len({r.path for r in found}) == 2
+    assert sorted(round(len(sf.read(r.path)[0]) / SR, 1) for r in found) == [1.0, 2.0]
+
+
+def test_without_libopus_opus_goes_through_libsndfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libopus and libogg cannot be taken off this machine for a test: their absence is
+    forced here (the one stand-in); libsndfile then writes the records, said once."""
+    from gateway.recorder import oggopus
+    from gateway.recorder import store as store_module
+
+    monkeypatch.setattr(oggopus, "available", lambda: "libopus not found (forced)")
+    store_module._tell_fallback.cache_clear()
+    store = RecordingStore(folder=tmp_path)
+    store.open()
+    with caplog.at_level("WARNING", logger="gateway.recorder.store"):
+        record(store, "fire", time.time(), 1.0)
+        record(store, "fire", time.time() + 5, 1.0)
+        store.close()
+    assert caplog.text.count("through libsndfile") == 1
+    for rec in store.query(Query()):
+        assert rec.status == "complete"
+        data, rate = sf.read(rec.path)
+        assert rate == SR and len(data) / rate == pytest.approx(1.0, abs=0.05)
+    store_module._tell_fallback.cache_clear()
+
+
 def test_flac_when_lossless_is_configured(tmp_path: Path) -> None:
     store = RecordingStore(folder=tmp_path, audio_format="flac")
     store.open()
@@ -232,3 +269,22 @@ def test_text_search_finds_any_piece_of_a_transcript_literally(
     assert store.query(Query(text=piece + "\u2400never")) == []
     with pytest.raises(ValueError, match="NUL"):
         Query(text=piece + "\x00")
+
+
+def test_a_time_query_finds_a_long_record_that_began_before_the_window(tmp_path: Path) -> None:
+    """The longest span bounds a time query from below; a record longer than the window
+    that began before it is still found, and so is one from an index made under a longer
+    max_s than today's."""
+    store = RecordingStore(folder=tmp_path, max_record_s=30.0)
+    store.open()
+    t0 = time.time() - 1000
+    record(store, "fire", t0, 20.0)  # t0 .. t0 + 20
+    record(store, "fire", t0 + 100, 1.0)
+    store.close()
+    found = store.query(Query(since=t0 + 15, until=t0 + 16))
+    assert [round(r.duration_s) for r in found] == [20]
+    assert store.query(Query(since=t0 + 21, until=t0 + 99)) == []
+    again = RecordingStore(folder=tmp_path, max_record_s=5.0)  # a shorter max_s now
+    again.open()
+    again.close()
+    assert [round(r.duration_s) for r in again.query(Query(since=t0 + 15, until=t0 + 16))] == [20]

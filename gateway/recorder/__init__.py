@@ -160,12 +160,15 @@ class Recorder(Subsystem):
         self.store = RecordingStore(
             folder=folder,
             audio_format=config.format,
+            opus_bitrate=int(config.opus_kbps * 1000),
             flush_s=config.flush_s,
             max_age_days=config.max_age_days,
             quota_bytes=int(config.quota_mb * 1e6),
             low_disk_bytes=int(config.low_disk_mb * 1e6),
             on_saved=self._saved,
             on_low_disk=self._low_disk,
+            # A record spans its pre-roll, at most max_s, and its hang time (a minute spare).
+            max_record_s=config.pre_roll_s + config.max_s + config.hang_s + 60.0,
         )
         seg = SegmentConfig(pre_roll_s=config.pre_roll_s, hang_s=config.hang_s, max_s=config.max_s)
         self.segmenters: dict[str, ChannelSegmenter] = {}

@@ -15,6 +15,7 @@ recorded before is touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -26,11 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
+
+from gateway.recorder import oggopus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ Direction = Literal["rx", "tx"]
 AudioFormat = Literal["opus", "flac"]
 Status = Literal["recording", "complete", "incomplete"]
 
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+OPUS_RATES = oggopus.OPUS_RATES
 """The input rates libsndfile's Opus encoder takes."""
 
 _SCHEMA = """
@@ -64,6 +67,7 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 CREATE INDEX IF NOT EXISTS recordings_channel_start ON recordings (channel, start);
 CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
 # Text search over a million records must not read them all: a trigram index of the
@@ -182,7 +186,7 @@ class _Open:
 
     record_id: int
     path: Path
-    file: sf.SoundFile | None
+    file: AudioSink | None
     samplerate: int
     frames: int = 0
     sumsq: float = 0.0
@@ -247,6 +251,7 @@ class RecordingStore:
         *,
         folder: Path,
         audio_format: AudioFormat = "opus",
+        opus_bitrate: int = oggopus.DEFAULT_BITRATE,
         flush_s: float = 1.0,
         queue_s: float = 30.0,
         max_age_days: float = 0.0,
@@ -254,10 +259,12 @@ class RecordingStore:
         low_disk_bytes: int = 0,
         on_saved: Callable[[Saved], None] | None = None,
         on_low_disk: Callable[[bool, str], None] | None = None,
+        max_record_s: float | None = None,
     ) -> None:
         self.folder = folder
         self.index_path = folder / "index.sqlite"
         self._format: AudioFormat = audio_format
+        self._opus_bitrate = opus_bitrate
         self._flush_s = flush_s
         self._queue_s = queue_s
         self._max_age_s = max_age_days * 86400.0
@@ -265,6 +272,9 @@ class RecordingStore:
         self._low_disk = low_disk_bytes
         self._on_saved = on_saved
         self._on_low_disk = on_low_disk
+        self._max_record_s = max_record_s
+        """The longest span a record can have (pre-roll, max_s, hang): kept in the index,
+        so a time query reads only the records that start near its window."""
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._queued_s = 0.0  # seconds of audio in _ops (approximate; under _lock)
         self._lock = threading.Lock()
@@ -291,6 +301,8 @@ class RecordingStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         _create_schema(db)
+        if self._max_record_s is not None:
+            _note_max_span(db, self._max_record_s)
         self.repaired = _repair(db)
         for rec in self.repaired:
             log.warning(
@@ -413,11 +425,15 @@ class RecordingStore:
                 )
                 args.append('"' + q.text.replace('"', '""') + '"')
         sql = f"SELECT {', '.join(_COLUMNS)} FROM recordings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start DESC, id DESC LIMIT ?"
         args.append(q.limit)
         with contextlib.closing(self._connect()) as db:
+            if q.since is not None and (span := _max_span(db)) is not None:
+                # No record spans more than this: the start index bounds the scan below.
+                where.append("start >= ?")
+                args.insert(len(args) - 1, q.since - span - 1.0)
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY start DESC, id DESC LIMIT ?"
             return [Recording.from_row(row) for row in db.execute(sql, args)]
 
     def channels(self) -> list[tuple[str, float]]:
@@ -534,10 +550,26 @@ class RecordingStore:
         self._ids[op.handle] = record_id
         while len(self._ids) > 1000:  # a split names a record begun moments ago
             del self._ids[next(iter(self._ids))]
+        if path.exists():  # never over another record's file (a clock set back)
+            path = path.with_name(f"{path.stem}-{record_id}{suffix}")
+            db.execute("UPDATE recordings SET path = ? WHERE id = ?", (str(path), record_id))
+        comments = {
+            "CONSOLEGW_RECORD": str(record_id),
+            "CONSOLEGW_CHANNEL": op.channel,
+            "CONSOLEGW_DIRECTION": op.direction,
+            "CONSOLEGW_START": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.start))
+            + f".{millis:03d}Z",
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            file = _open_audio(path, op.samplerate, self._format)
-        except (OSError, sf.LibsndfileError, ValueError) as exc:
+            file = _open_audio(
+                path,
+                op.samplerate,
+                self._format,
+                opus_bitrate=self._opus_bitrate,
+                comments=comments,
+            )
+        except (*_AUDIO_ERRORS, ValueError) as exc:
             log.error("recorder: cannot create %s: %s", path, exc)
             file = None
         return _Open(record_id, path, file, op.samplerate)
@@ -548,7 +580,7 @@ class RecordingStore:
             return
         try:
             rec.file.write(pcm)
-        except (OSError, sf.LibsndfileError) as exc:
+        except _AUDIO_ERRORS as exc:
             log.error("recorder: writing %s failed: %s; the rest is dropped", rec.path, exc)
             with contextlib.suppress(Exception):
                 rec.file.close()
@@ -644,16 +676,52 @@ class RecordingStore:
             log.exception("recorder: a callback failed")
 
 
-def _open_audio(path: Path, samplerate: int, audio_format: AudioFormat) -> sf.SoundFile:
+class AudioSink(Protocol):
+    """An open record's file: libsndfile's SoundFile or the Ogg/Opus writer."""
+
+    def write(self, data: NDArray[np.int16]) -> Any: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+_AUDIO_ERRORS = (OSError, sf.LibsndfileError, oggopus.OpusError)
+
+
+@functools.cache  # once per process, not per record
+def _tell_fallback(missing: str) -> None:
+    log.warning("recorder: %s; Ogg/Opus through libsndfile instead (about twice the CPU)", missing)
+
+
+def _open_audio(
+    path: Path,
+    samplerate: int,
+    audio_format: AudioFormat,
+    *,
+    opus_bitrate: int = oggopus.DEFAULT_BITRATE,
+    comments: dict[str, str] | None = None,
+) -> AudioSink:
     if audio_format == "opus":
         if samplerate not in OPUS_RATES:
             raise ValueError(f"Opus takes {OPUS_RATES} Hz, not {samplerate}")
-        return sf.SoundFile(
+        missing = oggopus.available()
+        if missing is None:
+            file = path.open("xb")
+            try:
+                return oggopus.OggOpusWriter(
+                    file, samplerate, bitrate=opus_bitrate, comments=comments
+                )
+            except BaseException:
+                file.close()
+                raise
+        _tell_fallback(missing)
+        opus: AudioSink = sf.SoundFile(
             path, mode="w", samplerate=samplerate, channels=1, format="OGG", subtype="OPUS"
         )
-    return sf.SoundFile(
+        return opus
+    flac: AudioSink = sf.SoundFile(
         path, mode="w", samplerate=samplerate, channels=1, format="FLAC", subtype="PCM_16"
     )
+    return flac
 
 
 def _note(db: sqlite3.Connection, record_id: int, op: _Note) -> None:
@@ -676,6 +744,29 @@ def _note(db: sqlite3.Connection, record_id: int, op: _Note) -> None:
             "transaction_id = COALESCE(?, transaction_id) WHERE id = ?",
             (op.requested_by, op.transaction_id, record_id),
         )
+
+
+def _note_max_span(db: sqlite3.Connection, span: float) -> None:
+    """Keep the longest span any record in the index can have (never lowered: records
+    made under a longer max_s stay). An index from before this was kept is measured once."""
+    if _max_span(db) is None:
+        (longest,) = db.execute(
+            "SELECT MAX(COALESCE(end, start + duration_s) - start) FROM recordings"
+        ).fetchone()
+        span = max(span, float(longest or 0.0))
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('max_record_s', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+        (span,),
+    )
+
+
+def _max_span(db: sqlite3.Connection) -> float | None:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'max_record_s'").fetchone()
+    except sqlite3.OperationalError:  # an index older than the meta table
+        return None
+    return None if row is None else float(row[0])
 
 
 def _get(db: sqlite3.Connection, record_id: int) -> Recording | None:
