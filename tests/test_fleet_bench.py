@@ -4,38 +4,24 @@ fleet load, CPU, fail-over on the RabbitMQ cluster) come from the full run."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.mqtt_tools import ROOT
+from tests.bench_tools import run_bench
 
 
 @pytest.mark.slow
 def test_fleet_bench_runs_and_loses_nothing() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "fleet.py"),
-            "--gateways",
-            "3",
-            "--seconds",
-            "8",
-            "--requests",
-            "40",
-            "--no-cluster",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    figures = run_bench(
+        "fleet.py",
+        "--gateways",
+        "3",
+        "--seconds",
+        "8",
+        "--requests",
+        "40",
+        "--no-cluster",
         timeout=110,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["bench"] == "fleet"
     (run,) = figures["runs"]
     assert run["gateways"] == 3 and run["lost"] == 0, run
     assert run["events_delivered"] >= 20 and run["ptt_requests"] >= 30, run
