@@ -206,15 +206,19 @@ _CRASHER = textwrap.dedent(
     t = np.arange(160) / 8000
     block = (8000 * np.sin(2 * np.pi * 600 * t)).astype(np.int16)
     h = store.begin(channel="fire", direction="rx", start=time.time(), samplerate=8000)
+    h2 = store.begin(channel="police", direction="tx", start=time.time(), samplerate=8000)
     print("recording", flush=True)
     while True:
         store.audio(h, block, 8000)
+        store.audio(h2, block, 8000)
         time.sleep(0.02)
     """
 )
 
 
-def test_kill_9_mid_record_leaves_a_playable_file_and_a_repaired_row(tmp_path: Path) -> None:
+def test_kill_9_mid_record_leaves_a_playable_file_and_a_repaired_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "rec"
     before = RecordingStore(folder=folder)
     before.open()
@@ -231,9 +235,13 @@ def test_kill_9_mid_record_leaves_a_playable_file_and_a_repaired_row(tmp_path: P
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     after = RecordingStore(folder=folder)
-    after.open()
+    with caplog.at_level("WARNING", logger="gateway.recorder.store"):
+        after.open()
     after.close()
-    assert len(after.repaired) == 1
+    assert [r.channel for r in after.repaired] == ["fire", "police"]
+    # One line for the crash, naming both records.
+    (line,) = [r.getMessage() for r in caplog.records if "crash" in r.getMessage()]
+    assert "2 recording(s) cut by a crash" in line and "fire rx" in line and "police tx" in line
     cut: Recording = after.repaired[0]
     assert cut.status == "incomplete" and cut.channel == "fire"
     # Flushed every 0.5 s: all but the last half second or so of the 3 s is there.

@@ -304,14 +304,15 @@ class RecordingStore:
         if self._max_record_s is not None:
             _note_max_span(db, self._max_record_s)
         self.repaired = _repair(db)
-        for rec in self.repaired:
+        if self.repaired:  # one line for the crash, however many channels were recording
             log.warning(
-                "recording %d (%s %s) was cut by a crash: %.1f s kept in %s",
-                rec.id,
-                rec.channel,
-                rec.direction,
-                rec.duration_s,
-                rec.path,
+                "%d recording(s) cut by a crash, kept up to their last flush: %s (in %s)",
+                len(self.repaired),
+                ", ".join(
+                    f"{r.id} ({r.channel} {r.direction}, {r.duration_s:.1f} s)"
+                    for r in self.repaired
+                ),
+                self.folder,
             )
         self._thread = threading.Thread(
             target=self._writer_main, args=(db,), name="recorder", daemon=True
