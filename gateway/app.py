@@ -26,7 +26,6 @@ from gateway.events import (
     UncleanStopData,
     utc_timestamp,
 )
-from gateway.heap import heap_trimmer, trim_heap_forever
 from gateway.memory import JsonMemory
 from gateway.mqtt import MqttLink
 from gateway.outbox import Outbox
@@ -224,8 +223,6 @@ class Gateway:
             window = asyncio.get_running_loop().call_later(START_WINDOW_S, startup.finish)
             link_task = asyncio.create_task(self.link.run(), name="mqtt")
             self.supervisor.start("health", self._watch_health)
-            if (trim := heap_trimmer()) is not None:
-                self.supervisor.start("memory", lambda: trim_heap_forever(trim))
             for subsystem in self.subsystems:
                 for task_name, task in subsystem.tasks().items():
                     self.supervisor.start(task_name, task)
