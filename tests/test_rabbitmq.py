@@ -414,7 +414,9 @@ def test_persistent_session_while_its_node_is_down(cluster: RabbitCluster) -> No
     is acknowledged (PUBACK) and lost. Those queued before the kill come back with A."""
     cid, topic, publisher = _offline_session_then_kill_a(cluster)
     mid = publisher.publish(topic, b"while-down")
-    acked_while_down = wait_for(lambda: mid in publisher.acked, 5, "PUBACK while A is down")
+    # B answers once it has seen the queue's node go (5 s was once too short in a full,
+    # loaded test run: the PUBACK is the fact under test, not its delay).
+    acked_while_down = wait_for(lambda: mid in publisher.acked, 20, "PUBACK while A is down")
     publisher.close()
 
     peer = Peer(cluster["b"], cid, clean_session=False)
