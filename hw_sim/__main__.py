@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     for thread in threads:
         thread.start()
-    while not stop.wait(0.2):
-        pass
+    # Polled, not stop.wait(): the SIGTERM handler's stop.set() runs in this thread and takes
+    # the Event's lock, which wait() may hold at that moment: a deadlock (seen under load,
+    # the simulator never stopping).
+    while not stop.is_set():
+        time.sleep(0.2)
     control.stop()
     console.stop()
     for thread in threads:

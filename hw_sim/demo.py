@@ -547,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
                 daemon=True,
             ).start()
             deadline = None if args.duration is None else time.monotonic() + args.duration
-            while not stop.wait(0.2):
+            # Polled, not stop.wait(): the SIGTERM handler's stop.set() runs in this thread
+            # and takes the Event's lock, which wait() may hold then (a deadlock).
+            while not stop.is_set():
+                time.sleep(0.2)
                 for line in printer.flood.due():
                     say("mqtt", line)
                 if deadline is not None and time.monotonic() > deadline:
