@@ -312,7 +312,6 @@ class OggOpusWriter:
             self._encode_frame(frame, granule=final_granule if last else None, eos=last)
             if last:
                 break
-        self._pending = tail
         self._pages(flush=True)
         self._file.flush()
 
