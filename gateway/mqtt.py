@@ -317,11 +317,6 @@ class MqttLink:
             self.session = await self._outbox.next_session()
             if self.on_connected is not None:
                 self.on_connected()
-            await _until_closed(
-                client,
-                client.publish(self._status_topic, self._status("online"), qos=1, retain=True),
-                f"the PUBLISH of {self._status_topic}",
-            )
             requests.install()  # before subscribing, so no request is missed
             for topic in self._router.subscriptions:
                 if v5:
@@ -340,6 +335,13 @@ class MqttLink:
                     # until it is back (docs/broker-rabbitmq.md).
                     subscribed = client.subscribe(topic, qos=0)
                 await _until_closed(client, subscribed, f"the SUBSCRIBE to {topic}")
+            # Online only once the requests are subscribed: a CAD may command the moment it
+            # sees it, and a request before our SUBSCRIBE reaches no one.
+            await _until_closed(
+                client,
+                client.publish(self._status_topic, self._status("online"), qos=1, retain=True),
+                f"the PUBLISH of {self._status_topic}",
+            )
             self._connected.set()
             after = (
                 ""

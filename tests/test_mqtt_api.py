@@ -492,3 +492,55 @@ def test_mqtt_3_1_1_keeps_every_feature_it_can(
         what="the Last Will over 3.1.1",
     )
     assert will[-1]["session"] == answer["data"]["session"]
+
+
+def test_online_means_requests_are_heard(
+    daemon_factory: Callable[..., Daemon],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """A CAD that commands the moment it sees `online` is answered: the gateway has its
+    request subscriptions before it says online (in three starts, and in the rebirth after
+    the broker comes back)."""
+    gid = unique_id()
+    answered: list[dict[str, object]] = []
+    requests_sent = 0
+
+    def on_message(client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        nonlocal requests_sent
+        if msg.topic == f"consolegw/{gid}/response/status":
+            answered.append(json.loads(msg.payload))
+        elif json.loads(msg.payload)["state"] == "online":
+            # At once, from the network thread: no delay a human or a slow CAD would give.
+            client.publish(f"consolegw/{gid}/request/status", b"{}", qos=1)
+            requests_sent += 1
+
+    topics = [(f"consolegw/{gid}/status", 1), (f"consolegw/{gid}/response/status", 1)]
+
+    def answers(count: int) -> Callable[[], bool]:
+        return lambda: len(answered) >= count
+
+    cad = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    cad.on_message = on_message
+    # Subscribed at every connection: after the broker's restart, the gateway's rebirth
+    # comes live or (if the gateway was back first) retained.
+    cad.on_connect = lambda client, *_: client.subscribe(topics)
+    cad.connect(broker.host, broker.port)
+    cad.loop_start()
+    daemon = daemon_factory(gateway_config(broker, tmp_path, gid))
+    try:
+        wait_for(cad.is_connected, 10, "CAD connected")
+        for start_number in range(1, 4):
+            daemon.start()
+            wait_for(answers(start_number), 10, f"answer after start {start_number}")
+            daemon.stop()
+        daemon.start()
+        wait_for(answers(4), 10, "answer after the fourth start")
+        broker.stop()
+        broker.start()
+        wait_for(answers(5), 30, "answer after the rebirth")
+    finally:
+        cad.loop_stop()
+        cad.disconnect()
+    assert all(a["status"] == "ok" for a in answered), answered
+    assert requests_sent == len(answered)
