@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -31,6 +33,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 SAMPLE_S = 10.0
@@ -92,6 +95,47 @@ def _status_kb(pid: int, key: str) -> int | None:
     return None
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes from sbrk (the main arena)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes in mmapped blocks
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in use in the arenas
+            "fordblks",  # bytes free in the arenas (kept by glibc)
+            "keepcost",
+        )
+    ]
+
+
+def _native_counters() -> Callable[[], dict[str, int]]:
+    """What SQLite and glibc say they hold, through ctypes on the libraries this process
+    has loaded already (the sqlite3 module's libsqlite3, libc): SQLite's own allocation
+    count (page caches, statements) and glibc's arena bytes in use and free. Empty where a
+    library or symbol is missing (another libc)."""
+    import sqlite3  # noqa: F401  (loads libsqlite3 before the lookup below)
+
+    calls: dict[str, Callable[[], int]] = {}
+    with contextlib.suppress(OSError, AttributeError):
+        sqlite = ctypes.CDLL("libsqlite3.so.0")
+        sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+        calls["sqlite_kb"] = lambda: int(sqlite.sqlite3_memory_used()) // 1024
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _Mallinfo2
+        mallinfo2 = libc.mallinfo2
+
+        calls["malloc_used_kb"] = lambda: (mallinfo2().uordblks + mallinfo2().hblkhd) // 1024
+        calls["malloc_free_kb"] = lambda: mallinfo2().fordblks // 1024
+
+    return lambda: {name: call() for name, call in calls.items()}
+
+
 def _awaiting(coro: object) -> str:
     """Where a coroutine waits: the innermost function of its await chain, and its line."""
     where = ""
@@ -126,6 +170,7 @@ class Sampler:
         self.out.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         self.snapshots = 0
+        self.native = _native_counters()
 
     def sample(self) -> None:
         pid = os.getpid()
@@ -140,6 +185,7 @@ class Sampler:
             "threads": threading.active_count(),
             "gc_objects": len(gc.get_objects()),
             "tasks": _task_count(),
+            **self.native(),
         }
         if tracemalloc.is_tracing():
             current, peak = tracemalloc.get_traced_memory()
