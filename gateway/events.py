@@ -33,11 +33,12 @@ def parse_timestamp(text: str, *, naive_is_local: bool = False) -> float:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an RFC 3339 time: {text[:40]!r}") from None
-    if moment.tzinfo is None:
-        if not naive_is_local:
-            raise ValueError(f"time without a zone (add Z or +hh:mm): {text[:40]!r}")
-        moment = moment.astimezone()
-    return moment.timestamp()
+    if moment.tzinfo is None and not naive_is_local:
+        raise ValueError(f"time without a zone (add Z or +hh:mm): {text[:40]!r}")
+    try:
+        return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+    except (OverflowError, OSError):  # the local zone's rules at the ends of the calendar
+        raise ValueError(f"time out of range: {text[:40]!r}") from None
 
 
 class Payload(BaseModel):

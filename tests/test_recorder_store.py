@@ -296,3 +296,35 @@ def test_a_time_query_finds_a_long_record_that_began_before_the_window(tmp_path:
     again.open()
     again.close()
     assert [round(r.duration_s) for r in again.query(Query(since=t0 + 15, until=t0 + 16))] == [20]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    since=st.one_of(st.none(), st.text(max_size=40), st.datetimes().map(lambda d: d.isoformat())),
+    until=st.one_of(
+        st.none(),
+        st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    ),
+    local=st.booleans(),
+)
+def test_query_times_from_any_text_are_a_query_or_a_named_value_error(
+    since: str | None, until: str | None, local: bool
+) -> None:
+    """Whatever a CAD, a browser or a technician sends as since/until (calendar ends,
+    zones, garbage) is a query or a ValueError naming the filter: never another exception."""
+    try:
+        query = Query.of_text(
+            channel=None,
+            direction=None,
+            since=since,
+            until=until,
+            text=None,
+            limit=10,
+            naive_is_local=local,
+            names=("--since", "--until"),
+        )
+    except ValueError as exc:
+        assert str(exc).startswith(("--since: ", "--until: ")), exc
+    else:
+        assert (query.since is None) == (since is None)
+        assert (query.until is None) == (until is None)

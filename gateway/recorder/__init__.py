@@ -28,7 +28,6 @@ from gateway.events import (
     Event,
     EventData,
     Payload,
-    parse_timestamp,
     register_event_type,
     utc_timestamp,
 )
@@ -125,15 +124,6 @@ class RecordingsResponse(Payload):
 
 class RecordingRequest(Request):
     id: int = Field(ge=1, le=2**62, description="The record's id")
-
-
-def _epoch(value: str | None, key: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError as exc:
-        raise BadRequest(f"{key}: {exc}") from None
 
 
 def _cos_known(monitor: ChannelMonitor) -> Callable[[], bool]:
@@ -327,13 +317,14 @@ class Recorder(Subsystem):
         if not self.segmenters and not self.store.index_path.exists():
             raise CommandError("the recorder is off on this gateway (recorder.enabled)")
         try:
-            query = Query(
+            query = Query.of_text(
                 channel=params.channel,
                 direction=params.direction,
-                since=_epoch(params.since, "since"),
-                until=_epoch(params.until, "until"),
+                since=params.since,
+                until=params.until,
                 text=params.text,
                 limit=params.limit,
+                naive_is_local=False,  # CAD must say which zone
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None

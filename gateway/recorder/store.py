@@ -33,6 +33,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
+from gateway.events import parse_timestamp
 from gateway.recorder import oggopus
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,32 @@ class Query:
     text: str | None = None
     """In the TTY transcript, the requester or a fault code (case-insensitive)."""
     limit: int = 100
+
+    @classmethod
+    def of_text(
+        cls,
+        *,
+        channel: str | None,
+        direction: Direction | None,
+        since: str | None,
+        until: str | None,
+        text: str | None,
+        limit: int,
+        naive_is_local: bool,
+        names: tuple[str, str] = ("since", "until"),
+    ) -> Query:
+        """A query from the RFC 3339 times a person or CAD typed (`naive_is_local`: a time
+        without a zone is the console's); ValueError naming the filter that is wrong, by
+        `names` for since and until."""
+        times: list[float | None] = []
+        for value, name in zip((since, until), names, strict=True):
+            try:
+                times.append(
+                    None if value is None else parse_timestamp(value, naive_is_local=naive_is_local)
+                )
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return cls(channel, direction, times[0], times[1], text, limit)
 
     def __post_init__(self) -> None:
         # SQLite's LIKE reads a pattern up to a NUL: "A\0B" would find every "A".

@@ -43,28 +43,19 @@ def _folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def _time(text: str | None, what: str) -> float | None:
-    from gateway.events import parse_timestamp
-
-    if text is None:
-        return None
-    try:
-        return parse_timestamp(text, naive_is_local=True)
-    except ValueError as exc:
-        raise ToolError(f"{what}: {exc}") from None
-
-
 def _query(args: argparse.Namespace, limit: int) -> Query:
     from gateway.recorder.store import Query
 
     try:
-        return Query(
+        return Query.of_text(
             channel=args.channel,
             direction=args.direction,
-            since=_time(args.since, "--since"),
-            until=_time(args.until, "--until"),
+            since=args.since,
+            until=args.until,
             text=getattr(args, "text", None),
             limit=limit,
+            naive_is_local=True,
+            names=("--since", "--until"),
         )
     except ValueError as exc:
         raise ToolError(str(exc)) from None

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.events import parse_timestamp
 from gateway.recorder import RecordingInfo
 from gateway.recorder.store import Query, RecordingStore
 
@@ -91,25 +90,19 @@ def query_of(params: dict[str, list[str]]) -> Query:
     direction = _one(params, "direction")
     if direction not in (None, "rx", "tx"):
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"direction must be rx or tx, not {direction!r}")
-    times: dict[str, float | None] = {}
-    for name in ("since", "until"):
-        text = _one(params, name)
-        try:
-            # A browser's datetime-local field has no zone: the console's local time.
-            times[name] = None if text is None else parse_timestamp(text, naive_is_local=True)
-        except (ValueError, OverflowError, OSError) as exc:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name}: {exc}") from None
     limit_text = _one(params, "limit") or "200"
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"limit must be 1..{MAX_LIMIT}")
     try:
-        return Query(
+        return Query.of_text(
             channel=_one(params, "channel"),
             direction=direction,  # type: ignore[arg-type]  # checked above
-            since=times["since"],
-            until=times["until"],
+            since=_one(params, "since"),
+            until=_one(params, "until"),
             text=_one(params, "text"),
             limit=int(limit_text),
+            # A browser's datetime-local field has no zone: the console's local time.
+            naive_is_local=True,
         )
     except ValueError as exc:
         raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
