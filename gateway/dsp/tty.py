@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -532,8 +533,9 @@ class TtyDecoder:
         spaces = [f.space_env for f in frames if f.valid and f.snr >= GATE_SNR]
         if marks and spaces:
             tr.reset(p0)
-            tr.amp_m = float(np.median(marks))
-            tr.amp_s = float(np.median(spaces))
+            # statistics.median: np.median's value for a few floats, without its overhead
+            tr.amp_m = float(statistics.median(marks))
+            tr.amp_s = float(statistics.median(spaces))
             tr.set_timing_amplitudes(tr.amp_m, tr.amp_s)
             frames = tr.run(decided, masked=False)
         self._state = _State.ACTIVE
@@ -607,8 +609,8 @@ class TtyDecoder:
         straddling a transition dips, and briefly). `lo` if there is none after it."""
         tr = self._trackers[i]
         frames = self._runs[i].frames
-        amp_m = float(np.median([f.mark_env for f in frames]))
-        amp_s = float(np.median([f.space_env for f in frames if f.n_mark < 7] or [amp_m]))
+        amp_m = float(statistics.median([f.mark_env for f in frames]))
+        amp_s = float(statistics.median([f.space_env for f in frames if f.n_mark < 7] or [amp_m]))
         if amp_m <= 0 or amp_s <= 0:
             return lo
         tr.refresh()
@@ -716,11 +718,11 @@ class TtyDecoder:
             or (level >= ACTIVE_MIN_LEVEL and f.min_snr < 0.25 * ACTIVE_REL * level)
         ):
             return
-        code = (
-            self._reader.decide(f.llr)
-            if f.code_ll is None
-            else self._reader.decide_codes(f.code_ll)
-        )
+        if f.code_ll is not None:
+            code = self._reader.decide_codes(f.code_ll)
+        else:
+            assert f.llr is not None  # a frame not read coherently has its bits' LLRs
+            code = self._reader.decide(f.llr)
         retract, chars = self._reader.read(code, self._fe.time_of(f.end))
         if retract:
             events.append(TtyRetract(time=self._fe.time_of(f.end), count=retract))

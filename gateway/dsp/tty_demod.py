@@ -83,14 +83,18 @@ class Buf:
         return self.base + self.n
 
     def append(self, v: npt.NDArray[np.generic]) -> None:
-        k = len(v)
+        self.extend(len(v))[:] = v
+
+    def extend(self, k: int) -> npt.NDArray[Any]:
+        """Grow by `k` entries and return them (a view) to be written in place."""
         if self.n + k > len(self.a):
             cap = max(2 * len(self.a), self.n + k)
             new = np.zeros(cap, dtype=self.a.dtype)
             new[: self.n] = self.a[: self.n]
             self.a = new
-        self.a[self.n : self.n + k] = v
+        out = self.a[self.n : self.n + k]
         self.n += k
+        return out
 
     def truncate(self, end: int) -> None:
         """Drop everything from absolute index `end` on."""
@@ -136,23 +140,53 @@ def alias(f: float, fs2: float) -> float:
     return float(np.mod(f + fs2 / 2, fs2) - fs2 / 2)
 
 
-def _window_mean(rows_data: F64, first: int, k: int) -> F64:
-    """Mean of the (up to) k rows ending at each row from `first` on, newest first.
+def _window_means(rows_data: F64, first: int, k: int) -> tuple[F64, F64]:
+    """Means of the (up to) k rows, and of the (up to) 2 rows, ending at each row from
+    `first` on, newest first (k >= 2).
 
     Always summed in the same order, so a hop's value does not depend on how many hops
-    were analysed together (a running cumulative sum would round differently).
+    were analysed together (a running cumulative sum would round differently). The sum
+    of 2 is the first step of the sum of k.
     """
     n = len(rows_data) - first
     pad = max(0, k - 1 - first)  # the stream's first hops have fewer rows before them
     if pad:
         rows_data = np.concatenate([np.zeros((pad, rows_data.shape[1])), rows_data])
     lo = first + pad
-    out = rows_data[lo:].copy()
-    for j in range(1, k):
-        out += rows_data[lo - j : lo - j + n]  # adding the zero padding is exact
-    count = np.minimum(np.arange(first + 1, first + 1 + n), k)
-    mean: F64 = out / count[:, None]
-    return mean
+    out = rows_data[lo:] + rows_data[lo - 1 : lo - 1 + n]  # adding the zero padding is exact
+    rows = np.arange(first + 1, first + 1 + n)
+    mean2: F64 = out / np.minimum(rows, 2)[:, None]
+    for j in range(2, k):
+        out += rows_data[lo - j : lo - j + n]
+    mean: F64 = out / np.minimum(rows, k)[:, None]
+    return mean, mean2
+
+
+# 2 pi split in two, the high part with 26 significant bits: q * _TWO_PI_HI and
+# q * _TWO_PI_LO are then exact for any integer q below _MOD_Q_MAX.
+_TWO_PI: Final = 2 * math.pi
+_TWO_PI_HI: Final = math.ldexp(
+    math.floor(math.ldexp(math.frexp(_TWO_PI)[0], 26)), math.frexp(_TWO_PI)[1] - 26
+)
+_TWO_PI_LO: Final = _TWO_PI - _TWO_PI_HI  # exact, 25 significant bits
+_MOD_Q_MAX: Final = 2.0**26
+
+
+def _mod_2pi(a: F64) -> F64:
+    """np.mod(a, 2 pi), exactly (bit for bit), in a fifth of the time.
+
+    fmod's result is exactly representable, so a - q (2 pi) for the right integer q,
+    computed without rounding, is it: a - q * hi is exact (the two are within a factor of
+    two, Sterbenz) and so is q * lo, and their difference is the representable result.
+    Where the quotient estimate is off by one (the result falls outside [0, 2 pi)), for
+    negative input (np.mod rounds there) or a quotient too large to be exact, np.mod.
+    """
+    q = np.floor(a * (1.0 / _TWO_PI))
+    r: F64 = (a - q * _TWO_PI_HI) - q * _TWO_PI_LO
+    bad = (r < 0.0) | (r >= _TWO_PI) | (q < 0.0) | (q >= _MOD_Q_MAX)
+    if bad.any():
+        r[bad] = np.mod(a[bad], _TWO_PI)
+    return r
 
 
 class FrontEnd:
@@ -163,6 +197,8 @@ class FrontEnd:
         self.decim = max(1, round(self.fs / TARGET_RATE))
         self.fs2 = self.fs / self.decim
         self.taps, self.ntaps = _design_taps(self.fs, self.decim)
+        assert self.ntaps % self.decim == 0  # the polyphase split in process relies on it
+        self._taps_col = self.taps[:, :, None].copy()  # per tap: (2, 1), to scale both parts
         # Input samples not yet consumed; output m uses input [m*D, m*D + L).
         self._x = np.zeros(0, dtype=np.float32)
         # Decimated complex band signal; NFFT zeros before index 0 so early windows exist.
@@ -173,8 +209,9 @@ class FrontEnd:
         self.cs = Buf(np.complex128, start=-NFFT)
         self.cm.append(np.zeros(NFFT, dtype=np.complex128))
         self.cs.append(np.zeros(NFFT, dtype=np.complex128))
-        # Each tone's mixer phasor e^{-jM(n)} per sample: with it a window's sum is turned
-        # into the signal's own phase at the window start (Tracker.coherent).
+        # Each tone's mixer phasor conjugated, e^{+jM(n)}, per sample: with it a window's
+        # sum is turned into the signal's own phase at the window start (Tracker.coherent).
+        # Kept conjugated, as the trackers use it, so that they need not conjugate it.
         self.xm = Buf(np.complex64, start=-NFFT)
         self.xs = Buf(np.complex64, start=-NFFT)
         self.xm.append(np.ones(NFFT, dtype=np.complex64))
@@ -204,6 +241,8 @@ class FrontEnd:
         self._since_present = RECENT_HOPS
         self._hops_done = 0
         self._win = np.hanning(NFFT + 2)[1:-1].astype(np.float32)
+        self._hop_offsets = np.arange(HOP, dtype=np.float64)
+        self._around = np.array([[-1], [0], [1]], dtype=np.int64)
         self._win_pow = float(np.sum(self._win.astype(np.float64) ** 2))
         # FFT bins covering CENTER_HZ +- FLOOR_HALF_BAND, in order of absolute frequency.
         step = self.fs2 / NFFT
@@ -254,19 +293,23 @@ class FrontEnd:
             self._x = buf.copy()
             return
         # One tap at a time (not BLAS): the same sums in the same order whatever the block
-        # size, so a stream cut into any blocks decodes exactly as one block.
-        re = np.zeros(count, dtype=np.float32)
-        im = np.zeros(count, dtype=np.float32)
+        # size, so a stream cut into any blocks decodes exactly as one block. The input is
+        # split into its d phases first (row p holds x[m*d + p]), so that each tap reads a
+        # contiguous run, and both parts of a tap are applied in one operation.
+        rows = count + length // d - 1
+        phases = buf[: rows * d].reshape(rows, d).T.copy()
+        acc = np.zeros((2, count), dtype=np.float32)
+        tmp = np.empty((2, count), dtype=np.float32)
+        taps = self._taps_col
         for j in range(length):
-            col = buf[j : j + (count - 1) * d + 1 : d]
-            re += col * self.taps[j, 0]
-            im += col * self.taps[j, 1]
-        y = np.empty(count, dtype=np.complex64)
-        y.real = re
-        y.imag = im
+            q = j // d
+            np.multiply(phases[j - q * d, q : q + count], taps[j], out=tmp)
+            acc += tmp
         self._x = buf[count * d :].copy()
         start = self.y.end
-        self.y.append(y)
+        y = self.y.extend(count)
+        y.real = acc[0]
+        y.imag = acc[1]
         self._analyse_hops()
         self._accumulate(start, self.y.end)
         keep = self.y.end - int(HISTORY_S * self.fs2)
@@ -294,13 +337,15 @@ class FrontEnd:
             first = self._hops_done = 1
         if done <= first:
             return
-        seg = self.y.get((first + 1) * HOP - NFFT, done * HOP)
-        frames = np.lib.stride_tricks.sliding_window_view(seg, NFFT)[::HOP]
-        spec = np.fft.fft(frames * self._win, axis=1)[:, self._band]
+        # Window r is hops r and r + 1 of `blocks` (NFFT is two hops), windowed.
+        blocks = self.y.get((first + 1) * HOP - NFFT, done * HOP).reshape(-1, HOP)
+        windowed = np.empty((done - first, NFFT), dtype=np.complex64)
+        np.multiply(blocks[:-1], self._win[:HOP], out=windowed[:, :HOP])
+        np.multiply(blocks[1:], self._win[HOP:], out=windowed[:, HOP:])
+        spec = np.fft.fft(windowed, axis=1)[:, self._band]
         power = (spec.real.astype(np.float64) ** 2) + spec.imag.astype(np.float64) ** 2
         allp = np.concatenate([self._hist, power], axis=0)
-        avg8 = _window_mean(allp, len(self._hist), AVG_HOPS)
-        avg2 = _window_mean(allp, len(self._hist), 2)
+        avg8, avg2 = _window_means(allp, len(self._hist), AVG_HOPS)
         self._hist = allp[-(AVG_HOPS - 1) :]
 
         mid = len(self._floor_sel) // 2
@@ -340,12 +385,12 @@ class FrontEnd:
         k = np.argmax(sub, axis=1)
         sig = (sub[rows, k] > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < len(sel) - 1)
         kk = np.minimum(np.maximum(k, 1), len(sel) - 2)
-        lft = np.log(sub[rows, kk - 1] + 1e-300)
-        mid = np.log(sub[rows, kk] + 1e-300)
-        rgt = np.log(sub[rows, kk + 1] + 1e-300)
+        # The three bins around each peak in one gather and one log.
+        lft, mid, rgt = np.log(sub[rows, kk + self._around] + 1e-300)
         den = lft - 2 * mid + rgt
-        with np.errstate(divide="ignore", invalid="ignore"):
-            delta = np.where(den < 0, 0.5 * (lft - rgt) / den, 0.0)
+        delta = np.zeros(len(sub))
+        fit = den < 0  # a parabola through the three opens downwards: its vertex
+        delta[fit] = 0.5 * (lft[fit] - rgt[fit]) / den[fit]
         f: F64 = self._band_f[sel[kk]] + np.minimum(np.maximum(delta, -0.5), 0.5) * self._step
         return f, sig
 
@@ -381,7 +426,8 @@ class FrontEnd:
         return mark, space
 
     def _tone_power(self, avg2: F64, f: F64) -> F64:
-        """Power in the three bins around frequency f (per hop)."""
+        """Power in the three bins around frequency f (per hop; f may be a stack of rows
+        of frequencies per hop, one row per tone)."""
         rows = np.arange(len(avg2))
         k = np.rint((f - self._band_f[0]) / self._step).astype(np.int64)
         last = len(self._band_f) - 1
@@ -395,8 +441,7 @@ class FrontEnd:
         Idle mark is the mark tone alone, holding a good share of the band: a voice with a
         harmonic on the mark frequency spreads its power over many others.
         """
-        p_m = self._tone_power(avg2, mark)
-        p_s = self._tone_power(avg2, space)
+        p_m, p_s = self._tone_power(avg2, np.stack([mark, space]))
         present: B = np.maximum(p_m, p_s) > 3 * PRESENCE_RATIO * floor
         band = avg2.sum(axis=1)
         idle: B = (p_m > 3 * PRESENCE_RATIO * floor) & (p_s < 9 * floor) & (p_m > 0.3 * band)
@@ -420,31 +465,36 @@ class FrontEnd:
             return
         h0, h1 = start // HOP, (stop - 1) // HOP
         hops = np.arange(h0, h1 + 1, dtype=np.int64)
-        for tone in (0, 1):
-            csum = self.cm if tone == 0 else self.cs
-            xbuf = self.xm if tone == 0 else self.xs
-            pbuf = self.p_mark if tone == 0 else self.p_space
-            fixed = self._fixed_hz[tone]
-            anchor_hop, anchor_phase = self._anchor[tone]
-            assert anchor_hop == h0
-            w = (2 * math.pi / self.fs2) * self._freqs(pbuf, fixed, hops)
-            starts = np.cumsum(np.concatenate([[anchor_phase], w * HOP]))  # phase at hop starts
-            n = np.arange(start, stop, dtype=np.int64)
-            k = n // HOP - h0
-            phase = starts[k] + w[k] * (n - (n // HOP) * HOP)
-            ph32 = np.mod(phase, 2 * math.pi).astype(np.float32)
-            mix = np.empty(len(ph32), dtype=np.complex64)  # cos/sin: far cheaper than exp
-            mix.real = np.cos(ph32)
-            mix.imag = -np.sin(ph32)
-            xbuf.append(mix)
-            u = self.y.get(start, stop) * mix
-            c0 = csum.a[csum.n - 1]
-            c = np.cumsum(np.concatenate([[c0], u]), dtype=np.complex128)[1:]
-            csum.append(c)
+        # Both tones at once, row 0 mark and row 1 space: the same operations on each
+        # element as tone by tone, in fewer calls.
+        hz = [self._freqs(self.p_mark, self._fixed_hz[0], hops)]
+        hz.append(self._freqs(self.p_space, self._fixed_hz[1], hops))
+        w = np.stack(hz) * (2 * math.pi / self.fs2)
+        head = np.array([[self._anchor[0][1]], [self._anchor[1][1]]])
+        assert self._anchor[0][0] == h0 and self._anchor[1][0] == h0
+        starts = np.cumsum(np.concatenate([head, w * HOP], axis=1), axis=1)  # at hop starts
+        # Every sample of the hops touched, then the part wanted: the phase of sample n is
+        # the phase at its hop's start plus the hop's frequency times its offset in the hop.
+        grid = starts[:, :-1, None] + w[:, :, None] * self._hop_offsets
+        lo = start - h0 * HOP
+        phase = grid.reshape(2, -1)[:, lo : lo + stop - start]
+        ph32 = _mod_2pi(phase).astype(np.float32)
+        cos, sin = np.cos(ph32), np.sin(ph32)
+        y = self.y.get(start, stop)
+        for tone, (csum, xbuf) in enumerate(((self.cm, self.xm), (self.cs, self.xs))):
+            turn = xbuf.extend(stop - start)  # cos/sin: far cheaper than exp
+            turn.real = cos[tone]
+            turn.imag = sin[tone]
+            u = y * np.conj(turn)  # mixed down with e^{-jM(n)}
+            # The new running sums in place after the last one: a cumulative sum from it.
+            c = csum.extend(stop - start)
+            c[:] = u
+            sums = csum.a[csum.n - len(u) - 1 : csum.n]
+            np.cumsum(sums, out=sums)
             if stop == (h1 + 1) * HOP:
-                self._anchor[tone] = (h1 + 1, float(starts[-1]))
+                self._anchor[tone] = (h1 + 1, float(starts[tone, -1]))
             else:
-                self._anchor[tone] = (h1, float(starts[-2]))
+                self._anchor[tone] = (h1, float(starts[tone, -2]))
 
     def recompute(self, start: int, split: int, mark_hz: float, space_hz: float) -> None:
         """Redo the running sums from `start` on, with fixed tone frequencies up to `split`.
@@ -479,7 +529,9 @@ class Frame:
     snr: float  # mean on-tone bit energy over the noise of a bit window
     min_snr: float  # the same for the weakest of the 7 bits
     leak: float  # off-tone over on-tone energy, summed over the 7 bits
-    llr: F32  # log-likelihood ratios of the 5 data bits (positive = mark = 1)
+    # Log-likelihood ratios of the 5 data bits (positive = mark = 1), for deciding the code
+    # bit by bit: None when the frame was read coherently (code_ll), which decides it then.
+    llr: F32 | None
     code_ll: F64 | None  # log-likelihood of each of the 32 codes, read coherently (or None)
     dm: C64  # each tone's window sums as signal phase at the window start (8 windows)
     ds: C64
@@ -560,6 +612,18 @@ class Tracker:
             for c in range(32)
         ]  # per code: (window, tone) of each pair of like bits in a row
         self._code_mark = [[bool(v) for v in row] for row in pattern]
+        # The chains (see _chains) as (tone, code, window), tone 0 for a mark window and 1
+        # for a space one, hold a turn where the code has that tone and 0 elsewhere; the
+        # turn depends only on the samples of each tone before the window, which many
+        # codes share. _chain_map picks each entry from those distinct turns (index U: 0).
+        pairs = np.stack([self._before_m.ravel(), self._before_s.ravel()], axis=1)
+        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        self._uniq_m, self._uniq_s = uniq[:, 0].copy(), uniq[:, 1].copy()
+        self._turns = np.zeros(len(uniq) + 1, np.complex128)
+        inv = inverse.reshape(32, 8)
+        self._chain_map = np.stack(
+            [np.where(self._is_mark, inv, len(uniq)), np.where(self._is_mark, len(uniq), inv)]
+        )
         self.reset_chain(MARK_HZ, SPACE_HZ)
         self.reset(0)
 
@@ -571,7 +635,7 @@ class Tracker:
         # The reference's phase step over each window step, per tone.
         self._ref_step = [[complex(np.exp(-1j * w * d)) for d in self._steps] for w in self._w_ref]
         self._cached_w = (math.nan, math.nan)
-        self._chain = np.zeros((32, 16), np.complex128)
+        self._chain = np.zeros((2, 32, 8), np.complex128)
         self._pair = [0j, 0j]  # phase steps between like bits, accumulated
         self._pairs_n = [0, 0]  # how many, per tone
         self.coherence = 0.0  # how well the signal follows a continuous phase (0..1)
@@ -648,7 +712,7 @@ class Tracker:
                 q = am * rm - as_ * rs - np.float32(0.5 * (am * am - as_ * as_))
             else:
                 q = rm - rs
-            self.q.append(q.astype(np.float32))
+            self.q.append(q)
         offs = self.offs
         t_min = self.q.base - int(offs[0])  # the first start whose windows are all held
         if self.score.end < t_min:  # (the buffers are trimmed each on its own)
@@ -660,10 +724,13 @@ class Tracker:
         b = t_lo - self.q.base
         n = t_hi - t_lo
         o = [int(v) + b for v in offs]
-        score = qa[o[0] : o[0] + n] - qa[o[1] : o[1] + n] + qa[o[7] : o[7] + n]
+        # Written in place, in the order of (q0 - q1 + q7) + |q2| + ... + |q6|.
+        score = self.score.extend(n)
+        np.subtract(qa[o[0] : o[0] + n], qa[o[1] : o[1] + n], out=score)
+        score += qa[o[7] : o[7] + n]
+        aq = np.abs(qa[o[2] : o[6] + n])  # |q| once for all five data windows
         for k in range(2, 7):
-            score = score + np.abs(qa[o[k] : o[k] + n])
-        self.score.append(score)
+            score += aq[o[k] - o[2] : o[k] - o[2] + n]
 
     def refresh(self) -> None:
         """Bring the envelopes up to the running sums (for reading them from outside)."""
@@ -685,12 +752,15 @@ class Tracker:
             # first sample: the signal's phase there (see coherent); their size is the
             # envelope.
             a, b = lo - nb + 1, hi - nb + 1
-            dm = (fe.cm.get(lo, hi) - fe.cm.get(lo - nb, hi - nb)) * np.conj(fe.xm.get(a, b))
-            ds = (fe.cs.get(lo, hi) - fe.cs.get(lo - nb, hi - nb)) * np.conj(fe.xs.get(a, b))
-            self.dm.append(dm.astype(np.complex64))
-            self.ds.append(ds.astype(np.complex64))
-            self.rm.append(np.abs(dm))
-            self.rs.append(np.abs(ds))
+            d = np.empty(hi - lo, dtype=np.complex128)
+            for csum, turn, dbuf, rbuf in (
+                (fe.cm, fe.xm, self.dm, self.rm),
+                (fe.cs, fe.xs, self.ds, self.rs),
+            ):
+                np.subtract(csum.get(lo, hi), csum.get(lo - nb, hi - nb), out=d)
+                d *= turn.get(a, b)
+                dbuf.extend(hi - lo)[:] = d
+                np.abs(d, out=rbuf.extend(hi - lo), casting="same_kind")
             keep = fe.cm.base + nb
             for buf in (self.rm, self.rs, self.dm, self.ds, self.q, self.score):
                 buf.trim(keep)
@@ -765,12 +835,26 @@ class Tracker:
 
     def _hunt(self, limit: int, masked: bool) -> int | None:
         """First position from `scan` whose bit window clearly reads as a start bit."""
-        fe, nb = self.fe, self.nb
-        base = self.rm.base
-        lo = max(self.scan, base + 1)
-        hi = limit - nb + 1  # windows [t, t + nb) must be complete
+        lo = max(self.scan, self.rm.base + 1)
+        hi = limit - self.nb + 1  # windows [t, t + nb) must be complete
         if hi <= lo:
             return None
+        # Looked at in growing pieces: the start bit is mostly within a bit or two, and
+        # the test is per position, so the first hit is the same as over the whole span.
+        piece = 256
+        while lo < hi:
+            end = min(hi, lo + piece)
+            hit = self._hunt_in(lo, end, masked)
+            if hit is not None:
+                return hit
+            lo, piece = end, 4 * piece
+        self.scan = hi
+        return None
+
+    def _hunt_in(self, lo: int, hi: int, masked: bool) -> int | None:
+        """`_hunt` over the starts [lo, hi)."""
+        fe, nb = self.fe, self.nb
+        base = self.rm.base
         a, b = lo + nb - 1 - base, hi + nb - 1 - base  # window-end indices
         rm = self.rm.a[a:b]
         rs = self.rs.a[a:b]
@@ -786,10 +870,7 @@ class Tracker:
         if masked:
             cond &= fe.p_recent.a[hops + (fe.p_noise.base - fe.p_recent.base)]
         hit = np.flatnonzero(cond)
-        if len(hit) == 0:
-            self.scan = hi
-            return None
-        return lo + int(hit[0])
+        return lo + int(hit[0]) if len(hit) else None
 
     def _read(self, lo: int, hi: int, need: int) -> Frame | None:
         """The most likely frame starting in [lo, hi]; None if idle mark is likelier (due only)."""
@@ -811,15 +892,15 @@ class Tracker:
                 off = (lo - self.last_start - self.period) + self._ar[:width]
                 score = score * scale + RHYTHM_NATS * np.exp(-0.08 * off * off)
         best = int(score.argmax())
-        idx = lo + best + self.offs - self.rm.base
+        idx = self.offs + (lo + best - self.rm.base)
         rm, rs = self.rm.a[idx], self.rs.a[idx]
         qb = self._q(rm, rs)
+        ql = qb.tolist()  # 8 values: plain floats are faster
         if self._due:
-            ql = qb.tolist()
             frame_ll = ql[0] - ql[1] + sum(abs(v) for v in ql[2:7]) + ql[7]
             if sum(ql) >= frame_ll:
                 return None  # all mark reads at least as well as a frame: no character here
-        return self._frame(lo + best, qb, rm, rs, need)
+        return self._frame(lo + best, qb, ql=ql, rm=rm, rs=rs, need=need, idx=idx)
 
     def rate_fit(self, anchors: list[int], search: int, limit: int) -> F64:
         """How much tone each anchor's frame puts into this rate's bit grid, per sample.
@@ -851,18 +932,18 @@ class Tracker:
             out[j] = float(on.max()) / (8 * self.nbf)
         return out
 
-    def _frame(self, t0: int, q: F32, rm: F32, rs: F32, need: int) -> Frame:
-        ql, ml, sl = q.tolist(), rm.tolist(), rs.tolist()  # 8 values: plain floats are faster
+    def _frame(
+        self, t0: int, q: F32, *, ql: list[float], rm: F32, rs: F32, need: int, idx: I64
+    ) -> Frame:
+        ml, sl = rm.tolist(), rs.tolist()  # 8 values: plain floats are faster
         known = self.amp_m > 0 and self.amp_s > 0
         half_m, half_s = 0.5 * self.amp_m, 0.5 * self.amp_s
         code = n_mark = absent = 0
         env_m = env_s = on_sum = off_sum = 0.0
         min_on = math.inf
-        bits = []
         for i in range(1, 8):  # start, 5 data, stop
             m, v = ml[i], sl[i]
             if ql[i] > 0:
-                bits.append(True)
                 n_mark += 1
                 env_m += m
                 on, off = m * m, v * v
@@ -870,7 +951,6 @@ class Tracker:
                 if 2 <= i <= 6:
                     code |= 1 << (i - 2)
             else:
-                bits.append(False)
                 env_s += v
                 on, off = v * v, m * m
                 absent += known and v < half_s
@@ -879,13 +959,22 @@ class Tracker:
             min_on = min(min_on, on)
         ref_m = env_m / n_mark if n_mark else 0.0
         noise = float(self.fe.p_noise.a[t0 // HOP - self.fe.p_noise.base]) * self.nb
-        llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
-        dm, ds = self._windows(t0)
+        # Both tones' windows side by side, as the coherent product takes them.
+        both = np.empty((2, 8, 1), np.complex64)
+        dm, ds = both[0, :, 0], both[1, :, 0]
+        if self.dm.base == self.rm.base == self.ds.base:  # (always: trimmed together)
+            self.dm.a.take(idx, out=dm)
+            self.ds.a.take(idx, out=ds)
+        else:
+            dm[:], ds[:] = self._windows(t0)
         code_ll: F64 | None = None
         chain_z: float | None = None
         if self.coherent_ready:
-            code_ll, zm, zs = self._coherent(dm, ds, noise)
+            code_ll, zm, zs = self._coherent_both(both, noise)
             chain_z = float(zm[code] + zs[code])
+        llr: F32 | None = None
+        if code_ll is None:
+            llr = q[2:7] * np.float32(self._scale(noise, (env_m + env_s) / 7.0))
         return Frame(
             start=t0,
             end=t0 + self.frame_len,
@@ -893,13 +982,13 @@ class Tracker:
             code=code,
             # A start bit must hold space-tone energy like the frame's other bits (a frame
             # begun in the silence or noise before a carrier is not a character).
-            start_ok=not bits[0]
+            start_ok=not (ql[1] > 0)  # the start bit read as space (as in the loop above)
             and sl[1] ** 2 >= START_REL * on_sum / 7.0
             and (sl[1] >= 0.5 * self.amp_s if self.amp_s > 0 else sl[1] ** 2 > TRIGGER_SNR * noise)
             # The bit before the start bit is carrier too (idle mark or a stop bit): a frame
             # begun in the noise before a carrier that starts with a short lead-in is not.
             and max(ml[0], sl[0]) >= 0.5 * (self.amp_m if self.amp_m > 0 else ref_m),
-            stop_ok=bits[6],
+            stop_ok=ql[7] > 0,
             snr=on_sum / 7.0 / noise if noise > 0 else 0.0,
             min_snr=min_on / noise if noise > 0 else 0.0,
             leak=off_sum / on_sum if on_sum > 0 else 1.0,
@@ -930,16 +1019,18 @@ class Tracker:
         return min(self._pairs_n) >= PAIRS_MIN and self.coherence >= COHERENCE_MIN
 
     def _chains(self) -> C128:
-        """Per code, the weights that add up its mark windows (first 8 columns) and its
-        space windows (last 8) as one signal each: e^{-j theta}, theta the phase the code
+        """Per code, the weights that add up its mark windows ([0]) and its space windows
+        ([1]) as one signal each: e^{-j theta}, theta the phase the code
         predicts at each window relative to the first (continuous phase at the learnt tone
         frequencies). Recomputed only when those frequencies moved enough to matter."""
         wm, ws = self._cached_w
         span = 8.0 * self.nbf
         if not (abs(wm - self.w_m) * span < 0.01 and abs(ws - self.w_s) * span < 0.01):
-            turns = np.exp(-1j * (self.w_m * self._before_m + self.w_s * self._before_s))
-            mark = self._is_mark
-            self._chain = np.concatenate([np.where(mark, turns, 0), np.where(mark, 0, turns)], 1)
+            # Only the distinct (samples of mark, samples of space) pairs are turned, into
+            # the first entries of _turns (its last stays 0), and laid out from there.
+            turns = self._turns
+            np.exp(-1j * (self.w_m * self._uniq_m + self.w_s * self._uniq_s), out=turns[:-1])
+            self._chain = turns.take(self._chain_map)
             self._cached_w = (self.w_m, self.w_s)
         return self._chain
 
@@ -958,9 +1049,14 @@ class Tracker:
 
     def _coherent(self, dm: C64, ds: C64, noise: float) -> tuple[F64, F64, F64]:
         """`coherent`, and the sizes of each code's mark and space sums."""
-        chain = self._chains()
-        zm: F64 = np.abs(chain[:, :8] @ dm)
-        zs: F64 = np.abs(chain[:, 8:] @ ds)
+        return self._coherent_both(np.stack((dm, ds))[:, :, None], noise)
+
+    def _coherent_both(self, both: C64, noise: float) -> tuple[F64, F64, F64]:
+        """`_coherent` with the windows as one (2, 8, 1) array, mark then space."""
+        # Both tones in one stacked product (the same dot products as one by one).
+        z = np.abs(self._chains() @ both)
+        zm: F64 = z[0, :, 0]
+        zs: F64 = z[1, :, 0]
         if noise <= 0 or self.amp_m <= 0 or self.amp_s <= 0:
             return np.zeros(32), zm, zs
         gm, gs = self.amp_m, self.amp_s
@@ -989,9 +1085,9 @@ class Tracker:
         self.w_s = self._w_ref[1] + math.atan2(self._pair[1].imag, self._pair[1].real) / nb
         z = frame.chain_z
         if z is None:
-            row = self._chains()[code]
-            z = abs(complex(row[:8] @ frame.dm)) + abs(complex(row[8:] @ frame.ds))
-        total = sum(abs(v) for v in d)
+            chain = self._chains()
+            z = abs(complex(chain[0, code] @ frame.dm)) + abs(complex(chain[1, code] @ frame.ds))
+        total = sum(map(abs, d))
         if total > 0:
             self._coh_n += 1
             rate = max(0.15, 1.0 / self._coh_n)  # a plain mean over the first frames
