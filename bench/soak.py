@@ -1056,6 +1056,10 @@ def report(r: dict[str, Any]) -> None:
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    # Once: a second signal (timeout(1) passes its own on) must not cut the cleanup short,
+    # which would leave a sound server running.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
