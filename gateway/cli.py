@@ -79,8 +79,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.allocator import tune_allocator
     from gateway.lock import acquire
 
+    tune_allocator()  # first: before any thread has made an arena of its own
     config = _load(args.config, args.broker)
     _setup_logging(args.log_level or config.gateway.log_level)
     for warning in config_warnings(config):
