@@ -116,24 +116,32 @@ class _Mallinfo2(ctypes.Structure):
 def _native_counters() -> Callable[[], dict[str, int]]:
     """What SQLite and glibc say they hold, through ctypes on the libraries this process
     has loaded already (the sqlite3 module's libsqlite3, libc): SQLite's own allocation
-    count (page caches, statements) and glibc's arena bytes in use and free. Empty where a
-    library or symbol is missing (another libc)."""
+    count (page caches, statements) and glibc's arena bytes in use and free. Without a
+    library or symbol (another libc), its counters are left out."""
     import sqlite3  # noqa: F401  (loads libsqlite3 before the lookup below)
 
-    calls: dict[str, Callable[[], int]] = {}
+    memory_used: Callable[[], int] | None = None
+    mallinfo2: Callable[[], _Mallinfo2] | None = None
     with contextlib.suppress(OSError, AttributeError):
         sqlite = ctypes.CDLL("libsqlite3.so.0")
         sqlite.sqlite3_memory_used.restype = ctypes.c_int64
-        calls["sqlite_kb"] = lambda: int(sqlite.sqlite3_memory_used()) // 1024
+        memory_used = sqlite.sqlite3_memory_used
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None)
         libc.mallinfo2.restype = _Mallinfo2
         mallinfo2 = libc.mallinfo2
 
-        calls["malloc_used_kb"] = lambda: (mallinfo2().uordblks + mallinfo2().hblkhd) // 1024
-        calls["malloc_free_kb"] = lambda: mallinfo2().fordblks // 1024
+    def counters() -> dict[str, int]:
+        out: dict[str, int] = {}
+        if memory_used is not None:
+            out["sqlite_kb"] = int(memory_used()) // 1024
+        if mallinfo2 is not None:
+            info = mallinfo2()  # one walk of the arenas per sample
+            out["malloc_used_kb"] = (info.uordblks + info.hblkhd) // 1024
+            out["malloc_free_kb"] = info.fordblks // 1024
+        return out
 
-    return lambda: {name: call() for name, call in calls.items()}
+    return counters
 
 
 def _awaiting(coro: object) -> str:

@@ -394,6 +394,13 @@ def test_persistent_session_moves_between_live_nodes(cluster: RabbitCluster) -> 
     Peer(cluster["b"], cid, clean_session=True).close()  # end the session
 
 
+def _queue_live(node: RabbitBroker, cid: str) -> bool:
+    """Whether `node` still has a live record of client `cid`'s QoS 1 subscription queue
+    (once it has taken the death of the queue's node in, only the durable one is left)."""
+    queue = f'rabbit_misc:r(<<"/">>, queue, <<"mqtt-subscription-{cid}qos1">>)'
+    return node.ctl("eval", f"rabbit_amqqueue:exists({queue}).").strip() != "false"
+
+
 def _offline_session_then_kill_a(cluster: RabbitCluster) -> tuple[str, str, Peer]:
     """A persistent session subscribed on A and gone offline, a QoS 1 message queued for it
     (published on C), then A killed: the client id, the topic, and C's publisher."""
@@ -419,9 +426,7 @@ def test_persistent_session_while_its_node_is_down(cluster: RabbitCluster) -> No
     the MQTT plugin of 3.10 has no answer to that: the publisher's connection crashes with no
     PUBACK, so a publisher that republishes what had none (the gateway) loses nothing there."""
     cid, topic, publisher = _offline_session_then_kill_a(cluster)
-    queue = f'rabbit_misc:r(<<"/">>, queue, <<"mqtt-subscription-{cid}qos1">>)'
-    live = f"rabbit_amqqueue:exists({queue})."
-    wait_for(lambda: cluster["c"].ctl("eval", live).strip() == "false", 30, "C to drop A's queue")
+    wait_for(lambda: not _queue_live(cluster["c"], cid), 30, "C to drop A's queue")
     mid = publisher.publish(topic, b"while-down")
     acked_while_down = wait_for(lambda: mid in publisher.acked, 10, "PUBACK while A is down")
     publisher.close()
@@ -487,9 +492,7 @@ def test_qos1_subscription_of_a_clean_session_when_its_node_dies(cluster: Rabbit
     wait_for(lambda: holder.subacks, 10, "SUBACK on A")
     assert [code.value for code in holder.subacks] == [1]
     cluster.kill("a")
-    queue = f'rabbit_misc:r(<<"/">>, queue, <<"mqtt-subscription-{cid}qos1">>)'
-    live = f"rabbit_amqqueue:exists({queue})."
-    wait_for(lambda: b.ctl("eval", live).strip() == "false", 30, "B to drop A's queue")
+    wait_for(lambda: not _queue_live(b, cid), 30, "B to drop A's queue")
     facts: dict[str, Any] = {
         "qos1_on_b": _subscribe_outcome(b, cid, topic, 1),
         "qos1_on_c": _subscribe_outcome(c, cid, topic, 1),
