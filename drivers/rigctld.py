@@ -26,14 +26,24 @@ What Hamlib 4.5.4 (Debian 12) was seen to do, and what follows from it here:
 - Started with `-o` (VFO mode) rigctld expects a VFO before every argument and waits, silent,
   for the missing one; open() says so instead of only "no answer". Unknown commands get no
   answer at all either: every request has a deadline (`io_timeout_s`).
+- rigctld 4.5.4 closes each client's socket three times as the client leaves (fclose of its
+  input and output streams, then close). A connection accepted in between gets the freed
+  descriptor number and is closed by the leaving thread; and a thread whose descriptor was so
+  taken over, still busy with a command, writes that command's reply into the new
+  connection and goes on serving it. Replies to commands never sent on our connection
+  therefore arrive (5 in 1,500 opens under connection churn): a complete, well-formed reply
+  echoing another command, or a lone chk_vfo answer, is skipped (at most four per request,
+  within its deadline). A stray reply echoing the very command awaited cannot be told from
+  the answer: it is taken, and the real answer is skipped at the next command of another
+  kind, so the connection is back in step at the next change of command.
 - The record separator (`+` gives newlines; `;`, `|` or `,` give one line per reply) is one
   setting of the whole daemon: a reply to us can carry another client's separator, so the
   parser accepts those three between records as well as newlines.
 
 One request is in flight at a time (an asyncio.Lock); a request that times out, is cancelled
-or draws a reply that is not rigctld's (garbage, a line over 4 KiB, a reply that does not echo
-our command) leaves the connection out of step, so it is dropped: DeviceLost now and for every
-later call until the next open().
+or draws a reply that is not rigctld's (garbage, a line over 4 KiB, a reply that echoes no
+command, more stray replies than above) leaves the connection out of step, so it is dropped:
+DeviceLost now and for every later call until the next open().
 """
 
 from __future__ import annotations
@@ -91,6 +101,12 @@ _SEPARATORS = ";|,"
 _END = re.compile(r"(?:^|[;|,])RPRT (-?\d{1,6})$")
 _RECORD = re.compile(r"([A-Za-z][A-Za-z0-9 _/()-]{0,63}): ?(.{0,256})")
 _PRINTABLE = re.compile(r"[\x20-\x7e\t]*")
+_ECHO = re.compile(r"[a-z][a-z0-9_]{0,31}:(?: [\x21-\x7e][\x20-\x7e]{0,255})?")
+"""A reply's first record: the long command name, a colon, the arguments as sent."""
+_CHK_VFO = re.compile(r"ChkVFO: [01]|CHKVFO [01]")
+"""chk_vfo's answer, the one reply without RPRT."""
+_MAX_STRAYS = 4
+"""Most replies to other commands skipped while awaiting one (see _request)."""
 _PTT_VALUES = {"0": False, "1": True, "2": True, "3": True}
 _DCD_VALUES = {"0": False, "1": True}
 
@@ -138,12 +154,11 @@ def _split_records(text: str) -> list[str]:
     return [text]
 
 
-def _parse_reply(
-    command: str, args: tuple[str, ...], lines: list[str]
-) -> tuple[int, dict[str, str]]:
-    """(Hamlib code, values) of a complete reply; _ProtocolError if it is not rigctld's.
+def _parse_reply(lines: list[str]) -> tuple[str, int, dict[str, str]]:
+    """(echo, Hamlib code, values) of a complete reply; _ProtocolError if it is not rigctld's.
 
-    The reply must echo this very command: an answer to an earlier one (out of step) fails.
+    The echo is the reply's first record (`get_ptt:`, `set_ptt: 1`); the caller checks that
+    it is its own command's.
     """
     *body, last = lines
     end = _END.search(last)
@@ -152,10 +167,11 @@ def _parse_reply(
     records: list[str] = []
     for line in [*body, last[: end.start()]]:
         records.extend(record for record in _split_records(line) if record)
-    echo = " ".join((f"{command}:", *args))
-    if not records or records[0].rstrip() != echo:
+    if not records or _ECHO.fullmatch(records[0].rstrip()) is None:
         first = records[0][:80] if records else lines[0][:80]
-        raise _ProtocolError(f"reply to {echo!r} does not echo it: {first!r}")
+        raise _ProtocolError(f"a reply that echoes no command: {first!r}")
+    echo = records[0].rstrip()
+    command = echo.split(":", 1)[0]
     values: dict[str, str] = {}
     for record in records[1:]:
         match = _RECORD.fullmatch(record)
@@ -168,7 +184,7 @@ def _parse_reply(
     code = int(end.group(1))
     if code > 0:
         raise _ProtocolError(f"reply to {command} ends with RPRT {code}, not 0 or negative")
-    return code, values
+    return echo, code, values
 
 
 class RigctldRadio:
@@ -458,15 +474,17 @@ class RigctldRadio:
                 raise DeviceLost(f"{self.description}: not open", follow_up=True)
             reader, writer = self._require_usable()
             line = "+\\" + " ".join((command, *args)) + "\n"
+            expected = " ".join((f"{command}:", *args))
+            strays: list[str] = []  # replies to commands not ours, skipped
             try:
                 async with asyncio.timeout(self._io_timeout_s):
                     writer.write(line.encode("ascii"))
                     await writer.drain()
-                    lines = await self._read_reply(reader)
-                code, values = _parse_reply(command, args, lines)
+                    code, values = await self._await_reply(reader, expected, strays)
             except TimeoutError:
                 raise self._lose(
                     f"rigctld did not answer {command} within {self._io_timeout_s:g} s"
+                    + _strays_said(strays)
                 ) from None
             except asyncio.CancelledError:
                 # The answer may still come and would be read as the next one's.
@@ -482,6 +500,13 @@ class RigctldRadio:
                 raise self._lose(_RESET) from None
             except OSError as exc:  # BrokenPipeError and the like
                 raise self._lose(f"connection failed: {exc.strerror or exc}") from None
+        if strays:
+            _log.debug(
+                "%s: skipped replies to commands not sent on this connection (%s) before %s's",
+                self.description,
+                ", ".join(repr(echo) for echo in strays),
+                command,
+            )
         if code < 0:
             raise RigctldError(
                 f"{self.description}: {' '.join((command, *args))}: {_rprt(-code)}",
@@ -490,9 +515,26 @@ class RigctldRadio:
             )
         return values
 
+    @classmethod
+    async def _await_reply(
+        cls, reader: asyncio.StreamReader, expected: str, strays: list[str]
+    ) -> tuple[int, dict[str, str]]:
+        """(code, values) of the reply echoing `expected`; the echoes of others to `strays`."""
+        while True:
+            echo, code, values = _parse_reply(await cls._read_reply(reader, strays))
+            if echo == expected:
+                return code, values
+            if len(strays) >= _MAX_STRAYS:
+                raise _ProtocolError(f"reply to {expected!r} does not echo it: {echo[:80]!r}")
+            strays.append(echo)
+
     @staticmethod
-    async def _read_reply(reader: asyncio.StreamReader) -> list[str]:
-        """The lines of one reply, up to and including the one ending with `RPRT n`."""
+    async def _read_reply(reader: asyncio.StreamReader, strays: list[str]) -> list[str]:
+        """The lines of one reply, up to and including the one ending with `RPRT n`.
+
+        A lone chk_vfo answer before the reply begins is another client's (see _request):
+        it goes to `strays`, within the same bound.
+        """
         lines: list[str] = []
         while len(lines) < _MAX_LINES:
             raw = await reader.readuntil(b"\n")
@@ -502,6 +544,9 @@ class RigctldRadio:
                 raise _ProtocolError(f"a reply that is not ASCII: {raw[:40]!r}") from None
             if _PRINTABLE.fullmatch(text) is None:
                 raise _ProtocolError(f"control characters in a reply: {text[:40]!r}")
+            if not lines and _CHK_VFO.fullmatch(text) and len(strays) < _MAX_STRAYS:
+                strays.append(text)
+                continue
             lines.append(text)
             if _END.search(text):
                 return lines
@@ -542,6 +587,13 @@ class RigctldRadio:
             _log.info("%s: unkeyed on close over a new connection", self.description)
         finally:
             await self._drop_connection()
+
+
+def _strays_said(strays: list[str]) -> str:
+    if not strays:
+        return ""
+    shown = ", ".join(repr(echo[:40]) for echo in strays)
+    return f" (it answered commands not sent on this connection: {shown})"
 
 
 def _rprt(code: int) -> str:
