@@ -33,6 +33,30 @@ from gateway.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
+
+class _LinkFailuresAtDebug(logging.Filter):
+    """paho logs a broken socket at ERROR the moment it reads or writes on it; the link
+    logs the same loss once, as a WARNING with what happens next (`MQTT connection lost`).
+    Those lines go to DEBUG; everything else paho says (a callback's exception) stays."""
+
+    _SAME_AS_THE_LINK = (
+        "failed to receive on socket",
+        "timeout on socket",
+        "Client is not connected",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self._SAME_AS_THE_LINK):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # Handlers do not check the logger's level again: drop it unless DEBUG is on.
+            return paho_log.isEnabledFor(logging.DEBUG)
+        return True
+
+
+paho_log = logging.getLogger(f"{__name__}.paho")
+"""What paho and aiomqtt say (their default logger is the bare name "mqtt")."""
+paho_log.addFilter(_LinkFailuresAtDebug())
+
 _FETCH_BATCH = 512
 _STOP_DRAIN_S = 2.0
 
@@ -245,6 +269,7 @@ class MqttLink:
             else None,
             max_inflight_messages=self._in_flight,
             timeout=10,
+            logger=paho_log,
             # No Nagle: a PTT response or an event must not wait for the broker's delayed ACK.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )

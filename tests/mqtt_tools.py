@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -263,6 +266,107 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class ResettingProxy:
+    """A TCP relay to a broker whose client-side connections can be reset (RST, not FIN):
+    what a firewall, a NAT timing out or a broker host losing power does to a link."""
+
+    def __init__(self, upstream: Broker) -> None:
+        self.upstream = upstream
+        self.host = "127.0.0.1"
+        self._listener = socket.create_server((self.host, 0))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._clients: list[socket.socket] = []
+        self._reset_asked = threading.Event()
+        self._reset_done = threading.Event()
+        self._reset_count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="reset-proxy")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+
+        def drop(end: socket.socket, *, rst: bool = False) -> None:
+            if end not in peers:
+                return
+            sel.unregister(end)
+            peers.pop(end)
+            with contextlib.suppress(ValueError):
+                self._clients.remove(end)
+            if rst:  # linger 0: close() sends RST; the peer's next read fails ECONNRESET
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            end.close()
+
+        while not self._stop.is_set():
+            if self._reset_asked.is_set():
+                self._reset_asked.clear()
+                clients = list(self._clients)
+                for client in clients:
+                    server = peers.get(client)
+                    drop(client, rst=True)
+                    if server is not None:
+                        drop(server)
+                self._reset_count = len(clients)
+                self._reset_done.set()
+            for key, _ in sel.select(0.02):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    self._accept(sel, peers)
+                    continue
+                if sock not in peers:
+                    continue  # dropped earlier in this round
+                other = peers[sock]
+                try:
+                    data = sock.recv(65536)
+                    if data:
+                        other.sendall(data)
+                        continue
+                except OSError:
+                    pass
+                drop(sock)
+                drop(other)
+        for end in list(peers):
+            drop(end)
+        sel.close()
+
+    def _accept(
+        self, sel: selectors.BaseSelector, peers: dict[socket.socket, socket.socket]
+    ) -> None:
+        client, _ = self._listener.accept()
+        try:
+            server = socket.create_connection((self.upstream.host, self.upstream.port), 2)
+        except OSError:
+            client.close()
+            return
+        self.accepted += 1
+        peers[client], peers[server] = server, client
+        self._clients.append(client)
+        for end in (client, server):
+            sel.register(end, selectors.EVENT_READ)
+
+    def reset(self) -> int:
+        """Reset every client connection (and close its upstream half); how many."""
+        self._reset_done.clear()
+        self._reset_asked.set()
+        if not self._reset_done.wait(5):
+            raise RuntimeError("the proxy did not reset its connections")
+        return self._reset_count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
 
 
 class Daemon:

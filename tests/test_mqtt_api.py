@@ -20,11 +20,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.contract import validate_as
-from tests.mqtt_tools import Broker, Daemon, Subscriber, free_port, wait_for
+from tests.mqtt_tools import Broker, Daemon, ResettingProxy, Subscriber, free_port, wait_for
 
 
 def gateway_config(
-    broker: Broker, tmp_path: Path, gateway_id: str, extra: str = "", mqtt: str = ""
+    broker: Broker | ResettingProxy,
+    tmp_path: Path,
+    gateway_id: str,
+    extra: str = "",
+    mqtt: str = "",
 ) -> str:
     if not any(table in extra for table in ("[channels.", "[alarms.", "[modbus.modules.")):
         # check-config refuses a gateway with nothing to run; a radio-less channel is enough.
@@ -544,3 +548,40 @@ def test_online_means_requests_are_heard(
         cad.disconnect()
     assert all(a["status"] == "ok" for a in answered), answered
     assert requests_sent == len(answered)
+
+
+def connected_more_than(daemon: Daemon, count: int) -> Callable[[], bool]:
+    return lambda: daemon.log().count("MQTT connected") > count
+
+
+def test_a_reset_connection_is_one_warning_not_a_paho_error(
+    daemon_factory: Callable[..., Daemon],
+    subscriber_factory: Callable[..., Subscriber],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """A link reset under the gateway (RST: a firewall, a NAT, a broker host losing power):
+    paho's own "failed to receive on socket" goes to DEBUG, the link says it once as a
+    WARNING, and the gateway is back with its events."""
+    proxy = ResettingProxy(broker)
+    gid = unique_id()
+    sub = subscriber_factory([f"consolegw/{gid}/#"])
+    daemon = daemon_factory(gateway_config(proxy, tmp_path, gid))
+    try:
+        daemon.start()
+        wait_for(lambda: "MQTT connected" in daemon.log(), 15, "first connection")
+        for resets in (1, 2):
+            assert proxy.reset() == 1
+            wait_for(connected_more_than(daemon, resets), 15, "reconnected")
+        sub.request(f"consolegw/{gid}/request/status", {})
+        log = daemon.log()
+    finally:
+        daemon.stop()
+        proxy.close()
+    paho_lines = [ln for ln in log.splitlines() if "gateway.mqtt.paho:" in ln]
+    said = [ln for ln in paho_lines if "failed to receive on socket" in ln]
+    assert len(said) == 2, "the resets reached paho as resets"
+    assert all(" DEBUG " in ln for ln in said), said
+    assert not [ln for ln in log.splitlines() if " ERROR " in ln]
+    assert log.count("MQTT connection lost") == 2
+    assert "Traceback" not in log
