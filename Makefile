@@ -18,9 +18,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # cluster of three (tests/rabbitmq.py); its own service is not used. libhamlib-utils: rigctld.
 # opus-tools and espeak-ng: the recorder's bench (opusenc, the reference encoder, on speech);
 # chromium and chromium-driver: the recordings web page tested in a real browser.
+# multimon-ng: the reference DTMF (and 5-tone) decoder the signalling tests compare against.
 DEB_PACKAGES := mosquitto mosquitto-clients libportaudio2 minimodem openssl pulseaudio ser2net \
 	libasound2-plugins systemd dpkg-dev lintian debootstrap rabbitmq-server libhamlib-utils \
-	opus-tools espeak-ng chromium chromium-driver
+	opus-tools espeak-ng chromium chromium-driver multimon-ng
 
 .PHONY: demo test lint typecheck pytest system-deps venv bench deb clean
 
