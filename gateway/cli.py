@@ -151,6 +151,43 @@ def cmd_tty(args: argparse.Namespace) -> int:
         return _fail(f"tty {args.action}: {exc}")
 
 
+def cmd_signal(args: argparse.Namespace) -> int:
+    from gateway import signalling
+
+    try:
+        if args.action == "decode":
+            found, notes = signalling.decode_file(args.file)
+            for note in notes:
+                print(note, file=sys.stderr)
+            channels = 1 + max((ch for ch, _ in found), default=0)
+            if args.json:
+                import json
+
+                for ch, event in found:
+                    print(json.dumps(signalling.event_json(ch, event)))
+            else:
+                for ch, event in found:
+                    print(signalling.describe(ch, event, channels))
+            if not found:
+                print("no signalling found", file=sys.stderr)
+            return EXIT_OK
+        seconds = signalling.encode_file(
+            args.format,
+            args.what,
+            args.output,
+            samplerate=args.rate,
+            on_ms=args.on_ms,
+            off_ms=args.off_ms,
+            level_dbfs=args.level,
+        )
+        print(f"wrote {args.output}: {seconds:.2f} s at {args.rate} Hz", file=sys.stderr)
+        return EXIT_OK
+    except ValueError as exc:
+        return _fail(f"signal {args.action}: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        return _fail(f"signal {args.action}: {exc}")
+
+
 def _version() -> str:
     """The installed distribution's version: what `pip` or the .deb put on this machine."""
     try:
@@ -213,6 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("-o", "--output", required=True, help="WAV file to write")
     encode.add_argument("--baud", type=float, choices=[45.45, 50.0], default=45.45)
     encode.set_defaults(func=cmd_tty)
+
+    signal = sub.add_parser("signal", help="signalling in audio files (DTMF): decode and encode")
+    signal_sub = signal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sdecode = signal_sub.add_parser(
+        "decode", help="list the signalling in an audio file, with times (every channel)"
+    )
+    sdecode.add_argument("file", help="audio file soundfile reads (WAV, FLAC, Ogg), 6 kHz up")
+    sdecode.add_argument("--json", action="store_true", help="one JSON object per event")
+    sdecode.set_defaults(func=cmd_signal)
+    sencode = signal_sub.add_parser("encode", help="write signalling to a WAV file")
+    sencode.add_argument("format", choices=["dtmf"], help="what to send")
+    sencode.add_argument("what", help="the digits (0-9, *, #, A-D)")
+    sencode.add_argument("-o", "--output", required=True, help="WAV file to write")
+    sencode.add_argument("--rate", type=int, default=8000, help="sample rate (default 8000)")
+    sencode.add_argument("--on-ms", type=float, default=100.0, help="tone length (100)")
+    sencode.add_argument("--off-ms", type=float, default=100.0, help="pause length (100)")
+    sencode.add_argument("--level", type=float, default=-10.0, help="each tone, dBFS (-10)")
+    sencode.set_defaults(func=cmd_signal)
 
     from gateway.tools import register_tools
 

@@ -355,7 +355,7 @@ class DtmfDecoder:
             low_hz=round(low_hz, 1),
             high_hz=round(high_hz, 1),
             level_dbfs=round(20.0 * math.log10(max(amp, 1e-9)), 1),
-            twist_db=round(10.0 * math.log10(max(p_high, 1e-30) / max(p_low, 1e-30)), 1),
+            twist_db=round(10.0 * math.log10(max(p_high, 1e-30) / max(p_low, 1e-30)), 1) + 0.0,
         )
 
     def _measure(self, hops: npt.NDArray[np.int64], z: C128, nominal: float) -> float:

@@ -1,0 +1,86 @@
+"""`consolegw signal decode|encode` as a technician runs it: files in, lines or JSON out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from gateway.dsp.dtmf import dtmf_signal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def consolegw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_encode_then_decode(tmp_path: Path) -> None:
+    wav = tmp_path / "page.wav"
+    made = consolegw("signal", "encode", "dtmf", "911*0#A", "-o", str(wav), "--rate", "16000")
+    assert made.returncode == 0, made.stderr
+    assert "wrote" in made.stderr
+    assert soundfile.info(str(wav)).samplerate == 16000
+    decoded = consolegw("signal", "decode", str(wav))
+    assert decoded.returncode == 0, decoded.stderr
+    lines = decoded.stdout.splitlines()
+    assert [ln.split()[3] for ln in lines[:-1]] == list("911*0#A")
+    assert "941 + 1336 Hz" in lines[4], "0 is 941 + 1336 Hz"
+    assert lines[-1].endswith("DTMF digits 911*0#A")
+    assert "-0.0" not in decoded.stdout
+
+
+def test_json_and_every_channel_of_a_flac(tmp_path: Path) -> None:
+    """A two-channel recording (two radios): each channel's digits, in time order."""
+    rate = 8000
+    left = dtmf_signal("123", rate, on_s=0.08, off_s=0.08)
+    right = np.concatenate((np.zeros(rate // 2, np.float32), dtmf_signal("45", rate)))
+    frames = np.zeros((max(len(left), len(right)) + rate, 2), np.float32)
+    frames[: len(left), 0], frames[: len(right), 1] = left, right
+    flac = tmp_path / "two.flac"
+    soundfile.write(str(flac), frames, rate, subtype="PCM_16")
+    decoded = consolegw("signal", "decode", "--json", str(flac))
+    assert decoded.returncode == 0, decoded.stderr
+    events = [json.loads(line) for line in decoded.stdout.splitlines()]
+    digits = [(e["channel"], e["digit"]) for e in events if e["type"] == "dtmf.digit"]
+    assert digits == [(0, "1"), (0, "2"), (0, "3"), (1, "4"), (1, "5")]
+    sequences = [(e["channel"], e["digits"]) for e in events if e["type"] == "dtmf.digits"]
+    assert sorted(sequences) == [(0, "123"), (1, "45")]
+    assert all(events[i]["start"] <= events[i + 1]["end"] for i in range(len(events) - 1))
+
+
+def test_nothing_found_and_bad_input(tmp_path: Path) -> None:
+    quiet = tmp_path / "quiet.wav"
+    soundfile.write(str(quiet), np.zeros(8000, np.float32), 8000)
+    decoded = consolegw("signal", "decode", str(quiet))
+    assert (decoded.returncode, decoded.stdout) == (0, "")
+    assert "no signalling found" in decoded.stderr
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio\n")
+    for args, said in (
+        (("decode", str(text)), "not an audio file"),
+        (("decode", str(tmp_path / "missing.wav")), "missing.wav"),
+        (("encode", "dtmf", "12E", "-o", str(tmp_path / "x.wav")), "not DTMF digits: 'E'"),
+        (("encode", "dtmf", "1", "-o", str(tmp_path / "x.wav"), "--on-ms", "5"), "--on-ms"),
+        (("encode", "dtmf", "1", "-o", str(tmp_path / "x.wav"), "--rate", "4000"), "6000"),
+    ):
+        result = consolegw("signal", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert said in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    low = tmp_path / "low.wav"
+    soundfile.write(str(low), np.zeros(4000, np.float32), 4000)
+    result = consolegw("signal", "decode", str(low))
+    assert result.returncode == 2 and "too low" in result.stderr
