@@ -13,7 +13,6 @@ import datetime as dt
 import math
 import re
 import subprocess
-import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 from gateway import cli
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from tests.cli_tools import consolegw
 from tests.mqtt_tools import ROOT
 
 SEEDS = [(ROOT / "config" / name).read_bytes() for name in ("sim.toml", "example.toml")]
@@ -394,14 +394,6 @@ REGRESSIONS = [
         "audio.devices.card: blocksize",
     ),
 ]
-
-
-def consolegw(*args: str) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).with_name("consolegw")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, cwd=ROOT, check=False, timeout=60
-    )
 
 
 @pytest.mark.parametrize(("data", "problem"), REGRESSIONS)

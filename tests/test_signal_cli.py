@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
 from gateway.dsp.dtmf import dtmf_signal
+from tests.cli_tools import consolegw
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def consolegw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
 
 
 def test_encode_then_decode(tmp_path: Path) -> None:

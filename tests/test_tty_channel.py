@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 
 from gateway.dsp import TtyChar, TtyDecoder
 from hw_sim.audio import SpeechBursts
+from tests.cli_tools import consolegw
 from tests.mqtt_tools import ROOT, Broker, wait_for
 from tests.sim_tools import ConsoleUnderTest, config_header
 
@@ -145,17 +145,6 @@ def test_bad_tty_requests(tty_console: Callable[[], ConsoleUnderTest]) -> None:
     assert rate["status"] == "error" and "45.45 or 50" in rate["error"]
     none = cut.sub.request(f"{cut.prefix}/channels/plain/request/tty", {"text": "HI"})
     assert none["status"] == "error" and "no TTY" in none["error"]
-
-
-def consolegw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize("baud", ["45.45", "50"])
