@@ -77,9 +77,13 @@ TEXTS = (
 VOICES = ("en", "en-us+m3", "en+f2", "en+f4", "en-us+m7", "de", "es", "fr")
 
 
-def pair_power() -> float:
+def _pair_power() -> float:
     on = dtmf_signal("5", RATE, on_s=0.5, off_s=0.0, level_dbfs=LEVEL_DBFS)
     return float(np.mean(on.astype(np.float64) ** 2))
+
+
+PAIR_POWER = _pair_power()
+"""Mean square of a tone pair while on: the signal power the SNR refers to."""
 
 
 def make(digits: str, on_s: float, cond: dict[str, float]) -> Audio:
@@ -98,7 +102,7 @@ def make(digits: str, on_s: float, cond: dict[str, float]) -> Audio:
 
 
 def impair(x: Audio, snr_db: float, cond: dict[str, float], rng: np.random.Generator) -> Audio:
-    y = add_noise(x, snr_db, sample_rate=RATE, signal_power=pair_power(), rng=rng)
+    y = add_noise(x, snr_db, sample_rate=RATE, signal_power=PAIR_POWER, rng=rng)
     if cond.get("g711"):
         y = g711(y, sample_rate=RATE)
     return np.clip(y, -1.0, 1.0).astype(np.float32)

@@ -15,7 +15,14 @@ import numpy as np
 import soundfile
 
 from gateway.audio import to_pcm16, write_wav16
-from gateway.dsp.dtmf import DtmfDecoder, DtmfDigit, DtmfEvent, DtmfSequence, dtmf_signal
+from gateway.dsp.dtmf import (
+    MIN_RATE,
+    DtmfDecoder,
+    DtmfDigit,
+    DtmfEvent,
+    DtmfSequence,
+    dtmf_signal,
+)
 
 FORMATS = ("dtmf",)
 _BLOCK_S = 1.0  # read and decoded a second at a time: a long recording is never all in RAM
@@ -29,8 +36,8 @@ def decode_file(path: str | Path) -> tuple[list[tuple[int, DtmfEvent]], list[str
     except (RuntimeError, OSError) as exc:  # soundfile raises LibsndfileError(RuntimeError)
         raise ValueError(f"{path}: not an audio file soundfile can read ({exc})") from None
     rate, channels = int(info.samplerate), int(info.channels)
-    if rate < 6000:
-        raise ValueError(f"{path}: {rate} Hz is too low for signalling (6 kHz at least)")
+    if rate < MIN_RATE:
+        raise ValueError(f"{path}: {rate} Hz is too low for signalling ({MIN_RATE} Hz at least)")
     decoders = [DtmfDecoder(rate) for _ in range(channels)]
     found: list[tuple[float, int, DtmfEvent]] = []
     try:

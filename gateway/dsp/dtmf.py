@@ -179,7 +179,6 @@ class DtmfDecoder:
         m = np.arange(self._hop, dtype=np.float64)
         self._phasors = np.exp(-2j * np.pi * np.outer(m, _FREQS / sample_rate))
         # Stream state.
-        self._n = 0  # samples consumed
         self._tail = np.zeros(0, dtype=np.float64)  # samples of a hop not yet complete
         self._chunks = 0  # complete hops of samples seen (chunk j: samples j*hop on)
         self._partial_z = np.zeros((0, len(_FREQS)), dtype=np.complex128)  # last chunks'
@@ -196,7 +195,6 @@ class DtmfDecoder:
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(x)):
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        self._n += len(x)
         buf = np.concatenate((self._tail, x)) if len(self._tail) else x
         whole = len(buf) // self._hop
         self._tail = buf[whole * self._hop :].copy()
@@ -395,8 +393,8 @@ def dtmf_signal(
     `level_dbfs` is each tone's peak (the pair's peak is 6 dB higher), `twist_db` the high
     group over the low one (split evenly), `offset` a relative frequency error of both.
     Each burst has 2 ms raised-cosine edges (no clicks for a receiver to hear)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 6000:
-        raise ValueError(f"sample_rate must be an integer >= 6000, got {sample_rate!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < MIN_RATE:
+        raise ValueError(f"sample_rate must be an integer >= {MIN_RATE}, got {sample_rate!r}")
     bad = [d for d in digits.upper() if d not in DIGITS]
     if bad:
         raise ValueError(f"not DTMF digits: {''.join(bad)!r} (0-9, *, #, A-D)")

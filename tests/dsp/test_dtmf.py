@@ -25,6 +25,7 @@ from gateway.dsp.dtmf import (
     DtmfSettings,
     dtmf_signal,
 )
+from hw_sim import phone_line
 
 F32 = np.float32
 
@@ -44,12 +45,8 @@ def padded(x: np.ndarray, rate: int) -> np.ndarray:
 
 
 def band_noise(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """White noise limited to 300-3300 Hz (a radio or phone channel's band)."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n, 1.0 / rate)
-    spectrum[(freqs < 300) | (freqs > 3300)] = 0
-    noise: np.ndarray = np.fft.irfft(spectrum, n)
-    return noise / float(np.sqrt(np.mean(noise**2)))
+    """Unit-power noise in 300-3300 Hz (a radio or phone channel's band)."""
+    return phone_line.band_noise(n, sample_rate=rate, power=1.0, rng=rng)
 
 
 def test_the_keypad_is_q23s() -> None:
