@@ -57,14 +57,16 @@ SHOWN = (
 class _Demo:
     """A demo in the background, its output collected as it comes."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, tmpdir: Path | None = None) -> None:
         self.lines: list[str] = []
+        env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hw_sim.demo", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -154,10 +156,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_killed_demo_leaves_nothing_running() -> None:
+def test_a_killed_demo_leaves_nothing_running(tmp_path: Path) -> None:
     """SIGKILL (a test's timeout, an OOM kill): no code of the demo's runs, yet its broker,
     simulator and daemon stop, instead of holding ports and CPU for ever."""
-    demo = _Demo("--duration", "60")
+    # A killed demo cannot remove its temporary folder: keep it in the test's own.
+    demo = _Demo("--duration", "60", tmpdir=tmp_path)
     try:
         demo.wait_for("[mqtt] gateway ONLINE")
         children = _children(demo.proc.pid)
