@@ -43,6 +43,9 @@ AudioFormat = Literal["opus", "flac"]
 Status = Literal["recording", "complete", "incomplete"]
 
 OPUS_RATES = oggopus.OPUS_RATES
+
+WRITER_CACHE_KIB = 256
+"""The writer's page cache (SQLite's default is 2,000 KiB): it touches the newest rows."""
 """The input rates libsndfile's Opus encoder takes."""
 
 _SCHEMA = """
@@ -327,6 +330,8 @@ class RecordingStore:
         self._loop_call = call_soon
         self.folder.mkdir(parents=True, exist_ok=True)
         db = self._connect()
+        # The writer's connection lives as long as the daemon; queries open their own.
+        db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         _create_schema(db)
         if self._max_record_s is not None:
             _note_max_span(db, self._max_record_s)
