@@ -179,6 +179,8 @@ def cmd_signal(args: argparse.Namespace) -> int:
             on_ms=args.on_ms,
             off_ms=args.off_ms,
             level_dbfs=args.level,
+            standard=args.standard,
+            first_ms=args.first_ms,
         )
         print(f"wrote {args.output}: {seconds:.2f} s at {args.rate} Hz", file=sys.stderr)
         return EXIT_OK
@@ -251,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--baud", type=float, choices=[45.45, 50.0], default=45.45)
     encode.set_defaults(func=cmd_tty)
 
-    signal = sub.add_parser("signal", help="signalling in audio files (DTMF): decode and encode")
+    signal = sub.add_parser(
+        "signal", help="signalling in audio files (DTMF, 5-tone selcall): decode and encode"
+    )
     signal_sub = signal.add_subparsers(dest="action", required=True, metavar="ACTION")
     sdecode = signal_sub.add_parser(
         "decode", help="list the signalling in an audio file, with times (every channel)"
@@ -260,13 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     sdecode.add_argument("--json", action="store_true", help="one JSON object per event")
     sdecode.set_defaults(func=cmd_signal)
     sencode = signal_sub.add_parser("encode", help="write signalling to a WAV file")
-    sencode.add_argument("format", choices=["dtmf"], help="what to send")
-    sencode.add_argument("what", help="the digits (0-9, *, #, A-D)")
+    sencode.add_argument("format", choices=["dtmf", "selcall"], help="what to send")
+    sencode.add_argument(
+        "what", help="the digits (DTMF: 0-9, *, #, A-D; selcall: 0-9, A-D, F, repeats as sent)"
+    )
     sencode.add_argument("-o", "--output", required=True, help="WAV file to write")
     sencode.add_argument("--rate", type=int, default=8000, help="sample rate (default 8000)")
-    sencode.add_argument("--on-ms", type=float, default=100.0, help="tone length (100)")
+    sencode.add_argument(
+        "--on-ms", type=float, default=None, help="tone length (DTMF 100; selcall: the standard's)"
+    )
     sencode.add_argument("--off-ms", type=float, default=100.0, help="pause length (100)")
     sencode.add_argument("--level", type=float, default=-10.0, help="each tone, dBFS (-10)")
+    sencode.add_argument(
+        "--standard",
+        choices=["ccir", "zvei1", "eea"],  # gateway.dsp.selcall.STANDARDS (numpy: not here)
+        default="ccir",
+        help="selcall: CCIR (100 ms tones), ZVEI1 (70 ms) or EEA (40 ms); default ccir",
+    )
+    sencode.add_argument("--first-ms", type=float, default=None, help="selcall: first tone held")
     sencode.set_defaults(func=cmd_signal)
 
     from gateway.tools import register_tools

@@ -1,8 +1,9 @@
 """Signalling in audio files: what `consolegw signal decode` and `signal encode` do.
 
-Formats so far: DTMF (gateway.dsp.dtmf). Files are read with soundfile (WAV, FLAC, Ogg and
-what else libsndfile reads); a file of several channels is read channel by channel, each
-the audio of its own radio or line.
+Formats so far: DTMF (gateway.dsp.dtmf) and 5-tone selcall in CCIR, ZVEI1 and EEA
+(gateway.dsp.selcall); a file is read by every decoder at once. Files are read with
+soundfile (WAV, FLAC, Ogg and what else libsndfile reads); a file of several channels is
+read channel by channel, each the audio of its own radio or line.
 """
 
 from __future__ import annotations
@@ -12,23 +13,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
 
 from gateway.audio import to_pcm16, write_wav16
+from gateway.dsp import selcall
 from gateway.dsp.dtmf import (
     MIN_RATE,
     DtmfDecoder,
     DtmfDigit,
-    DtmfEvent,
     DtmfSequence,
     dtmf_signal,
 )
+from gateway.dsp.selcall import SelcallCall, SelcallDecoder, SelcallTone, selcall_signal
 
-FORMATS = ("dtmf",)
+FORMATS = ("dtmf", "selcall")
+Event = DtmfDigit | DtmfSequence | SelcallCall
+"""What a file's reading reports (a call's single tones are within its SelcallCall)."""
 _BLOCK_S = 1.0  # read and decoded a second at a time: a long recording is never all in RAM
 
 
-def decode_file(path: str | Path) -> tuple[list[tuple[int, DtmfEvent]], list[str]]:
+class _Decoders:
+    """Every decoder on one channel's audio."""
+
+    def __init__(self, rate: int) -> None:
+        self.dtmf = DtmfDecoder(rate)
+        self.selcall = [SelcallDecoder(rate, name) for name in selcall.STANDARDS]
+
+    def feed(self, x: npt.NDArray[np.float32]) -> list[Event]:
+        found: list[Event] = list(self.dtmf.feed(x))
+        for decoder in self.selcall:
+            found.extend(e for e in decoder.feed(x) if not isinstance(e, SelcallTone))
+        return found
+
+    def flush(self) -> list[Event]:
+        found: list[Event] = list(self.dtmf.flush())
+        for decoder in self.selcall:
+            found.extend(e for e in decoder.flush() if not isinstance(e, SelcallTone))
+        return found
+
+
+def decode_file(path: str | Path) -> tuple[list[tuple[int, Event]], list[str]]:
     """Every event in the file, as (channel, event) in time order, and notes on the file;
     ValueError naming the file when it cannot be read."""
     try:
@@ -38,8 +63,8 @@ def decode_file(path: str | Path) -> tuple[list[tuple[int, DtmfEvent]], list[str
     rate, channels = int(info.samplerate), int(info.channels)
     if rate < MIN_RATE:
         raise ValueError(f"{path}: {rate} Hz is too low for signalling ({MIN_RATE} Hz at least)")
-    decoders = [DtmfDecoder(rate) for _ in range(channels)]
-    found: list[tuple[float, int, DtmfEvent]] = []
+    decoders = [_Decoders(rate) for _ in range(channels)]
+    found: list[tuple[float, int, Event]] = []
     try:
         with soundfile.SoundFile(str(path)) as audio:
             for block in audio.blocks(blocksize=round(_BLOCK_S * rate), dtype="float32"):
@@ -50,25 +75,30 @@ def decode_file(path: str | Path) -> tuple[list[tuple[int, DtmfEvent]], list[str
         raise ValueError(f"{path}: read failed ({exc})") from None
     for ch, decoder in enumerate(decoders):
         found.extend((_when(e), ch, e) for e in decoder.flush())
-    found.sort(key=lambda item: (item[0], item[1], isinstance(item[2], DtmfSequence)))
+    found.sort(key=lambda item: (item[0], item[1], not isinstance(item[2], DtmfDigit)))
     seconds = info.frames / rate
     notes = [f"{path}: {seconds:.1f} s at {rate} Hz, {channels} channel(s)"]
     return [(ch, e) for _, ch, e in found], notes
 
 
-def _when(event: DtmfEvent) -> float:
-    # A sequence is told after its last digit: sorted by its end, digits by their start.
-    return event.end if isinstance(event, DtmfSequence) else event.start
+def _when(event: Event) -> float:
+    # A sequence or call is told when it ends: sorted by its end, digits by their start.
+    return event.start if isinstance(event, DtmfDigit) else event.end
 
 
-def event_json(channel: int, event: DtmfEvent) -> dict[str, Any]:
+def event_json(channel: int, event: Event) -> dict[str, Any]:
+    if isinstance(event, SelcallCall):
+        return {"type": "selcall.detected", "channel": channel, **asdict(event)}
     kind = "dtmf.digit" if isinstance(event, DtmfDigit) else "dtmf.digits"
     return {"type": kind, "channel": channel, **asdict(event)}
 
 
-def describe(channel: int, event: DtmfEvent, channels: int) -> str:
+def describe(channel: int, event: Event, channels: int) -> str:
     where = f"ch{channel} " if channels > 1 else ""
     span = f"{event.start:8.3f}-{event.end:.3f} s"
+    if isinstance(event, SelcallCall):
+        sent = f" (tones {event.tones})" if event.tones != event.digits else ""
+        return f"{span}  {where}selcall {event.standard.upper()} {event.digits}{sent}"
     if isinstance(event, DtmfSequence):
         return f"{span}  {where}DTMF digits {event.digits}"
     return (
@@ -83,19 +113,36 @@ def encode_file(
     path: str | Path,
     *,
     samplerate: int = 8000,
-    on_ms: float = 100.0,
+    on_ms: float | None = None,
     off_ms: float = 100.0,
     level_dbfs: float = -10.0,
+    standard: str = "ccir",
+    first_ms: float | None = None,
 ) -> float:
-    """Write `what` (digits, for DTMF) as a 16-bit mono WAV file; its length in seconds."""
-    if fmt != "dtmf":
+    """Write `what` (the digits) as a 16-bit mono WAV file; its length in seconds.
+
+    DTMF: `on_ms` tones and `off_ms` pauses. Selcall: `standard`'s tone length unless
+    `on_ms` is given, `first_ms` for a stretched first tone."""
+    if fmt not in FORMATS:
         raise ValueError(f"unknown signalling format {fmt!r} (known: {', '.join(FORMATS)})")
-    if not 20.0 <= on_ms <= 10000.0 or not 0.0 <= off_ms <= 10000.0:
-        raise ValueError("--on-ms must be 20-10000 and --off-ms 0-10000")
+    if (on_ms is not None and not 20.0 <= on_ms <= 2000.0) or not 0.0 <= off_ms <= 10000.0:
+        raise ValueError("--on-ms must be 20-2000 and --off-ms 0-10000")
     if not -60.0 <= level_dbfs <= -6.5:
-        raise ValueError("--level must be -60 to -6.5 dBFS (each tone; the pair peaks 6 dB up)")
-    audio = dtmf_signal(
-        what, samplerate, on_s=on_ms / 1000.0, off_s=off_ms / 1000.0, level_dbfs=level_dbfs
-    )
+        raise ValueError("--level must be -60 to -6.5 dBFS (each tone; a DTMF pair peaks 6 dB up)")
+    if fmt == "selcall":
+        if first_ms is not None and not 20.0 <= first_ms <= 5000.0:
+            raise ValueError("--first-ms must be 20-5000")
+        audio = selcall_signal(
+            what,
+            samplerate,
+            standard=standard,
+            level_dbfs=level_dbfs,
+            tone_s=None if on_ms is None else on_ms / 1000.0,
+            first_tone_s=None if first_ms is None else first_ms / 1000.0,
+        )
+        write_wav16(path, to_pcm16(audio), samplerate)
+        return len(audio) / samplerate
+    on_s = 0.1 if on_ms is None else on_ms / 1000.0
+    audio = dtmf_signal(what, samplerate, on_s=on_s, off_s=off_ms / 1000.0, level_dbfs=level_dbfs)
     write_wav16(path, to_pcm16(audio), samplerate)
     return len(audio) / samplerate

@@ -72,3 +72,36 @@ def test_nothing_found_and_bad_input(tmp_path: Path) -> None:
     soundfile.write(str(low), np.zeros(4000, np.float32), 4000)
     result = consolegw("signal", "decode", str(low))
     assert result.returncode == 2 and "too low" in result.stderr
+
+
+def test_selcall_encode_then_decode_in_each_standard(tmp_path: Path) -> None:
+    """A technician writes a call in each standard and reads it back: the standard, the
+    digits with repeats resolved and the tones as sent; a DTMF string beside it too."""
+    for standard in ("ccir", "zvei1", "eea"):
+        wav = tmp_path / f"{standard}.wav"
+        made = consolegw(
+            "signal", "encode", "selcall", "11223", "--standard", standard, "-o", str(wav)
+        )
+        assert made.returncode == 0, made.stderr
+        decoded = consolegw("signal", "decode", str(wav))
+        assert decoded.returncode == 0, decoded.stderr
+        (line,) = decoded.stdout.splitlines()
+        assert line.endswith(f"selcall {standard.upper()} 11223 (tones 1E2E3)"), line
+        as_json = consolegw("signal", "decode", "--json", str(wav))
+        (event,) = [json.loads(x) for x in as_json.stdout.splitlines()]
+        assert event["type"] == "selcall.detected" and event["standard"] == standard
+        assert (event["digits"], event["tones"]) == ("11223", "1E2E3")
+    stretched = tmp_path / "long.wav"
+    made = consolegw(
+        "signal", "encode", "selcall", "54321", "--first-ms", "600", "-o", str(stretched)
+    )
+    assert made.returncode == 0, made.stderr
+    assert consolegw("signal", "decode", str(stretched)).stdout.endswith("CCIR 54321\n")
+    for args, said in (
+        (("selcall", "12E45"), "E is the repeat"),
+        (("selcall", "12345", "--first-ms", "9000"), "--first-ms"),
+        (("selcall", "12345", "--standard", "zvei9"), "invalid choice"),
+    ):
+        result = consolegw("signal", "encode", *args, "-o", str(tmp_path / "x.wav"))
+        assert result.returncode == 2, (args, result.stderr)
+        assert said in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -47,6 +47,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from gateway.dsp.bins import WindowedBins, raised_cosine_edges
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
@@ -176,13 +178,8 @@ class DtmfDecoder:
         self._min_on = max(1, math.ceil(s.min_on_s / hop_s))
         self._off_hops = max(2, math.ceil(s.min_off_s / hop_s))
         self._sequence_hops = math.ceil(s.sequence_gap_s / hop_s)
-        m = np.arange(self._hop, dtype=np.float64)
-        self._phasors = np.exp(-2j * np.pi * np.outer(m, _FREQS / sample_rate))
+        self._bins = WindowedBins(sample_rate, self._hop, _FREQS, HOPS_PER_WINDOW)
         # Stream state.
-        self._tail = np.zeros(0, dtype=np.float64)  # samples of a hop not yet complete
-        self._chunks = 0  # complete hops of samples seen (chunk j: samples j*hop on)
-        self._partial_z = np.zeros((0, len(_FREQS)), dtype=np.complex128)  # last chunks'
-        self._partial_e = np.zeros(0)
         self._hops_done = 0  # hop k's window ends at sample window + k * hop
         self._history_p = np.zeros((0, len(_FREQS)))  # the last hops' powers, for averages
         self._history_e = np.zeros(0)
@@ -192,34 +189,8 @@ class DtmfDecoder:
 
     # ------------------------------------------------------------------ interface
     def feed(self, samples: npt.ArrayLike) -> list[DtmfEvent]:
-        x = np.asarray(samples, dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(x)):
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        buf = np.concatenate((self._tail, x)) if len(self._tail) else x
-        whole = len(buf) // self._hop
-        self._tail = buf[whole * self._hop :].copy()
-        if whole == 0:
-            return []
-        chunks = buf[: whole * self._hop].reshape(whole, self._hop)
-        # Each chunk's sums under the eight mixers (one matrix product), turned by the
-        # mixer phase at the chunk's start (exact integers: the tones are whole Hz).
-        starts = (self._chunks + np.arange(whole, dtype=np.int64)) * self._hop
-        cycles = np.mod(np.outer(starts, _FREQS.astype(np.int64)), self.rate)
-        part_z = (chunks @ self._phasors) * np.exp(-2j * np.pi * cycles / self.rate)
-        part_e = np.einsum("ij,ij->i", chunks, chunks)
-        self._chunks += whole
-        all_z = np.concatenate((self._partial_z, part_z))
-        all_e = np.concatenate((self._partial_e, part_e))
-        keep = HOPS_PER_WINDOW - 1
-        self._partial_z, self._partial_e = all_z[-keep:], all_e[-keep:]
-        if len(all_z) < HOPS_PER_WINDOW:
-            return []
-        # Window sums of HOPS_PER_WINDOW consecutive chunks.
-        cz = np.concatenate((np.zeros((1, len(_FREQS)), dtype=np.complex128), np.cumsum(all_z, 0)))
-        ce = np.concatenate(([0.0], np.cumsum(all_e)))
-        z = cz[HOPS_PER_WINDOW:] - cz[:-HOPS_PER_WINDOW]
-        energy = np.maximum(ce[HOPS_PER_WINDOW:] - ce[:-HOPS_PER_WINDOW], 0.0)
-        return self._decide(z, energy)
+        z, energy = self._bins.feed(samples)
+        return self._decide(z, energy) if len(z) else []
 
     def flush(self) -> list[DtmfEvent]:
         """End of stream: a digit in progress ends here, and the sequence with it."""
@@ -335,8 +306,8 @@ class DtmfDecoder:
             return None
         row, col = divmod(run.pair, 4)
         hops = np.concatenate(run.hops)
-        low_hz = self._measure(hops, np.concatenate(run.low_z), LOW_HZ[row])
-        high_hz = self._measure(hops, np.concatenate(run.high_z), HIGH_HZ[col])
+        low_hz = self._bins.measure_hz(hops, np.concatenate(run.low_z), LOW_HZ[row])
+        high_hz = self._bins.measure_hz(hops, np.concatenate(run.high_z), HIGH_HZ[col])
         limit = self.settings.max_offset
         if abs(low_hz / LOW_HZ[row] - 1.0) > limit or abs(high_hz / HIGH_HZ[col] - 1.0) > limit:
             return None
@@ -356,14 +327,6 @@ class DtmfDecoder:
             level_dbfs=round(20.0 * math.log10(max(amp, 1e-9)), 1),
             twist_db=round(10.0 * math.log10(max(p_high, 1e-30) / max(p_low, 1e-30)), 1) + 0.0,
         )
-
-    def _measure(self, hops: npt.NDArray[np.int64], z: C128, nominal: float) -> float:
-        """The tone's frequency from the phase advance of its bin from hop to hop."""
-        near = np.diff(hops) == 1  # across a dropout the advance could wrap: neighbours only
-        if not np.any(near):
-            return nominal
-        turn = np.sum((z[1:] * np.conj(z[:-1]))[near])  # each step weighted by its power
-        return nominal + float(np.angle(turn)) / (2.0 * np.pi) * self.rate / self._hop
 
     def _end_sequence(self) -> list[DtmfEvent]:
         if not self._sequence:
@@ -402,11 +365,7 @@ def dtmf_signal(
         raise ValueError("on_s must be > 0 and off_s >= 0")
     n_on, n_off = round(on_s * sample_rate), round(off_s * sample_rate)
     t = np.arange(n_on) / sample_rate
-    edge = min(round(0.002 * sample_rate), n_on // 2)
-    ramp = np.ones(n_on)
-    if edge:
-        rise = 0.5 - 0.5 * np.cos(np.pi * np.arange(edge) / edge)
-        ramp[:edge], ramp[n_on - edge :] = rise, rise[::-1]
+    ramp = raised_cosine_edges(np.ones(n_on), sample_rate)
     amp = 10.0 ** (level_dbfs / 20.0)
     a_low, a_high = amp * 10.0 ** (-twist_db / 40.0), amp * 10.0 ** (twist_db / 40.0)
     parts: list[F64] = []

@@ -4,8 +4,6 @@ on both sides: it reads our encoder's tones, we read the same files it reads."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -25,7 +23,7 @@ from gateway.dsp.dtmf import (
     DtmfSettings,
     dtmf_signal,
 )
-from hw_sim import phone_line
+from tests.dsp.signal_tools import MULTIMON_RATE, band_noise, multimon_binary, padded
 
 F32 = np.float32
 
@@ -37,16 +35,6 @@ def decode(x: np.ndarray, rate: int, settings: DtmfSettings | None = None) -> li
 
 def digits_of(events: list[DtmfEvent]) -> str:
     return "".join(e.digit for e in events if isinstance(e, DtmfDigit))
-
-
-def padded(x: np.ndarray, rate: int) -> np.ndarray:
-    quiet = np.zeros(rate // 4, dtype=F32)
-    return np.concatenate((quiet, x, quiet))
-
-
-def band_noise(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-power noise in 300-3300 Hz (a radio or phone channel's band)."""
-    return phone_line.band_noise(n, sample_rate=rate, power=1.0, rng=rng)
 
 
 def test_the_keypad_is_q23s() -> None:
@@ -212,22 +200,11 @@ def test_bad_arguments() -> None:
 
 # ---------------------------------------------------------------------- multimon-ng
 
-MULTIMON_RATE = 22050  # what `multimon-ng -t raw` reads
-
-
-def _multimon_binary() -> str:
-    found = shutil.which("multimon-ng")
-    if found is None:
-        if os.environ.get("CI", "").lower() in {"true", "1"}:
-            pytest.fail("multimon-ng is not installed; make test installs it")
-        pytest.skip("multimon-ng is not installed (apt-get install multimon-ng)")
-    return found
-
 
 def multimon_dtmf(x: np.ndarray) -> str:
     pcm = np.clip(np.rint(x * 32767.0), -32768, 32767).astype("<i2").tobytes()
     out = subprocess.run(
-        [_multimon_binary(), "-q", "-a", "DTMF", "-t", "raw", "-"],
+        [multimon_binary(), "-q", "-a", "DTMF", "-t", "raw", "-"],
         input=pcm,
         capture_output=True,
         check=True,

@@ -1,0 +1,32 @@
+"""What the signalling tests share: padding, band noise, and the multimon-ng binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from hw_sim import phone_line
+
+MULTIMON_RATE = 22050  # what `multimon-ng -t raw` reads
+
+
+def padded(x: np.ndarray, rate: int) -> np.ndarray:
+    quiet = np.zeros(rate // 4, dtype=np.float32)
+    return np.concatenate((quiet, x, quiet))
+
+
+def band_noise(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power noise in 300-3300 Hz (a radio or phone channel's band)."""
+    return phone_line.band_noise(n, sample_rate=rate, power=1.0, rng=rng)
+
+
+def multimon_binary() -> str:
+    found = shutil.which("multimon-ng")
+    if found is None:
+        if os.environ.get("CI", "").lower() in {"true", "1"}:
+            pytest.fail("multimon-ng is not installed; make test installs it")
+        pytest.skip("multimon-ng is not installed (apt-get install multimon-ng)")
+    return found
