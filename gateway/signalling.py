@@ -38,18 +38,16 @@ class _Decoders:
 
     def __init__(self, rate: int) -> None:
         self.dtmf = DtmfDecoder(rate)
-        self.selcall = [SelcallDecoder(rate, name) for name in selcall.STANDARDS]
+        self.selcall = SelcallDecoder(rate, list(selcall.STANDARDS))
 
     def feed(self, x: npt.NDArray[np.float32]) -> list[Event]:
         found: list[Event] = list(self.dtmf.feed(x))
-        for decoder in self.selcall:
-            found.extend(e for e in decoder.feed(x) if not isinstance(e, SelcallTone))
+        found.extend(e for e in self.selcall.feed(x) if not isinstance(e, SelcallTone))
         return found
 
     def flush(self) -> list[Event]:
         found: list[Event] = list(self.dtmf.flush())
-        for decoder in self.selcall:
-            found.extend(e for e in decoder.flush() if not isinstance(e, SelcallTone))
+        found.extend(e for e in self.selcall.flush() if not isinstance(e, SelcallTone))
         return found
 
 

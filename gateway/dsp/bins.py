@@ -23,7 +23,11 @@ class WindowedBins:
         self.rate, self.hop, self.window_hops = rate, hop, window_hops
         self._int_hz = tones_hz.astype(np.int64)
         m = np.arange(hop, dtype=np.float64)
-        self._phasors = np.exp(-2j * np.pi * np.outer(m, tones_hz / rate))
+        phasors = np.exp(-2j * np.pi * np.outer(m, tones_hz / rate))
+        # Real samples: one real product against [cos | sin] instead of a complex one.
+        self._phasors_ri = np.ascontiguousarray(np.concatenate((phasors.real, phasors.imag), 1))
+        # The mixer's phase at a hop start is a whole number of cycles/rate: looked up.
+        self._turns = np.exp(-2j * np.pi * np.arange(rate) / rate)
         self._tail = np.zeros(0, dtype=np.float64)  # samples of a hop not yet complete
         self._chunks = 0  # complete hops of samples seen (chunk j: samples j*hop on)
         self._partial_z = np.zeros((0, len(tones_hz)), dtype=np.complex128)
@@ -44,7 +48,8 @@ class WindowedBins:
         chunks = buf[: whole * self.hop].reshape(whole, self.hop)
         starts = (self._chunks + np.arange(whole, dtype=np.int64)) * self.hop
         cycles = np.mod(np.outer(starts, self._int_hz), self.rate)
-        part_z = (chunks @ self._phasors) * np.exp(-2j * np.pi * cycles / self.rate)
+        ri = chunks @ self._phasors_ri
+        part_z = (ri[:, :n_tones] + 1j * ri[:, n_tones:]) * self._turns[cycles]
         part_e = np.einsum("ij,ij->i", chunks, chunks)
         self._chunks += whole
         all_z = np.concatenate((self._partial_z, part_z))

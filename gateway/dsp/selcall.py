@@ -29,6 +29,7 @@ tone twice in a call is not a selcall (the sender would have sent the repeat ton
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -156,72 +157,67 @@ class _Run:
 
 
 class SelcallDecoder:
-    """Streaming 5-tone decoder of one standard: feed() mono float blocks, flush() at the end."""
+    """Streaming 5-tone decoder: feed() mono float blocks, flush() at the end.
+
+    `standards`: one name or several; several share one analysis of the union of their
+    tones (CCIR and EEA have the same 16 frequencies), each is then read on its own."""
 
     def __init__(
-        self, sample_rate: int, standard: str = "ccir", settings: SelcallSettings | None = None
+        self,
+        sample_rate: int,
+        standards: str | Sequence[str] = "ccir",
+        settings: SelcallSettings | None = None,
     ) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int):
             raise ValueError(f"sample_rate must be an integer, got {sample_rate!r}")
         if sample_rate < MIN_RATE:
             raise ValueError(f"sample_rate must be at least {MIN_RATE} Hz, got {sample_rate}")
-        _check_standard(standard)
+        names = [standards] if isinstance(standards, str) else list(dict.fromkeys(standards))
+        if not names:
+            raise ValueError("at least one selcall standard is needed")
+        for name in names:
+            _check_standard(name)
         self.rate = sample_rate
-        self.standard = STANDARDS[standard]
-        self.settings = s = settings or SelcallSettings()
-        self._freqs = np.array(self.standard.tones_hz, dtype=np.float64)
-        self._hop = round(HOP_S * sample_rate)
-        self._window = WINDOW_HOPS * self._hop
-        hop_s = self._hop / sample_rate
-        tone_hops = self.standard.tone_s / hop_s
-        self._min_hops = max(2, math.floor(s.min_length * tone_hops))
-        self._max_hops = math.ceil(s.max_length * tone_hops)
-        self._max_first_hops = max(self._max_hops, math.ceil(s.max_first_s / hop_s))
-        self._gap_hops = max(DROPOUT_HOPS + 1, math.ceil(s.max_gap * tone_hops))
+        self.settings = settings or SelcallSettings()
+        hop = round(HOP_S * sample_rate)
+        union = sorted({f for name in names for f in STANDARDS[name].tones_hz})
+        self._bins = WindowedBins(sample_rate, hop, np.array(union, np.float64), WINDOW_HOPS)
+        s = self.settings
+        self._window = WINDOW_HOPS * hop
         self._snr = 10.0 ** (s.min_snr_db / 10.0)
         self._margin = 10.0 ** (s.min_margin_db / 10.0)
         self._min_power = (10.0 ** (s.min_level_dbfs / 20.0) * self._window / 2.0) ** 2
-        self._bins = WindowedBins(sample_rate, self._hop, self._freqs, WINDOW_HOPS)
-        self._hops_done = 0  # hop k's window is chunks k .. k + WINDOW_HOPS - 1
-        self._run: _Run | None = None
-        self._call: list[SelcallTone] = []
-        self._call_last = 0  # hop of the call's last tone's last candidate hop
-        self._broken = False  # the call in progress holds a tone that is no selcall's
+        self._receivers = [
+            _Receiver(
+                STANDARDS[name],
+                np.array([union.index(f) for f in STANDARDS[name].tones_hz]),
+                self._bins,
+                self.settings,
+            )
+            for name in names
+        ]
+        # Each standard's table as columns of the shared bins: (standards, 16).
+        self._table_columns = np.stack([r.columns for r in self._receivers])
 
-    # ------------------------------------------------------------------ interface
     def feed(self, samples: npt.ArrayLike) -> list[SelcallTone | SelcallCall]:
         z, energy = self._bins.feed(samples)
-        return self._decide(z, energy) if len(z) else []
-
-    def flush(self) -> list[SelcallTone | SelcallCall]:
-        """End of stream: a tone in progress ends here, and the call with it."""
-        events: list[SelcallTone | SelcallCall] = []
-        if self._run is not None:
-            events.extend(self._end_run())
-        events.extend(self._end_call())
-        return events
-
-    # ------------------------------------------------------------------ analysis
-    def _decide(self, z: C128, energy: F64) -> list[SelcallTone | SelcallCall]:
-        power = (z * z.conj()).real
+        if not len(z):
+            return []
+        power = z.real * z.real + z.imag * z.imag
         tone = self._candidates(power, energy)
         events: list[SelcallTone | SelcallCall] = []
-        first_hop = self._hops_done
-        self._hops_done += len(z)
-        heard = np.flatnonzero(tone >= 0)
-        if len(heard):
-            cut = np.flatnonzero((np.diff(tone[heard]) != 0) | (np.diff(heard) > DROPOUT_HOPS + 1))
-            for seg in np.split(heard, cut + 1):
-                events.extend(self._heard(first_hop + seg, int(tone[seg[0]]), z[seg], power[seg]))
-        events.extend(self._quiet_until(self._hops_done - 1))
+        for r, receiver in enumerate(self._receivers):
+            events.extend(receiver.decide(tone[:, r], z, power))
         return events
 
-    def _candidates(self, p: F64, e: F64) -> npt.NDArray[np.int64]:
-        order = np.argsort(p, axis=1)
-        best, second = order[:, -1], order[:, -2]
-        rows = np.arange(len(p))
-        p_best, p_second = p[rows, best], p[rows, second]
-        tone_e = 2.0 * p_best / self._window  # the tone's energy in the window
+    def _candidates(self, power: F64, e: F64) -> npt.NDArray[np.int64]:
+        """Per hop and standard, the index of the table's tone the window holds, or -1."""
+        p = power[:, self._table_columns]  # (hops, standards, 16)
+        best = np.argmax(p, axis=2)
+        ranked = np.sort(p, axis=2)
+        p_best, p_second = ranked[:, :, -1], ranked[:, :, -2]
+        tone_e = p_best * (2.0 / self._window)  # the tone's energy in the window
+        e = e[:, None]
         rest = np.maximum(e - tone_e, 1e-20)
         ok = (
             (p_best >= self._min_power)
@@ -231,9 +227,76 @@ class SelcallDecoder:
         )
         return np.where(ok, best, -1)
 
+    def flush(self) -> list[SelcallTone | SelcallCall]:
+        """End of stream: a tone in progress ends here, and the call with it."""
+        events: list[SelcallTone | SelcallCall] = []
+        for receiver in self._receivers:
+            events.extend(receiver.flush())
+        return events
+
+
+class _Receiver:
+    """One standard's reading of the shared bins: its candidate tones, runs and calls."""
+
+    def __init__(
+        self,
+        standard: Standard,
+        columns: npt.NDArray[np.int64],
+        bins: WindowedBins,
+        s: SelcallSettings,
+    ) -> None:
+        self.standard = standard
+        self.settings = s
+        self.columns = self._columns = columns
+        self._bins = bins
+        self._freqs = np.array(standard.tones_hz, dtype=np.float64)
+        self.rate = bins.rate
+        self._hop = bins.hop
+        self._window = WINDOW_HOPS * self._hop
+        hop_s = self._hop / self.rate
+        tone_hops = standard.tone_s / hop_s
+        self._min_hops = max(2, math.floor(s.min_length * tone_hops))
+        self._max_hops = math.ceil(s.max_length * tone_hops)
+        self._max_first_hops = max(self._max_hops, math.ceil(s.max_first_s / hop_s))
+        self._gap_hops = max(DROPOUT_HOPS + 1, math.ceil(s.max_gap * tone_hops))
+        self._hops_done = 0  # hop k's window is chunks k .. k + WINDOW_HOPS - 1
+        self._run: _Run | None = None
+        self._call: list[SelcallTone] = []
+        self._call_last = 0  # hop of the call's last tone's last candidate hop
+        self._broken = False  # the call in progress holds a tone that is no selcall's
+
+    def flush(self) -> list[SelcallTone | SelcallCall]:
+        events: list[SelcallTone | SelcallCall] = []
+        if self._run is not None:
+            events.extend(self._end_run())
+        events.extend(self._end_call())
+        return events
+
+    # ------------------------------------------------------------------ analysis
+    def decide(
+        self, tone: npt.NDArray[np.int64], z: C128, power: F64
+    ) -> list[SelcallTone | SelcallCall]:
+        """This standard's candidate tone per hop (-1: none), and the shared bins."""
+        events: list[SelcallTone | SelcallCall] = []
+        first_hop = self._hops_done
+        self._hops_done += len(tone)
+        if tone.max() < 0 and self._run is None and not self._call:
+            return events  # nothing heard, nothing pending: the usual case
+        heard = np.flatnonzero(tone >= 0)
+        if len(heard):
+            cut = np.flatnonzero((np.diff(tone[heard]) != 0) | (np.diff(heard) > DROPOUT_HOPS + 1))
+            for seg in np.split(heard, cut + 1):
+                k = int(tone[seg[0]])
+                column = int(self._columns[k])
+                events.extend(self._heard(first_hop + seg, k, z[seg, column], power[seg, column]))
+        if self._run is not None or self._call:
+            events.extend(self._quiet_until(self._hops_done - 1))
+        return events
+
     def _heard(
         self, hops: npt.NDArray[np.int64], tone: int, z: C128, power: F64
     ) -> list[SelcallTone | SelcallCall]:
+        """Hops (consecutive but for dropouts) at which `tone` was the candidate; its bins."""
         events: list[SelcallTone | SelcallCall] = []
         run = self._run
         first = int(hops[0])
@@ -244,8 +307,8 @@ class SelcallDecoder:
             run = self._run = _Run(tone=tone, first=first, last=first)
         run.last = int(hops[-1])
         run.hops.append(hops)
-        run.z.append(z[:, tone])
-        run.p.append(power[:, tone])
+        run.z.append(z)
+        run.p.append(power)
         return events
 
     def _quiet_until(self, hop: int) -> list[SelcallTone | SelcallCall]:

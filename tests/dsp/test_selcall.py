@@ -28,7 +28,7 @@ MULTIMON_MODE = {"ccir": "CCIR", "zvei1": "ZVEI1", "eea": "EEA"}
 
 
 def decode(
-    x: np.ndarray, rate: int, standard: str, s: SelcallSettings | None = None
+    x: np.ndarray, rate: int, standard: str | list[str], s: SelcallSettings | None = None
 ) -> list[SelcallTone | SelcallCall]:
     decoder = SelcallDecoder(rate, standard, s)
     return decoder.feed(x) + decoder.flush()
@@ -204,3 +204,20 @@ def test_multimon_ng_reads_our_calls_and_we_read_what_it_reads(standard: str) ->
     noisy = (x + noise).astype(F32)
     assert calls(decode(noisy, MULTIMON_RATE, standard)) == strings
     assert multimon_selcall(noisy, standard) == [selcall_tones(s) for s in strings]
+
+
+def test_one_decoder_of_several_standards_reads_as_each_alone() -> None:
+    """Several standards share one analysis; each reads what it would alone."""
+    rate = 16000
+    x = np.concatenate(
+        [call_audio(rate, std, "12345", "99017") for std in ("eea", "ccir", "zvei1")]
+    )
+    x = (x + 0.05 * band_noise(len(x), rate, np.random.default_rng(2))).astype(F32)
+    together = decode(x, rate, ["ccir", "zvei1", "eea"])
+    for standard in STANDARDS:
+        alone = decode(x, rate, standard)
+        assert [e for e in together if e in alone] == alone
+        assert calls(alone) == ["12345", "99017"], standard
+    assert len(together) == 3 * len(decode(x, rate, "ccir"))
+    with pytest.raises(ValueError, match="at least one"):
+        SelcallDecoder(8000, [])
