@@ -33,6 +33,7 @@ from gateway.publisher import Publisher
 from gateway.recorder import Recorder
 from gateway.request_boundary import RequestLimits
 from gateway.sdnotify import SystemdNotifier
+from gateway.signalling import Signalling
 from gateway.startup import START_WINDOW_S, StartupSummary
 from gateway.subsystem import Builder, Subsystem, SubsystemContext
 from gateway.supervisor import Supervisor
@@ -44,6 +45,7 @@ SUBSYSTEMS: tuple[Builder, ...] = (
     Radios.build,
     Audio.build,
     Tty.build,
+    Signalling.build,
     Recorder.build,
     Alarms.build,
 )

@@ -315,6 +315,24 @@ class ChannelTtySection(_Model):
         return value
 
 
+class ChannelSignallingSection(_Model):
+    """Signalling decoded on a channel's audio (DTMF, 5-tone selcall; more to come)."""
+
+    dtmf: bool = True
+    """DTMF (ITU-T Q.23/Q.24): `dtmf.digit` per digit, `dtmf.digits` when a string ends."""
+    selcall: list[Literal["ccir", "zvei1", "eea"]] = Field(default_factory=list)
+    """5-tone standards to read (none by default): `selcall.detected` per call."""
+    selcall_min_digits: int = Field(default=5, ge=1, le=32)
+    """Fewest tones that make a call (5 for the usual 5-tone addresses)."""
+
+    @field_validator("selcall")
+    @classmethod
+    def _no_twice(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a standard twice")
+        return value
+
+
 class AudioSection(_Model):
     devices: dict[Identifier, AudioDeviceSection] = Field(default_factory=dict)
 
@@ -324,6 +342,7 @@ class ChannelSection(_Model):
     radio: RadioSection | None = None
     audio: ChannelAudioSection | None = None
     tty: ChannelTtySection | None = None
+    signalling: ChannelSignallingSection | None = None
     tx_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """Every transmission ends after this, whatever the requester does."""
     max_lease_s: float = Field(default=30.0, gt=0, le=3600)
@@ -659,11 +678,23 @@ def _check_references(config: Config, source: Path) -> None:
                     f"{where}.output_column: {tty.output_device} has {out.channels} channels"
                 )
     for channel_id, channel_section in config.channels.items():
-        if channel_section.tty is not None and channel_section.audio is None:
-            raise ConfigError(
-                f"{source}: channels.{channel_id}.tty: TTY needs the channel's audio "
-                f"([channels.{channel_id}.audio])"
-            )
+        for key, section, what in (
+            ("tty", channel_section.tty, "TTY"),
+            ("signalling", channel_section.signalling, "Signalling"),
+        ):
+            if section is not None and channel_section.audio is None:
+                raise ConfigError(
+                    f"{source}: channels.{channel_id}.{key}: {what} needs the channel's audio "
+                    f"([channels.{channel_id}.audio])"
+                )
+        audio = channel_section.audio
+        if channel_section.signalling is not None and audio is not None:
+            rate = config.audio.devices[audio.device].samplerate
+            if rate < 6000:  # gateway.dsp's decoders need 6 kHz (DTMF's 1633 Hz and guard)
+                raise ConfigError(
+                    f"{source}: channels.{channel_id}.signalling: audio.devices."
+                    f"{audio.device}.samplerate is {rate} Hz; signalling needs 6000 at least"
+                )
     modules = config.modbus.modules
     for module_id, module in modules.items():
         where = f"{source}: modbus.modules.{module_id}"

@@ -1,4 +1,9 @@
-"""Signalling in audio files: what `consolegw signal decode` and `signal encode` do.
+"""Signalling: decoded on live channels for CAD, and in files for `consolegw signal`.
+
+On a channel with `[channels.<id>.signalling]`, its captured audio feeds the decoders
+configured there; events (stamped with when the signal ended, as heard):
+- dtmf.digit per DTMF digit, dtmf.digits when a string of them ends (a 1.5 s gap);
+- selcall.detected per 5-tone call, with its standard, digits and the tones as sent.
 
 Formats so far: DTMF (gateway.dsp.dtmf) and 5-tone selcall in CCIR, ZVEI1 and EEA
 (gateway.dsp.selcall); a file is read by every decoder at once. Files are read with
@@ -8,6 +13,7 @@ read channel by channel, each the audio of its own radio or line.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,8 +21,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import soundfile
+from pydantic import Field
 
-from gateway.audio import to_pcm16, write_wav16
+from gateway.audio import Audio, ChannelAudio, to_pcm16, write_wav16
+from gateway.config import ChannelSignallingSection
 from gateway.dsp import selcall
 from gateway.dsp.dtmf import (
     MIN_RATE,
@@ -25,12 +33,148 @@ from gateway.dsp.dtmf import (
     DtmfSequence,
     dtmf_signal,
 )
-from gateway.dsp.selcall import SelcallCall, SelcallDecoder, SelcallTone, selcall_signal
+from gateway.dsp.selcall import (
+    SelcallCall,
+    SelcallDecoder,
+    SelcallSettings,
+    SelcallTone,
+    StandardName,
+    selcall_signal,
+)
+from gateway.events import EventData, register_event_type
+from gateway.publisher import Publisher
+from gateway.subsystem import Subsystem, SubsystemContext
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("dtmf", "selcall")
 Event = DtmfDigit | DtmfSequence | SelcallCall
 """What a file's reading reports (a call's single tones are within its SelcallCall)."""
 _BLOCK_S = 1.0  # read and decoded a second at a time: a long recording is never all in RAM
+
+
+class DtmfDigitData(EventData):
+    digit: str = Field(description="The key: 0-9, *, #, A-D")
+    duration_s: float = Field(description="How long the tone pair lasted, seconds")
+    level_dbfs: float = Field(description="The stronger tone's level, as a sine's peak, dBFS")
+    twist_db: float = Field(description="The high group's level over the low group's, dB")
+
+
+class DtmfDigitsData(EventData):
+    digits: str = Field(description="The digits of one string (gaps under 1.5 s), in order")
+    duration_s: float = Field(description="From the first digit's start to the last's end, s")
+
+
+class SelcallData(EventData):
+    standard: StandardName = Field(description="The 5-tone standard heard")
+    digits: str = Field(description="The call's digits, a repeat tone read as the digit before")
+    tones: str = Field(description="The tones as sent (E: the repeat tone)")
+    duration_s: float = Field(description="From the first tone's start to the last's end, s")
+
+
+register_event_type("dtmf.digit", DtmfDigitData)
+register_event_type("dtmf.digits", DtmfDigitsData)
+register_event_type("selcall.detected", SelcallData)
+
+
+class ChannelSignalling:
+    """The decoders of one channel's audio, and its events."""
+
+    def __init__(
+        self,
+        *,
+        channel_id: str,
+        config: ChannelSignallingSection,
+        audio: ChannelAudio,
+        samplerate: int,
+        publisher: Publisher,
+    ) -> None:
+        if samplerate < MIN_RATE:
+            raise ValueError(f"channel {channel_id}: {samplerate} Hz is too low for signalling")
+        self.channel_id = channel_id
+        self._rate = samplerate
+        self._pub = publisher
+        self._dtmf = DtmfDecoder(samplerate) if config.dtmf else None
+        self._selcall = (
+            SelcallDecoder(
+                samplerate,
+                list(config.selcall),
+                SelcallSettings(min_digits=config.selcall_min_digits),
+            )
+            if config.selcall
+            else None
+        )
+        self._fed = 0  # samples fed: the decoders' stream time is _fed / rate
+        self.wanted = [*(["DTMF"] if config.dtmf else []), *(s.upper() for s in config.selcall)]
+        audio.block_listeners.append(self.feed)
+
+    def feed(self, samples: npt.NDArray[np.float32], end_wall: float, *, active: bool) -> None:
+        del active  # tones are read whatever the level meter says
+        self._fed += len(samples)
+        events: list[Event] = []
+        if self._dtmf is not None:
+            events.extend(self._dtmf.feed(samples))
+        if self._selcall is not None:
+            events.extend(e for e in self._selcall.feed(samples) if not isinstance(e, SelcallTone))
+        if events:
+            now = self._fed / self._rate
+            for event in events:
+                self._emit(event, end_wall - (now - event.end))
+
+    def _emit(self, event: Event, ts: float) -> None:
+        duration = round(event.end - event.start, 3)
+        cid = self.channel_id
+        if isinstance(event, DtmfDigit):
+            data: EventData = DtmfDigitData(
+                digit=event.digit,
+                duration_s=duration,
+                level_dbfs=event.level_dbfs,
+                twist_db=event.twist_db,
+            )
+            self._pub.emit("channel", cid, "dtmf.digit", data, ts=ts)
+        elif isinstance(event, DtmfSequence):
+            log.info("channel %s: DTMF %s", cid, event.digits)
+            data = DtmfDigitsData(digits=event.digits, duration_s=duration)
+            self._pub.emit("channel", cid, "dtmf.digits", data, keep=True, ts=ts)
+        else:
+            log.info("channel %s: selcall %s %s", cid, event.standard.upper(), event.digits)
+            data = SelcallData(
+                standard=event.standard,
+                digits=event.digits,
+                tones=event.tones,
+                duration_s=duration,
+            )
+            self._pub.emit("channel", cid, "selcall.detected", data, keep=True, ts=ts)
+
+
+class Signalling(Subsystem):
+    """Signalling decoders on the channels that have audio and `[channels.<id>.signalling]`."""
+
+    name = "signalling"
+
+    def __init__(self, channels: dict[str, ChannelSignalling]) -> None:
+        self.channels = channels
+
+    @classmethod
+    def build(cls, ctx: SubsystemContext) -> Signalling:
+        audio = ctx.get(Audio).channels
+        channels = {}
+        for channel_id, section in ctx.config.channels.items():
+            if section.signalling is None or section.audio is None:
+                continue
+            channels[channel_id] = ChannelSignalling(
+                channel_id=channel_id,
+                config=section.signalling,
+                audio=audio[channel_id],
+                samplerate=ctx.config.audio.devices[section.audio.device].samplerate,
+                publisher=ctx.publisher,
+            )
+        return cls(channels)
+
+    def summary(self) -> list[str]:
+        if not self.channels:
+            return []
+        return [f"signalling on {len(self.channels)} channel(s)"]
 
 
 class _Decoders:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from gateway.config import Config, load_config
@@ -62,7 +63,11 @@ def watch_tty_replies(console: SimConsole, channels: list[str], stop: threading.
 def demo_scenario(console: SimConsole, stop: threading.Event) -> None:
     """One loop of everything the simulator can show, about 30 s long, again and again."""
     steps = (
-        _radio_steps(console) + _audio_steps(console) + _tty_steps(console) + _alarm_steps(console)
+        _radio_steps(console)
+        + _audio_steps(console)
+        + _tty_steps(console)
+        + _signalling_steps(console)
+        + _alarm_steps(console)
     )
     while steps:
         for delay, text, action in steps:
@@ -121,6 +126,35 @@ def _tty_steps(console: SimConsole) -> list[Step]:
     line = lines[0]
     text = "HELLO 911 MY HUSBAND FELL AND CANNOT GET UP GA\r\n"
     return [(2, f"{line}: a TTY caller types: {text.strip()}", lambda: _call(console, line, text))]
+
+
+def _signalling_steps(console: SimConsole) -> list[Step]:
+    """A unit keys in DTMF; a station is paged with a 5-tone call."""
+    steps: list[Step] = []
+    for name, section in console.signalling.items():
+        if name not in console.audio_channels:
+            continue
+        if section.dtmf:
+            steps.append((2, f"{name}: a unit sends DTMF 4711#", partial(_dtmf, console, name)))
+        if section.selcall:
+            std = section.selcall[0]
+            steps.append(
+                (
+                    2,
+                    f"{name}: a {std.upper()} selcall pages station 12234",
+                    partial(_selcall, console, name, std),
+                )
+            )
+        break  # one channel shows it
+    return steps
+
+
+def _dtmf(console: SimConsole, channel: str) -> None:
+    console.dtmf(channel, "4711#")
+
+
+def _selcall(console: SimConsole, channel: str, standard: str) -> None:
+    console.selcall(channel, "12234", standard=standard)
 
 
 def _call(console: SimConsole, line: str, text: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.config import AlarmSection, Config
+from gateway.config import AlarmSection, ChannelSignallingSection, Config
 from gateway.radios import RadioSectionBase, kind_of
 from gateway.radios.cm108 import Cm108RadioSection
 from gateway.radios.serial import SerialRadioSection
@@ -126,6 +126,11 @@ BACKGROUND_DBFS = -60.0
 SPEECH_DBFS = -20.0
 
 
+def _signalling_of(config: Config) -> dict[str, ChannelSignallingSection]:
+    """The channels the daemon reads signalling on, with what it reads."""
+    return {c: s.signalling for c, s in config.channels.items() if s.signalling is not None}
+
+
 class SimConsole:
     """Builds and runs the simulated devices for a gateway config.
 
@@ -184,6 +189,7 @@ class SimConsole:
                 loop=self._modbus_loop,
             )
         self.tty_channels = [c for c, section in config.channels.items() if section.tty]
+        self.signalling = _signalling_of(config)
         self._alarms = dict(config.alarms)
         self.audio: AudioSim | None = None
         self.audio_channels: dict[str, SimChannel] = {}
@@ -296,6 +302,33 @@ class SimConsole:
         channel.queue(audio * 0.5)  # about -12 dBFS, a typical line level
         return len(audio) / self.audio.samplerate
 
+    def dtmf(self, channel_id: str, digits: str, *, on_s: float = 0.08) -> float:
+        """A radio or phone patch sends DTMF digits on the channel; returns their length."""
+        from gateway.dsp.dtmf import dtmf_signal
+
+        assert self.audio is not None
+        audio = dtmf_signal(digits, self.audio.samplerate, on_s=on_s, off_s=on_s, level_dbfs=-16)
+        self.audio_channels[channel_id].queue(audio)
+        return len(audio) / self.audio.samplerate
+
+    def selcall(self, channel_id: str, digits: str, *, standard: str = "ccir") -> float:
+        """A 5-tone call on the channel (repeats sent as E); returns its length in seconds."""
+        from gateway.dsp.selcall import selcall_signal
+
+        assert self.audio is not None
+        rate = self.audio.samplerate
+        audio = selcall_signal(digits, rate, standard=standard, level_dbfs=-13)
+        self.audio_channels[channel_id].queue(audio)
+        return len(audio) / rate
+
+    def _dtmf_from_control(self, channel_id: str, value: Any) -> None:
+        self.dtmf(channel_id, str(value))
+
+    def _selcall_from_control(self, channel_id: str, value: Any) -> None:
+        """`[standard:]digits`, e.g. `zvei1:12345`; CCIR unless named."""
+        standard, _, digits = str(value).rpartition(":")
+        self.selcall(channel_id, digits, standard=standard or "ccir")
+
     def _tty_from_control(self, channel_id: str, text: Any) -> None:
         if text:
             self.tty_call(channel_id, str(text))
@@ -392,6 +425,8 @@ class SimConsole:
                 "talk": lambda: self.carrier(device, bool(value)),
                 "loopback": lambda: setattr(audio, "loopback", bool(value)),
                 "tty": lambda: self._tty_from_control(device, value),
+                "dtmf": lambda: self._dtmf_from_control(device, value),
+                "selcall": lambda: self._selcall_from_control(device, value),
             }
         radio = self.radios.get(device)
         if radio is not None:

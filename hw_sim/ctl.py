@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     # unknown one with those it knows.
     parser.add_argument("action", help="e.g. carrier, unplug, audio_dead, input, silent, list")
     parser.add_argument(
-        "value", nargs="?", help="on/off, a number (Hz, dB, seconds), or text for tty"
+        "value",
+        nargs="?",
+        help="on/off, a number (Hz, dB, seconds), text for tty, digits for dtmf, "
+        "[standard:]digits for selcall (ccir, zvei1, eea)",
     )
     parser.add_argument("--channel", type=int, help="an IO module's input or output number")
     parser.add_argument("--port", type=int, default=7399)

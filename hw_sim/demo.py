@@ -346,6 +346,13 @@ class TrafficPrinter:
                     return None  # characters as they arrive: CAD shows them; one line here
                 what = f"tty.text LINE: {data['text']}"
                 self._reply_tty(body["source_id"])
+            elif what == "dtmf.digit":
+                return None  # the string is one line when it ends
+            elif what == "dtmf.digits":
+                what = f"dtmf.digits {data['digits']}"
+            elif what == "selcall.detected":
+                sent = f" (tones {data['tones']})" if data["tones"] != data["digits"] else ""
+                what = f"selcall.detected {data['standard'].upper()} {data['digits']}{sent}"
             elif what.startswith(("tty.", "gateway.", "outbox.")):
                 what = f"{what} {json.dumps(data)}"
             elif what == "recall.saved":

@@ -86,6 +86,18 @@ fsync = false
 """
 
 
+def audio_card_config(tmp_path: Path, broker: Broker, tag: str, channels: str) -> tuple[str, str]:
+    """(gateway id, config): a new gateway with a two-column simulated sound card `card`
+    (its ALSA name unique to the gateway, `tag` telling the tests apart) and `channels`."""
+    gid = "gw" + uuid.uuid4().hex[:8]
+    card = f"""
+[audio.devices.card]
+device = "consolegw_sim_{tag}{gid[2:8]}"
+channels = 2
+"""
+    return gid, config_header(tmp_path, broker, gid) + card + channels
+
+
 def channel_config(
     tmp_path: Path, broker: Broker, *, fire: str = "", ems: str = "", police: str = ""
 ) -> tuple[str, str]:

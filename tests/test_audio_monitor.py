@@ -7,7 +7,6 @@ PulseAudio per simulated card); nothing here fakes a stream.
 from __future__ import annotations
 
 import time
-import uuid
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +17,15 @@ import pytest
 
 from hw_sim.audio import Silence, Tone, WhiteNoise
 from tests.mqtt_tools import Broker, free_port, wait_for
-from tests.sim_tools import ConsoleUnderTest, config_header
+from tests.sim_tools import ConsoleUnderTest, audio_card_config
 
 
 def audio_config(tmp_path: Path, broker: Broker) -> tuple[str, str]:
-    gid = "gw" + uuid.uuid4().hex[:8]
-    return (
-        gid,
-        config_header(tmp_path, broker, gid)
-        + f"""
-[audio.devices.card]
-device = "consolegw_sim_c{gid[2:8]}"
-channels = 2
-
+    return audio_card_config(
+        tmp_path,
+        broker,
+        "c",
+        f"""
 [channels.radio]
 cos_debounce_ms = 0
 [channels.radio.radio]

@@ -41,6 +41,8 @@ SHOWN = (
     "tty.text LINE: HELLO 911 MY HUSBAND FELL AND CANNOT GET UP GA",
     "request tty: 911 WHAT IS YOUR ADDRESS GA",
     "the caller's TTY prints: 911 WHAT IS YOUR ADDRESS GA",
+    "dtmf.digits 4711#",
+    "selcall.detected CCIR 12234 (tones 12E34)",
     "ALARM.RAISED Generator failure",
     "alarm.restored",
     "request ack",

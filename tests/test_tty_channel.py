@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,15 @@ from gateway.dsp import TtyChar, TtyDecoder
 from hw_sim.audio import SpeechBursts
 from tests.cli_tools import consolegw
 from tests.mqtt_tools import ROOT, Broker, wait_for
-from tests.sim_tools import ConsoleUnderTest, config_header
+from tests.sim_tools import ConsoleUnderTest, audio_card_config
 
 
 def tty_config(tmp_path: Path, broker: Broker) -> tuple[str, str]:
-    gid = "gw" + uuid.uuid4().hex[:8]
-    return (
-        gid,
-        config_header(tmp_path, broker, gid)
-        + f"""
-[audio.devices.card]
-device = "consolegw_sim_t{gid[2:8]}"
-channels = 2
-
+    return audio_card_config(
+        tmp_path,
+        broker,
+        "t",
+        """
 [channels.line1]
 name = "911 line 1"
 [channels.line1.audio]

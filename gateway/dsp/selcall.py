@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -42,19 +42,20 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
 
+StandardName = Literal["ccir", "zvei1", "eea"]
 SYMBOLS: Final = "0123456789ABCDEF"
 REPEAT: Final = "E"
 
 
 @dataclass(frozen=True, slots=True)
 class Standard:
-    name: str
+    name: StandardName
     tones_hz: tuple[float, ...]  # of SYMBOLS, in order
     tone_s: float
 
 
 # fmt: off
-STANDARDS: Final = {
+STANDARDS: Final[dict[str, Standard]] = {
     s.name: s
     for s in (
         Standard(
@@ -143,7 +144,7 @@ class SelcallCall:
 
     start: float
     end: float
-    standard: str
+    standard: StandardName
     digits: str
     tones: str  # as sent, E included
 

@@ -1,0 +1,143 @@
+"""Signalling on a channel: DTMF and 5-tone calls through the real PortAudio path (the
+simulator's sound card) -> dtmf.digit, dtmf.digits and selcall.detected events for CAD,
+stamped with when they were heard; and what the config accepts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from hw_sim.audio import SpeechBursts
+from tests.mqtt_tools import Broker
+from tests.sim_tools import ConsoleUnderTest, audio_card_config
+
+
+def signalling_config(tmp_path: Path, broker: Broker) -> tuple[str, str]:
+    return audio_card_config(
+        tmp_path,
+        broker,
+        "s",
+        """
+[channels.fire]
+[channels.fire.audio]
+device = "card"
+column = 0
+[channels.fire.signalling]
+selcall = ["ccir", "zvei1"]
+
+[channels.plain]
+[channels.plain.audio]
+device = "card"
+column = 1
+""",
+    )
+
+
+@pytest.fixture
+def signalling_console(
+    tmp_path: Path, broker: Broker, start_sim_console: Callable[..., ConsoleUnderTest]
+) -> ConsoleUnderTest:
+    cut = start_sim_console(*signalling_config(tmp_path, broker))
+    cut.sub.wait(
+        lambda m: [x for x in m if x.topic.endswith("fire/audio") and x.json()["rms_dbfs"] > -70],
+        what="audio flowing",
+    )
+    return cut
+
+
+def events_of(cut: ConsoleUnderTest, kind: str) -> list[dict[str, Any]]:
+    return [e for e in cut.sub.events(kind) if e["source_id"] == "fire"]
+
+
+def when(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"]).timestamp()
+
+
+def test_dtmf_and_selcall_reach_cad(signalling_console: ConsoleUnderTest) -> None:
+    cut = signalling_console
+    sent_at = time.time()
+    seconds = cut.console.dtmf("fire", "911*0#")
+    string = cut.sub.wait_event("dtmf.digits", timeout=15, source_id="fire")
+    assert string["data"]["digits"] == "911*0#"
+    digits = events_of(cut, "dtmf.digit")
+    assert "".join(e["data"]["digit"] for e in digits) == "911*0#"
+    assert all(0.05 <= e["data"]["duration_s"] <= 0.12 for e in digits), digits
+    assert abs(string["data"]["duration_s"] - seconds) < 0.1
+    # Stamped when the string ended as heard (the gap that ends it comes 1.5 s later).
+    assert sent_at < when(string) < sent_at + seconds + 1.0, (sent_at, string["ts"])
+
+    cut.console.selcall("fire", "11223", standard="zvei1")
+    call = cut.sub.wait_event("selcall.detected", timeout=15, source_id="fire")
+    assert call["data"] == {
+        "standard": "zvei1",
+        "digits": "11223",
+        "tones": "1E2E3",
+        "duration_s": pytest.approx(0.35, abs=0.03),
+    }
+    cut.console.selcall("fire", "90417", standard="ccir")
+    cut.sub.wait_event("selcall.detected", timeout=15, digits="90417")
+    # EEA is not configured on this channel; the other channel has no signalling at all.
+    cut.console.selcall("fire", "55555", standard="eea")
+    cut.console.dtmf("plain", "123")
+    cut.console.selcall("plain", "12345")
+    time.sleep(3)
+    assert [e["data"]["digits"] for e in events_of(cut, "selcall.detected")] == ["11223", "90417"]
+    assert [e for e in cut.sub.events() if e["source_id"] == "plain" and "dtmf" in e["type"]] == []
+    assert [e for e in cut.sub.events("selcall.detected") if e["source_id"] == "plain"] == []
+
+
+def test_no_signalling_from_speech(signalling_console: ConsoleUnderTest) -> None:
+    cut = signalling_console
+    cut.console.audio_channels["fire"].source = SpeechBursts(rms_dbfs=-15, seed=9)
+    time.sleep(8)
+    for kind in ("dtmf.digit", "dtmf.digits", "selcall.detected"):
+        assert events_of(cut, kind) == [], kind
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[gateway]\nid = "gw"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+        '[audio.devices.card]\ndevice = "x"\nchannels = 1\n' + body
+    )
+    return path
+
+
+def test_the_config_names_what_is_wrong(tmp_path: Path) -> None:
+    for body, said in (
+        ("[channels.a]\n[channels.a.signalling]\n", "channels.a.signalling: Signalling needs"),
+        (
+            '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
+            '[channels.a.signalling]\nselcall = ["ccir", "ccir"]\n',
+            "names a standard twice",
+        ),
+        (
+            '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
+            '[channels.a.signalling]\nselcall = ["zvei9"]\n',
+            "selcall",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_config(_config(tmp_path, body))
+    low = _config(
+        tmp_path,
+        '[channels.a]\n[channels.a.audio]\ndevice = "card"\n[channels.a.signalling]\n',
+    )
+    text = low.read_text().replace("channels = 1\n", "channels = 1\nsamplerate = 4000\n")
+    low.write_text(text + '[recorder]\nformat = "flac"\n')  # (Opus has no 4 kHz)
+    with pytest.raises(ConfigError, match="samplerate is 4000 Hz; signalling needs 6000"):
+        load_config(low)
+    ok = _config(
+        tmp_path,
+        '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
+        '[channels.a.signalling]\ndtmf = false\nselcall = ["eea"]\nselcall_min_digits = 4\n',
+    )
+    section = load_config(ok).channels["a"].signalling
+    assert section is not None and section.selcall == ["eea"] and not section.dtmf
