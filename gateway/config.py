@@ -324,6 +324,15 @@ class ChannelSignallingSection(_Model):
     """5-tone standards to read (none by default): `selcall.detected` per call."""
     selcall_min_digits: int = Field(default=5, ge=1, le=32)
     """Fewest tones that make a call (5 for the usual 5-tone addresses)."""
+    tx_delay_ms: float = Field(default=300.0, ge=0, le=3000)
+    """Sending (`selcall`, `dtmf` requests): from keying the radio to the first tone, for
+    the transmitter (and a repeater) to come up."""
+    tx_level_dbfs: float = Field(default=-10.0, ge=-40, le=-6.5)
+    """Each tone's peak level when sending (a DTMF pair peaks 6 dB higher)."""
+    output_device: Identifier | None = None
+    """Audio device the tones play on; by default the channel's capture device."""
+    output_column: int | None = Field(default=None, ge=0, le=31)
+    """Column they play on; by default the channel's capture column."""
 
     @field_validator("selcall")
     @classmethod
@@ -665,17 +674,19 @@ def _check_references(config: Config, source: Path) -> None:
                 f'but recorder.format = "opus" takes {", ".join(map(str, opus_rates))} Hz: '
                 'use one of those, or format = "flac", or record = false on the channel'
             )
-        tty = channel_section.tty
-        if tty is not None and tty.output_device is not None:
-            out = config.audio.devices.get(tty.output_device)
-            where = f"{source}: channels.{channel_id}.tty"
+        players = (("tty", channel_section.tty), ("signalling", channel_section.signalling))
+        for key, plays in players:
+            if plays is None or plays.output_device is None:
+                continue
+            out = config.audio.devices.get(plays.output_device)
+            where = f"{source}: channels.{channel_id}.{key}"
             if out is None:
                 raise ConfigError(
-                    f"{where}.output_device: no device {tty.output_device!r} in [audio.devices]"
+                    f"{where}.output_device: no device {plays.output_device!r} in [audio.devices]"
                 )
-            if tty.output_column is not None and tty.output_column >= out.channels:
+            if plays.output_column is not None and plays.output_column >= out.channels:
                 raise ConfigError(
-                    f"{where}.output_column: {tty.output_device} has {out.channels} channels"
+                    f"{where}.output_column: {plays.output_device} has {out.channels} channels"
                 )
     for channel_id, channel_section in config.channels.items():
         for key, section, what in (

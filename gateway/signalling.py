@@ -4,6 +4,11 @@ On a channel with `[channels.<id>.signalling]`, its captured audio feeds the dec
 configured there; events (stamped with when the signal ended, as heard):
 - dtmf.digit per DTMF digit, dtmf.digits when a string of them ends (a 1.5 s gap);
 - selcall.detected per 5-tone call, with its standard, digits and the tones as sent.
+Requests `selcall` and `dtmf` send them: the radio is keyed through the channel's normal
+PTT path (busy lockout, time-out and lease apply; a channel already transmitting is
+refused), the tones play after tx_delay_ms, the radio unkeys, and the answer comes once
+they have played (events selcall.sent, dtmf.sent). The decoders are deaf meanwhile: the
+channel hears its own transmission.
 
 Formats so far: DTMF (gateway.dsp.dtmf) and 5-tone selcall in CCIR, ZVEI1 and EEA
 (gateway.dsp.selcall); a file is read by every decoder at once. Files are read with
@@ -13,8 +18,10 @@ read channel by channel, each the audio of its own radio or line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,8 @@ import soundfile
 from pydantic import Field
 
 from gateway.audio import Audio, ChannelAudio, to_pcm16, write_wav16
+from gateway.channel import ChannelMonitor, PttRequest, Radios
+from gateway.commands import CommandRouter, Request, RequestContext
 from gateway.config import ChannelSignallingSection
 from gateway.dsp import selcall
 from gateway.dsp.dtmf import (
@@ -40,10 +49,13 @@ from gateway.dsp.selcall import (
     SelcallTone,
     StandardName,
     selcall_signal,
+    selcall_tones,
 )
-from gateway.events import EventData, register_event_type
+from gateway.errors import CommandError
+from gateway.events import EventData, Payload, register_event_type
 from gateway.publisher import Publisher
 from gateway.subsystem import Subsystem, SubsystemContext
+from gateway.tty import Player, SharedOutput, Tty, reply_output
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +84,60 @@ class SelcallData(EventData):
     duration_s: float = Field(description="From the first tone's start to the last's end, s")
 
 
+class SelcallSentData(EventData):
+    standard: StandardName = Field(description="The 5-tone standard sent")
+    digits: str = Field(description="The call's digits")
+    tones: str = Field(description="The tones sent (E: the repeat tone)")
+    seconds: float = Field(description="How long the tones played")
+
+
+class DtmfSentData(EventData):
+    digits: str = Field(description="The digits sent")
+    seconds: float = Field(description="How long the tones played")
+
+
+class SelcallRequest(Request):
+    digits: str = Field(
+        min_length=1,
+        max_length=16,
+        pattern=r"^[0-9A-DFa-df]+$",
+        description="The digits to call (0-9, A-D, F; a repeated digit is sent as E)",
+    )
+    standard: StandardName | None = Field(
+        default=None,
+        description="ccir, zvei1 or eea; default the first the channel reads, else ccir",
+    )
+    first_tone_ms: float | None = Field(
+        default=None,
+        ge=20,
+        le=2000,
+        description="Hold the first tone this long (to wake scanning radios); default the "
+        "standard's tone length",
+    )
+
+
+class DtmfRequest(Request):
+    digits: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[0-9A-Da-d*#]+$",
+        description="The digits to send: 0-9, *, #, A-D",
+    )
+    on_ms: float = Field(default=100.0, ge=40, le=1000, description="Each tone's length")
+    off_ms: float = Field(default=100.0, ge=40, le=1000, description="Each pause's length")
+
+
+class SignalSentResponse(Payload):
+    """`data` of the answer to `selcall` and `dtmf`, once the tones have played."""
+
+    digits: str = Field(description="The digits sent")
+    tones: str | None = Field(description="Selcall: the tones sent (E the repeat); else null")
+    standard: StandardName | None = Field(description="Selcall: the standard; DTMF: null")
+    seconds: float = Field(description="How long the tones played")
+
+
+register_event_type("selcall.sent", SelcallSentData)
+register_event_type("dtmf.sent", DtmfSentData)
 register_event_type("dtmf.digit", DtmfDigitData)
 register_event_type("dtmf.digits", DtmfDigitsData)
 register_event_type("selcall.detected", SelcallData)
@@ -105,11 +171,17 @@ class ChannelSignalling:
             else None
         )
         self._fed = 0  # samples fed: the decoders' stream time is _fed / rate
-        self.wanted = [*(["DTMF"] if config.dtmf else []), *(s.upper() for s in config.selcall)]
+        self._cfg = config
+        self._sending = False
+        self._deaf_until = 0.0
         audio.block_listeners.append(self.feed)
 
     def feed(self, samples: npt.NDArray[np.float32], end_wall: float, *, active: bool) -> None:
         del active  # tones are read whatever the level meter says
+        if self._sending or time.monotonic() < self._deaf_until:
+            # Our own transmission comes back on the receive audio: heard as silence (zeros,
+            # so that the decoders' stream time stays right).
+            samples = np.zeros_like(samples)
         self._fed += len(samples)
         events: list[Event] = []
         if self._dtmf is not None:
@@ -146,28 +218,94 @@ class ChannelSignalling:
             )
             self._pub.emit("channel", cid, "selcall.detected", data, keep=True, ts=ts)
 
+    def default_standard(self) -> StandardName:
+        return self._cfg.selcall[0] if self._cfg.selcall else "ccir"
+
+    async def send(
+        self,
+        audio: npt.NDArray[np.float32],
+        *,
+        radio: ChannelMonitor,
+        player: Player,
+        ctx: RequestContext,
+    ) -> float:
+        """Key `radio`, play `audio` after tx_delay_ms, unkey; the seconds played."""
+        seconds = len(audio) / self._rate
+        delay = self._cfg.tx_delay_ms / 1000.0
+        if radio.ptt:
+            raise CommandError(
+                f"channel {self.channel_id} is transmitting: try again when it stops"
+            )
+        await radio.request_ptt(PttRequest(state="on", duration_s=delay + seconds + 1.0), ctx)
+        try:
+            self._sending = True
+            await asyncio.sleep(delay)
+            await player.play(audio)
+        finally:
+            self._sending = False
+            self._deaf_until = time.monotonic() + _ECHO_GUARD_S
+            await radio.request_ptt(PttRequest(state="off"), ctx)
+        return round(seconds, 3)
+
+    def tones_level(self) -> float:
+        return self._cfg.tx_level_dbfs
+
+    def emit_sent(self, kind: str, data: EventData) -> None:
+        log.info("channel %s: %s %s", self.channel_id, kind, data.model_dump_json())
+        self._pub.emit("channel", self.channel_id, kind, data)
+
+
+_ECHO_GUARD_S = 0.3
+"""After sending, our own tones still arrive this long (the audio path's latency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Channel:
+    """A channel's decoders, and what it sends with."""
+
+    signalling: ChannelSignalling
+    radio: ChannelMonitor
+    player: Player
+    rate: int
+
 
 class Signalling(Subsystem):
-    """Signalling decoders on the channels that have audio and `[channels.<id>.signalling]`."""
+    """Signalling decoders on the channels that have audio and `[channels.<id>.signalling]`,
+    and the `selcall` and `dtmf` requests that send on them."""
 
     name = "signalling"
 
-    def __init__(self, channels: dict[str, ChannelSignalling]) -> None:
+    def __init__(self, channels: dict[str, _Channel]) -> None:
         self.channels = channels
 
     @classmethod
     def build(cls, ctx: SubsystemContext) -> Signalling:
         audio = ctx.get(Audio).channels
+        radios = ctx.get(Radios).channels
+        outputs = ctx.get(Tty).outputs  # one playback per device, shared with TTY replies
+        devices = ctx.config.audio.devices
         channels = {}
         for channel_id, section in ctx.config.channels.items():
             if section.signalling is None or section.audio is None:
                 continue
-            channels[channel_id] = ChannelSignalling(
-                channel_id=channel_id,
-                config=section.signalling,
-                audio=audio[channel_id],
-                samplerate=ctx.config.audio.devices[section.audio.device].samplerate,
-                publisher=ctx.publisher,
+            rate = devices[section.audio.device].samplerate
+            out_id, out_column = reply_output(
+                section.signalling, section.audio.device, section.audio.column
+            )
+            shared = outputs.setdefault(
+                out_id, SharedOutput(device_id=out_id, config=devices[out_id])
+            )
+            channels[channel_id] = _Channel(
+                ChannelSignalling(
+                    channel_id=channel_id,
+                    config=section.signalling,
+                    audio=audio[channel_id],
+                    samplerate=rate,
+                    publisher=ctx.publisher,
+                ),
+                radios[channel_id],
+                Player(column=out_column, shared=shared),
+                rate,
             )
         return cls(channels)
 
@@ -175,6 +313,65 @@ class Signalling(Subsystem):
         if not self.channels:
             return []
         return [f"signalling on {len(self.channels)} channel(s)"]
+
+    def _channel(self, target: str) -> _Channel:
+        channel = self.channels.get(target)
+        if channel is None:
+            raise CommandError(f"channel {target} has no signalling configured")
+        return channel
+
+    def register(self, router: CommandRouter) -> None:
+        async def selcall(params: SelcallRequest, ctx: RequestContext) -> SignalSentResponse:
+            ch = self._channel(ctx.target)
+            standard = params.standard or ch.signalling.default_standard()
+            digits = params.digits.upper()
+            first = params.first_tone_ms
+            audio = selcall_signal(
+                digits,
+                ch.rate,
+                standard=standard,
+                level_dbfs=ch.signalling.tones_level(),
+                first_tone_s=None if first is None else first / 1000.0,
+            )
+            seconds = await ch.signalling.send(audio, radio=ch.radio, player=ch.player, ctx=ctx)
+            tones = selcall_tones(digits)
+            sent = SelcallSentData(standard=standard, digits=digits, tones=tones, seconds=seconds)
+            ch.signalling.emit_sent("selcall.sent", sent)
+            return SignalSentResponse(
+                digits=digits, tones=tones, standard=standard, seconds=seconds
+            )
+
+        async def dtmf(params: DtmfRequest, ctx: RequestContext) -> SignalSentResponse:
+            ch = self._channel(ctx.target)
+            digits = params.digits.upper()
+            audio = dtmf_signal(
+                digits,
+                ch.rate,
+                on_s=params.on_ms / 1000.0,
+                off_s=params.off_ms / 1000.0,
+                level_dbfs=ch.signalling.tones_level(),
+            )
+            seconds = await ch.signalling.send(audio, radio=ch.radio, player=ch.player, ctx=ctx)
+            ch.signalling.emit_sent("dtmf.sent", DtmfSentData(digits=digits, seconds=seconds))
+            return SignalSentResponse(digits=digits, tones=None, standard=None, seconds=seconds)
+
+        router.register(
+            "channels",
+            "selcall",
+            SelcallRequest,
+            selcall,
+            response=SignalSentResponse,
+            description="Key the radio (busy lockout, time-out and lease apply), send a 5-tone "
+            "call, unkey; answers once it has played.",
+        )
+        router.register(
+            "channels",
+            "dtmf",
+            DtmfRequest,
+            dtmf,
+            response=SignalSentResponse,
+            description="Key the radio, send DTMF digits, unkey; answers once they have played.",
+        )
 
 
 class _Decoders:

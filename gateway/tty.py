@@ -27,7 +27,7 @@ from drivers.audio import AudioPlayback
 from drivers.errors import DeviceError
 from gateway.audio import Audio, ChannelAudio, playback_for, to_pcm16, write_wav16
 from gateway.commands import CommandRouter, Request, RequestContext
-from gateway.config import AudioDeviceSection, ChannelTtySection
+from gateway.config import AudioDeviceSection, ChannelSignallingSection, ChannelTtySection
 from gateway.dsp import (
     ShiftConvention,
     TtyChar,
@@ -316,9 +316,11 @@ def reply_amplitude(level_dbfs: float) -> float:
     return float(min(1.0, 10 ** (level_dbfs / 20) * np.sqrt(2)))
 
 
-def reply_output(section: ChannelTtySection | None, device_id: str, column: int) -> tuple[str, int]:
-    """Where a channel's TTY replies play: the configured output, else the capture's own
-    device and column."""
+def reply_output(
+    section: ChannelTtySection | ChannelSignallingSection | None, device_id: str, column: int
+) -> tuple[str, int]:
+    """Where a channel's TTY replies (or signalling) play: the configured output, else the
+    capture's own device and column."""
     if section is None:
         return device_id, column
     out_column = section.output_column if section.output_column is not None else column

@@ -10,12 +10,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.config import load_config
+from gateway.dsp.dtmf import DtmfDecoder, DtmfDigit
+from gateway.dsp.selcall import SelcallCall, SelcallDecoder
 from gateway.errors import ConfigError
 from hw_sim.audio import SpeechBursts
-from tests.mqtt_tools import Broker
+from tests.mqtt_tools import Broker, free_port, wait_for
 from tests.sim_tools import ConsoleUnderTest, audio_card_config
 
 
@@ -24,13 +27,21 @@ def signalling_config(tmp_path: Path, broker: Broker) -> tuple[str, str]:
         tmp_path,
         broker,
         "s",
-        """
+        f"""
 [channels.fire]
+busy_lockout = true
+cos_debounce_ms = 0
+[channels.fire.radio]
+kind = "serial"
+url = "rfc2217://127.0.0.1:{free_port()}"
+ptt = ["rts"]
+cos = "cts"
 [channels.fire.audio]
 device = "card"
 column = 0
 [channels.fire.signalling]
 selcall = ["ccir", "zvei1"]
+tx_delay_ms = 200
 
 [channels.plain]
 [channels.plain.audio]
@@ -91,6 +102,87 @@ def test_dtmf_and_selcall_reach_cad(signalling_console: ConsoleUnderTest) -> Non
     assert [e["data"]["digits"] for e in events_of(cut, "selcall.detected")] == ["11223", "90417"]
     assert [e for e in cut.sub.events() if e["source_id"] == "plain" and "dtmf" in e["type"]] == []
     assert [e for e in cut.sub.events("selcall.detected") if e["source_id"] == "plain"] == []
+
+
+def _played(cut: ConsoleUnderTest, seconds: float) -> np.ndarray:
+    channel = cut.console.audio_channels["fire"]
+    wait_for(lambda: len(channel.played()) >= seconds * 8000, timeout=15, what="the tones played")
+    time.sleep(0.3)
+    return channel.played(clear=True)
+
+
+def test_cad_pages_a_station_and_sends_dtmf(signalling_console: ConsoleUnderTest) -> None:
+    """request/selcall and request/dtmf key the radio, play the tones on the channel's
+    output after tx_delay_ms, unkey, and answer once played; an independent decoder reads
+    what went out; the channel does not hear its own call as received."""
+    cut = signalling_console
+    prefix = f"{cut.prefix}/channels/fire/request"
+    cut.console.audio_channels["fire"].played(clear=True)
+    reply = cut.sub.request(
+        f"{prefix}/selcall", {"digits": "22301", "transaction": "page-7"}, timeout=20
+    )
+    assert reply["status"] == "ok", reply
+    assert reply["data"] == {
+        "digits": "22301",
+        "tones": "2E301",
+        "standard": "ccir",  # the first the channel reads
+        "seconds": pytest.approx(0.5, abs=0.01),
+    }
+    assert not cut.serial("fire").keyed, "unkeyed once played"
+    on = cut.sub.wait_event("ptt.on", source_id="fire")
+    off = cut.sub.wait_event("ptt.off", source_id="fire")
+    assert on["data"]["requested_by"] == "page-7" and off["data"]["reason"] == "request"
+    # Keyed for the delay and the tones: about 0.7 s.
+    assert 0.6 < when(off) - when(on) < 1.5, (on["ts"], off["ts"])
+    played = _played(cut, 0.5)
+    heard = SelcallDecoder(8000, "ccir")
+    got = [e for e in heard.feed(played) + heard.flush() if isinstance(e, SelcallCall)]
+    assert [(c.digits, c.tones) for c in got] == [("22301", "2E301")]
+    assert cut.sub.wait_event("selcall.sent", source_id="fire")["data"]["tones"] == "2E301"
+
+    reply = cut.sub.request(f"{prefix}/dtmf", {"digits": "*52#", "on_ms": 80}, timeout=20)
+    assert reply["status"] == "ok", reply
+    assert reply["data"]["standard"] is None and reply["data"]["digits"] == "*52#"
+    played = _played(cut, 0.6)
+    dtmf = DtmfDecoder(8000)
+    assert (
+        "".join(e.digit for e in dtmf.feed(played) + dtmf.flush() if isinstance(e, DtmfDigit))
+        == "*52#"
+    )
+    zvei = cut.sub.request(
+        f"{prefix}/selcall", {"digits": "12345", "standard": "zvei1"}, timeout=20
+    )
+    assert zvei["status"] == "ok" and zvei["data"]["tones"] == "12345", zvei
+    time.sleep(2)
+    assert events_of(cut, "selcall.detected") == [], "the channel heard its own call"
+    assert events_of(cut, "dtmf.digits") == []
+
+
+def test_sending_is_refused_when_busy_or_bad(signalling_console: ConsoleUnderTest) -> None:
+    cut = signalling_console
+    prefix = f"{cut.prefix}/channels/fire/request"
+    cut.console.carrier("fire", True)
+    cut.wait_state("fire", cos=True)
+    busy = cut.sub.request(f"{prefix}/selcall", {"digits": "12345"}, timeout=10)
+    assert busy["status"] == "error" and "busy" in busy["error"], busy
+    cut.console.carrier("fire", False)
+    cut.wait_state("fire", cos=False)
+    for params, said in (
+        ({"digits": "12E45"}, "digits"),
+        ({"digits": ""}, "digits"),
+        ({"digits": "12345", "standard": "zvei9"}, "standard"),
+        ({"digits": "12345", "first_tone_ms": 5000}, "first_tone_ms"),
+    ):
+        bad = cut.sub.request(f"{prefix}/selcall", params, timeout=10)
+        assert bad["status"] == "error" and said in bad["error"], (params, bad)
+    bad = cut.sub.request(f"{prefix}/dtmf", {"digits": "12x"}, timeout=10)
+    assert bad["status"] == "error" and "digits" in bad["error"], bad
+    none = cut.sub.request(
+        f"{cut.prefix}/channels/plain/request/selcall", {"digits": "12345"}, timeout=10
+    )
+    assert none["status"] == "error" and "no signalling" in none["error"], none
+    assert not cut.serial("fire").keyed
+    assert cut.sub.events("ptt.on") == []
 
 
 def test_no_signalling_from_speech(signalling_console: ConsoleUnderTest) -> None:
