@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from hw_sim.console import Cm108SimRadio, ControlServer, SimConsole
 from hw_sim.resolve import SimPortError, config_text, write_atomically
+from hw_sim.signals import SignalStop
 
 
 def say(message: str) -> None:
@@ -145,8 +145,20 @@ def _signalling_steps(console: SimConsole) -> list[Step]:
                     partial(_selcall, console, name, std),
                 )
             )
+        for page_name, page in list(section.pages.items())[:1]:
+            steps.append(
+                (
+                    2,
+                    f"{name}: two-tone page for {page_name}",
+                    partial(_page, console, name, page.a_hz, page.b_hz),
+                )
+            )
         break  # one channel shows it
     return steps
+
+
+def _page(console: SimConsole, channel: str, a_hz: float, b_hz: float | None) -> None:
+    console.page(channel, a_hz, b_hz)
 
 
 def _dtmf(console: SimConsole, channel: str) -> None:
@@ -256,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--free-ports needs --write-config FILE: the daemon must know the ports")
     logging.basicConfig(level=logging.WARNING, format="[sim] %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopper = SignalStop(stop)
     try:
         console, control = _serve(args, load_config(args.config))
     except (ConfigError, ValueError) as exc:
@@ -278,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     for thread in threads:
         thread.start()
-    # Polled, not stop.wait(): the SIGTERM handler's stop.set() runs in this thread and takes
-    # the Event's lock, which wait() may hold at that moment: a deadlock (seen under load,
-    # the simulator never stopping).
-    while not stop.is_set():
+    while not stopper.poll():  # polled: see hw_sim.signals
         time.sleep(0.2)
     control.stop()
     console.stop()

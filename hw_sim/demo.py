@@ -41,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import Config, load_config
 from hw_sim.audio import sim_env
 from hw_sim.resolve import config_text, write_atomically
+from hw_sim.signals import SignalStop
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
@@ -350,6 +351,8 @@ class TrafficPrinter:
                 return None  # the string is one line when it ends
             elif what == "dtmf.digits":
                 what = f"dtmf.digits {data['digits']}"
+            elif what == "page.detected":
+                what = f"page.detected {data['name']}"
             elif what == "selcall.detected":
                 sent = f" (tones {data['tones']})" if data["tones"] != data["digits"] else ""
                 what = f"selcall.detected {data['standard'].upper()} {data['digits']}{sent}"
@@ -488,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     prefix = config.prefix
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopper = SignalStop(stop)
     procs: list[subprocess.Popen[bytes]] = []
     printer: TrafficPrinter | None = None
     failed = False
@@ -554,9 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 daemon=True,
             ).start()
             deadline = None if args.duration is None else time.monotonic() + args.duration
-            # Polled, not stop.wait(): the SIGTERM handler's stop.set() runs in this thread
-            # and takes the Event's lock, which wait() may hold then (a deadlock).
-            while not stop.is_set():
+            while not stopper.poll():  # polled: see hw_sim.signals
                 time.sleep(0.2)
                 for line in printer.flood.due():
                     say("mqtt", line)
