@@ -156,7 +156,8 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "decode":
-            found, notes = signalling.decode_file(args.file)
+            pages = [signalling.parse_page(text) for text in args.page or []]
+            found, notes = signalling.decode_file(args.file, pages)
             for note in notes:
                 print(note, file=sys.stderr)
             channels = 1 + max((ch for ch, _ in found), default=0)
@@ -181,6 +182,8 @@ def cmd_signal(args: argparse.Namespace) -> int:
             level_dbfs=args.level,
             standard=args.standard,
             first_ms=args.first_ms,
+            a_s=args.a_s,
+            b_s=args.b_s,
         )
         print(f"wrote {args.output}: {seconds:.2f} s at {args.rate} Hz", file=sys.stderr)
         return EXIT_OK
@@ -262,11 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sdecode.add_argument("file", help="audio file soundfile reads (WAV, FLAC, Ogg), 6 kHz up")
     sdecode.add_argument("--json", action="store_true", help="one JSON object per event")
+    sdecode.add_argument(
+        "--page",
+        action="append",
+        metavar="NAME=A/B",
+        help="a two-tone page to listen for, tones in Hz (NAME=A for a long tone); repeatable",
+    )
     sdecode.set_defaults(func=cmd_signal)
     sencode = signal_sub.add_parser("encode", help="write signalling to a WAV file")
-    sencode.add_argument("format", choices=["dtmf", "selcall"], help="what to send")
+    sencode.add_argument("format", choices=["dtmf", "selcall", "page"], help="what to send")
     sencode.add_argument(
-        "what", help="the digits (DTMF: 0-9, *, #, A-D; selcall: 0-9, A-D, F, repeats as sent)"
+        "what",
+        help="the digits (DTMF: 0-9, *, #, A-D; selcall: 0-9, A-D, F, repeats as sent); "
+        "page: A/B in Hz, or A for a long tone",
     )
     sencode.add_argument("-o", "--output", required=True, help="WAV file to write")
     sencode.add_argument("--rate", type=int, default=8000, help="sample rate (default 8000)")
@@ -282,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="selcall: CCIR (100 ms tones), ZVEI1 (70 ms) or EEA (40 ms); default ccir",
     )
     sencode.add_argument("--first-ms", type=float, default=None, help="selcall: first tone held")
+    sencode.add_argument("--a-s", type=float, default=None, help="page: tone A, s (1; long 8)")
+    sencode.add_argument("--b-s", type=float, default=None, help="page: tone B, s (3)")
     sencode.set_defaults(func=cmd_signal)
 
     from gateway.tools import register_tools

@@ -315,6 +315,28 @@ class ChannelTtySection(_Model):
         return value
 
 
+class PageSection(_Model):
+    """A two-tone page (Quick Call II and alike) by its tones; without b_hz a long tone."""
+
+    a_hz: float = Field(ge=200, le=3000)
+    b_hz: float | None = Field(default=None, ge=200, le=3000)
+    a_s: float | None = Field(default=None, ge=0.1, le=30)
+    """Tone A's length: 1 s for a two-tone page, 8 s for a long tone, unless given."""
+    b_s: float = Field(default=3.0, ge=0.1, le=30)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PageSection:
+        if self.b_hz is not None and abs(self.b_hz / self.a_hz - 1.0) < 0.01:
+            raise ValueError("a_hz and b_hz must differ by 1 % at least")
+        return self
+
+    @property
+    def a_seconds(self) -> float:
+        if self.a_s is not None:
+            return self.a_s
+        return 1.0 if self.b_hz is not None else 8.0
+
+
 class ChannelSignallingSection(_Model):
     """Signalling decoded on a channel's audio (DTMF, 5-tone selcall; more to come)."""
 
@@ -324,6 +346,11 @@ class ChannelSignallingSection(_Model):
     """5-tone standards to read (none by default): `selcall.detected` per call."""
     selcall_min_digits: int = Field(default=5, ge=1, le=32)
     """Fewest tones that make a call (5 for the usual 5-tone addresses)."""
+    pages: dict[str, PageSection] = Field(default_factory=dict)
+    """Two-tone pages to listen for, by name (`page.detected` names it), and to send
+    (`page` request): e.g. `"Station 1" = { a_hz = 321.7, b_hz = 339.6 }`."""
+    page_tolerance_pct: float = Field(default=1.5, ge=0.2, le=5)
+    """How far a heard tone may be from the configured one, percent."""
     tx_delay_ms: float = Field(default=300.0, ge=0, le=3000)
     """Sending (`selcall`, `dtmf` requests): from keying the radio to the first tone, for
     the transmitter (and a repeater) to come up."""

@@ -3,8 +3,9 @@
 On a channel with `[channels.<id>.signalling]`, its captured audio feeds the decoders
 configured there; events (stamped with when the signal ended, as heard):
 - dtmf.digit per DTMF digit, dtmf.digits when a string of them ends (a 1.5 s gap);
-- selcall.detected per 5-tone call, with its standard, digits and the tones as sent.
-Requests `selcall` and `dtmf` send them: the radio is keyed through the channel's normal
+- selcall.detected per 5-tone call, with its standard, digits and the tones as sent;
+- page.detected per two-tone page configured (by name), with the tones as measured.
+Requests `selcall`, `dtmf` and `page` send them: the radio is keyed through the channel's normal
 PTT path (busy lockout, time-out and lease apply; a channel already transmitting is
 refused), the tones play after tx_delay_ms, the radio unkeys, and the answer comes once
 they have played (events selcall.sent, dtmf.sent). The decoders are deaf meanwhile: the
@@ -51,6 +52,7 @@ from gateway.dsp.selcall import (
     selcall_signal,
     selcall_tones,
 )
+from gateway.dsp.twotone import Page, PageDetected, TwoToneDecoder, TwoToneSettings, page_signal
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type
 from gateway.publisher import Publisher
@@ -59,8 +61,8 @@ from gateway.tty import Player, SharedOutput, Tty, reply_output
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("dtmf", "selcall")
-Event = DtmfDigit | DtmfSequence | SelcallCall
+FORMATS = ("dtmf", "selcall", "page")
+Event = DtmfDigit | DtmfSequence | SelcallCall | PageDetected
 """What a file's reading reports (a call's single tones are within its SelcallCall)."""
 _BLOCK_S = 1.0  # read and decoded a second at a time: a long recording is never all in RAM
 
@@ -82,6 +84,40 @@ class SelcallData(EventData):
     digits: str = Field(description="The call's digits, a repeat tone read as the digit before")
     tones: str = Field(description="The tones as sent (E: the repeat tone)")
     duration_s: float = Field(description="From the first tone's start to the last's end, s")
+
+
+class PageData(EventData):
+    name: str = Field(description="The configured page heard")
+    a_hz: float = Field(description="Tone A as measured, Hz")
+    b_hz: float | None = Field(description="Tone B as measured, Hz; null for a long tone")
+    a_s: float = Field(
+        description="How long tone A lasted, s (a long tone: as long as it had lasted when "
+        "told, which is as soon as it was long enough)"
+    )
+    b_s: float | None = Field(description="How long tone B lasted, s; null for a long tone")
+
+
+class PageSentData(EventData):
+    name: str | None = Field(description="The configured page sent, or null (explicit tones)")
+    a_hz: float = Field(description="Tone A, Hz")
+    b_hz: float | None = Field(description="Tone B, Hz; null for a long tone")
+    seconds: float = Field(description="How long the tones played")
+
+
+class PageRequest(Request):
+    name: str | None = Field(
+        default=None, max_length=64, description="A page configured on the channel, by name"
+    )
+    a_hz: float | None = Field(
+        default=None, ge=200, le=3000, description="Explicit tones instead of a name: tone A, Hz"
+    )
+    b_hz: float | None = Field(
+        default=None, ge=200, le=3000, description="Tone B, Hz; absent for a long tone"
+    )
+    a_s: float | None = Field(
+        default=None, ge=0.1, le=30, description="Tone A's length (1 s; a long tone 8 s)"
+    )
+    b_s: float = Field(default=3.0, ge=0.1, le=30, description="Tone B's length, s")
 
 
 class SelcallSentData(EventData):
@@ -130,12 +166,14 @@ class DtmfRequest(Request):
 class SignalSentResponse(Payload):
     """`data` of the answer to `selcall` and `dtmf`, once the tones have played."""
 
-    digits: str = Field(description="The digits sent")
+    digits: str = Field(description="The digits sent; a page: its name, or the tones in Hz")
     tones: str | None = Field(description="Selcall: the tones sent (E the repeat); else null")
-    standard: StandardName | None = Field(description="Selcall: the standard; DTMF: null")
+    standard: StandardName | None = Field(description="Selcall: the standard; else null")
     seconds: float = Field(description="How long the tones played")
 
 
+register_event_type("page.detected", PageData)
+register_event_type("page.sent", PageSentData)
 register_event_type("selcall.sent", SelcallSentData)
 register_event_type("dtmf.sent", DtmfSentData)
 register_event_type("dtmf.digit", DtmfDigitData)
@@ -170,6 +208,18 @@ class ChannelSignalling:
             if config.selcall
             else None
         )
+        self._pages = (
+            TwoToneDecoder(
+                samplerate,
+                [
+                    Page(name, p.a_hz, p.b_hz, a_s=p.a_seconds, b_s=p.b_s)
+                    for name, p in config.pages.items()
+                ],
+                TwoToneSettings(tolerance=config.page_tolerance_pct / 100.0),
+            )
+            if config.pages
+            else None
+        )
         self._fed = 0  # samples fed: the decoders' stream time is _fed / rate
         self._cfg = config
         self._sending = False
@@ -188,6 +238,8 @@ class ChannelSignalling:
             events.extend(self._dtmf.feed(samples))
         if self._selcall is not None:
             events.extend(e for e in self._selcall.feed(samples) if not isinstance(e, SelcallTone))
+        if self._pages is not None:
+            events.extend(self._pages.feed(samples))
         if events:
             now = self._fed / self._rate
             for event in events:
@@ -208,6 +260,12 @@ class ChannelSignalling:
             log.info("channel %s: DTMF %s", cid, event.digits)
             data = DtmfDigitsData(digits=event.digits, duration_s=duration)
             self._pub.emit("channel", cid, "dtmf.digits", data, keep=True, ts=ts)
+        elif isinstance(event, PageDetected):
+            log.info("channel %s: page %s", cid, event.name)
+            data = PageData(
+                name=event.name, a_hz=event.a_hz, b_hz=event.b_hz, a_s=event.a_s, b_s=event.b_s
+            )
+            self._pub.emit("channel", cid, "page.detected", data, keep=True, ts=ts)
         else:
             log.info("channel %s: selcall %s %s", cid, event.standard.upper(), event.digits)
             data = SelcallData(
@@ -217,6 +275,23 @@ class ChannelSignalling:
                 duration_s=duration,
             )
             self._pub.emit("channel", cid, "selcall.detected", data, keep=True, ts=ts)
+
+    def page(self, params: PageRequest) -> tuple[str | None, float, float | None, float, float]:
+        """(name, a_hz, b_hz, a_s, b_s) of a page request: by name, or explicit tones."""
+        if params.name is not None:
+            if params.a_hz is not None or params.b_hz is not None:
+                raise CommandError("give a page's name or its tones (a_hz, b_hz), not both")
+            page = self._cfg.pages.get(params.name)
+            if page is None:
+                known = ", ".join(sorted(self._cfg.pages)) or "none configured"
+                raise CommandError(f"no page {params.name!r} on {self.channel_id} ({known})")
+            return params.name, page.a_hz, page.b_hz, page.a_seconds, page.b_s
+        if params.a_hz is None:
+            raise CommandError("give a page's name, or its tones: a_hz (and b_hz)")
+        if params.b_hz is not None and abs(params.b_hz / params.a_hz - 1.0) < 0.01:
+            raise CommandError("a_hz and b_hz must differ by 1 % at least")
+        a_s = params.a_s if params.a_s is not None else (1.0 if params.b_hz is not None else 8.0)
+        return None, params.a_hz, params.b_hz, a_s, params.b_s
 
     def default_standard(self) -> StandardName:
         return self._cfg.selcall[0] if self._cfg.selcall else "ccir"
@@ -355,6 +430,26 @@ class Signalling(Subsystem):
             ch.signalling.emit_sent("dtmf.sent", DtmfSentData(digits=digits, seconds=seconds))
             return SignalSentResponse(digits=digits, tones=None, standard=None, seconds=seconds)
 
+        async def page(params: PageRequest, ctx: RequestContext) -> SignalSentResponse:
+            ch = self._channel(ctx.target)
+            name, a_hz, b_hz, a_s, b_s = ch.signalling.page(params)
+            level = ch.signalling.tones_level()
+            audio = page_signal(a_hz, b_hz, ch.rate, a_s=a_s, b_s=b_s, level_dbfs=level)
+            seconds = await ch.signalling.send(audio, radio=ch.radio, player=ch.player, ctx=ctx)
+            sent = PageSentData(name=name, a_hz=a_hz, b_hz=b_hz, seconds=seconds)
+            ch.signalling.emit_sent("page.sent", sent)
+            shown = name or (f"{a_hz:g}/{b_hz:g}" if b_hz is not None else f"{a_hz:g}")
+            return SignalSentResponse(digits=shown, tones=None, standard=None, seconds=seconds)
+
+        router.register(
+            "channels",
+            "page",
+            PageRequest,
+            page,
+            response=SignalSentResponse,
+            description="Key the radio (busy lockout, time-out and lease apply), send a two-tone "
+            "page (configured, by name, or explicit tones), unkey; answers once it has played.",
+        )
         router.register(
             "channels",
             "selcall",
@@ -377,22 +472,44 @@ class Signalling(Subsystem):
 class _Decoders:
     """Every decoder on one channel's audio."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, pages: list[Page]) -> None:
         self.dtmf = DtmfDecoder(rate)
         self.selcall = SelcallDecoder(rate, list(selcall.STANDARDS))
+        self.pages = TwoToneDecoder(rate, pages) if pages else None
 
     def feed(self, x: npt.NDArray[np.float32]) -> list[Event]:
         found: list[Event] = list(self.dtmf.feed(x))
         found.extend(e for e in self.selcall.feed(x) if not isinstance(e, SelcallTone))
+        if self.pages is not None:
+            found.extend(self.pages.feed(x))
         return found
 
     def flush(self) -> list[Event]:
         found: list[Event] = list(self.dtmf.flush())
         found.extend(e for e in self.selcall.flush() if not isinstance(e, SelcallTone))
+        if self.pages is not None:
+            found.extend(self.pages.flush())
         return found
 
 
-def decode_file(path: str | Path) -> tuple[list[tuple[int, Event]], list[str]]:
+def parse_page(text: str) -> Page:
+    """`NAME=A/B` (Hz) or `NAME=A` (a long tone), as `--page` takes it."""
+    name, sep, tones = text.partition("=")
+    try:
+        hz = [float(t) for t in tones.split("/")] if sep and tones else []
+        if not name.strip() or len(hz) not in (1, 2):
+            raise ValueError
+        if len(hz) == 2:
+            return Page(name.strip(), hz[0], hz[1])
+        return Page.long_tone(name.strip(), hz[0])
+    except ValueError as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise ValueError(f"--page {text!r}: give NAME=A/B or NAME=A in Hz{detail}") from None
+
+
+def decode_file(
+    path: str | Path, pages: list[Page] | None = None
+) -> tuple[list[tuple[int, Event]], list[str]]:
     """Every event in the file, as (channel, event) in time order, and notes on the file;
     ValueError naming the file when it cannot be read."""
     try:
@@ -402,7 +519,7 @@ def decode_file(path: str | Path) -> tuple[list[tuple[int, Event]], list[str]]:
     rate, channels = int(info.samplerate), int(info.channels)
     if rate < MIN_RATE:
         raise ValueError(f"{path}: {rate} Hz is too low for signalling ({MIN_RATE} Hz at least)")
-    decoders = [_Decoders(rate) for _ in range(channels)]
+    decoders = [_Decoders(rate, pages or []) for _ in range(channels)]
     found: list[tuple[float, int, Event]] = []
     try:
         with soundfile.SoundFile(str(path)) as audio:
@@ -428,6 +545,8 @@ def _when(event: Event) -> float:
 def event_json(channel: int, event: Event) -> dict[str, Any]:
     if isinstance(event, SelcallCall):
         return {"type": "selcall.detected", "channel": channel, **asdict(event)}
+    if isinstance(event, PageDetected):
+        return {"type": "page.detected", "channel": channel, **asdict(event)}
     kind = "dtmf.digit" if isinstance(event, DtmfDigit) else "dtmf.digits"
     return {"type": kind, "channel": channel, **asdict(event)}
 
@@ -440,6 +559,15 @@ def describe(channel: int, event: Event, channels: int) -> str:
         return f"{span}  {where}selcall {event.standard.upper()} {event.digits}{sent}"
     if isinstance(event, DtmfSequence):
         return f"{span}  {where}DTMF digits {event.digits}"
+    if isinstance(event, PageDetected):
+        if event.b_hz is None:
+            return (
+                f"{span}  {where}page {event.name}: long tone {event.a_hz:g} Hz ({event.a_s:g} s)"
+            )
+        return (
+            f"{span}  {where}page {event.name}: {event.a_hz:g} Hz {event.a_s:g} s, "
+            f"{event.b_hz:g} Hz {event.b_s:g} s"
+        )
     return (
         f"{span}  {where}DTMF {event.digit}  ({event.low_hz:.0f} + {event.high_hz:.0f} Hz, "
         f"{event.level_dbfs:+.1f} dBFS, twist {event.twist_db:+.1f} dB)"
@@ -457,17 +585,39 @@ def encode_file(
     level_dbfs: float = -10.0,
     standard: str = "ccir",
     first_ms: float | None = None,
+    a_s: float | None = None,
+    b_s: float | None = None,
 ) -> float:
     """Write `what` (the digits) as a 16-bit mono WAV file; its length in seconds.
 
     DTMF: `on_ms` tones and `off_ms` pauses. Selcall: `standard`'s tone length unless
-    `on_ms` is given, `first_ms` for a stretched first tone."""
+    `on_ms` is given, `first_ms` for a stretched first tone. Page: `what` is A/B or A (a
+    long tone) in Hz, `a_s` and `b_s` the lengths (1 and 3 s; a long tone 8 s)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown signalling format {fmt!r} (known: {', '.join(FORMATS)})")
     if (on_ms is not None and not 20.0 <= on_ms <= 2000.0) or not 0.0 <= off_ms <= 10000.0:
         raise ValueError("--on-ms must be 20-2000 and --off-ms 0-10000")
     if not -60.0 <= level_dbfs <= -6.5:
         raise ValueError("--level must be -60 to -6.5 dBFS (each tone; a DTMF pair peaks 6 dB up)")
+    if fmt == "page":
+        try:
+            hz = [float(t) for t in what.split("/")]
+        except ValueError:
+            hz = []
+        if len(hz) not in (1, 2):
+            raise ValueError(f"page tones {what!r}: give A/B or A (a long tone), in Hz")
+        b_hz = hz[1] if len(hz) == 2 else None
+        a_len = a_s if a_s is not None else (1.0 if b_hz is not None else 8.0)
+        audio = page_signal(
+            hz[0],
+            b_hz,
+            samplerate,
+            a_s=a_len,
+            b_s=3.0 if b_s is None else b_s,
+            level_dbfs=level_dbfs,
+        )
+        write_wav16(path, to_pcm16(audio), samplerate)
+        return len(audio) / samplerate
     if fmt == "selcall":
         if first_ms is not None and not 20.0 <= first_ms <= 5000.0:
             raise ValueError("--first-ms must be 20-5000")

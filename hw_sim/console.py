@@ -321,6 +321,21 @@ class SimConsole:
         self.audio_channels[channel_id].queue(audio)
         return len(audio) / rate
 
+    def page(self, channel_id: str, a_hz: float, b_hz: float | None) -> float:
+        """A two-tone page on the channel (1 s A then 3 s B; b_hz None: an 8 s long tone)."""
+        from gateway.dsp.twotone import page_signal
+
+        assert self.audio is not None
+        rate = self.audio.samplerate
+        audio = page_signal(a_hz, b_hz, rate, a_s=1.0 if b_hz is not None else 8.0, level_dbfs=-13)
+        self.audio_channels[channel_id].queue(audio)
+        return len(audio) / rate
+
+    def _page_from_control(self, channel_id: str, value: Any) -> None:
+        """`A/B` in Hz, or `A` for a long tone."""
+        tones = [float(t) for t in str(value).split("/")]
+        self.page(channel_id, tones[0], tones[1] if len(tones) > 1 else None)
+
     def _dtmf_from_control(self, channel_id: str, value: Any) -> None:
         self.dtmf(channel_id, str(value))
 
@@ -427,6 +442,7 @@ class SimConsole:
                 "tty": lambda: self._tty_from_control(device, value),
                 "dtmf": lambda: self._dtmf_from_control(device, value),
                 "selcall": lambda: self._selcall_from_control(device, value),
+                "page": lambda: self._page_from_control(device, value),
             }
         radio = self.radios.get(device)
         if radio is not None:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "value",
         nargs="?",
         help="on/off, a number (Hz, dB, seconds), text for tty, digits for dtmf, "
-        "[standard:]digits for selcall (ccir, zvei1, eea)",
+        "[standard:]digits for selcall (ccir, zvei1, eea), A/B Hz (or A) for page",
     )
     parser.add_argument("--channel", type=int, help="an IO module's input or output number")
     parser.add_argument("--port", type=int, default=7399)

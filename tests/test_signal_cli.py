@@ -105,3 +105,30 @@ def test_selcall_encode_then_decode_in_each_standard(tmp_path: Path) -> None:
         result = consolegw("signal", "encode", *args, "-o", str(tmp_path / "x.wav"))
         assert result.returncode == 2, (args, result.stderr)
         assert said in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_page_encode_then_decode_with_the_pages_named(tmp_path: Path) -> None:
+    wav = tmp_path / "page.wav"
+    made = consolegw("signal", "encode", "page", "600.9/788.5", "-o", str(wav))
+    assert made.returncode == 0, made.stderr
+    decoded = consolegw(
+        "signal", "decode", str(wav), "--page", "Engine 5=600.9/788.5", "--page", "All=445.7"
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    (line,) = decoded.stdout.splitlines()
+    assert "page Engine 5: 600.9 Hz" in line and "788.5 Hz" in line, line
+    assert consolegw("signal", "decode", str(wav)).stdout == "", "no page named: none heard"
+    long = tmp_path / "all.wav"
+    assert consolegw("signal", "encode", "page", "445.7", "-o", str(long)).returncode == 0
+    as_json = consolegw("signal", "decode", "--json", str(long), "--page", "All=445.7")
+    (event,) = [json.loads(x) for x in as_json.stdout.splitlines()]
+    assert event["type"] == "page.detected" and event["b_hz"] is None
+    for args, said in (
+        (("decode", str(wav), "--page", "Engine 5"), "NAME=A/B"),
+        (("decode", str(wav), "--page", "E=600.9/601"), "differ by 1 %"),
+        (("encode", "page", "60x", "-o", str(tmp_path / "x.wav")), "page tones"),
+        (("encode", "page", "9000", "-o", str(tmp_path / "x.wav")), "200-3000 Hz"),
+    ):
+        result = consolegw("signal", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert said in result.stderr and "Traceback" not in result.stderr, result.stderr

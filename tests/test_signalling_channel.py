@@ -16,6 +16,7 @@ import pytest
 from gateway.config import load_config
 from gateway.dsp.dtmf import DtmfDecoder, DtmfDigit
 from gateway.dsp.selcall import SelcallCall, SelcallDecoder
+from gateway.dsp.twotone import Page, TwoToneDecoder
 from gateway.errors import ConfigError
 from hw_sim.audio import SpeechBursts
 from tests.mqtt_tools import Broker, free_port, wait_for
@@ -42,6 +43,9 @@ column = 0
 [channels.fire.signalling]
 selcall = ["ccir", "zvei1"]
 tx_delay_ms = 200
+[channels.fire.signalling.pages]
+"Station 1" = {{ a_hz = 321.7, b_hz = 339.6 }}
+"All call" = {{ a_hz = 445.7 }}
 
 [channels.plain]
 [channels.plain.audio]
@@ -185,11 +189,51 @@ def test_sending_is_refused_when_busy_or_bad(signalling_console: ConsoleUnderTes
     assert cut.sub.events("ptt.on") == []
 
 
+def test_pages_are_heard_and_sent(signalling_console: ConsoleUnderTest) -> None:
+    """A configured page on the channel is page.detected by name; a page not configured is
+    not; CAD pages a station by name (the radio keyed for the tones) and by explicit tones."""
+    cut = signalling_console
+    cut.console.page("fire", 321.7, 339.6)
+    page = cut.sub.wait_event("page.detected", timeout=15, source_id="fire")
+    assert page["data"]["name"] == "Station 1"
+    assert page["data"]["a_hz"] == pytest.approx(321.7, abs=0.5)
+    assert page["data"]["b_s"] == pytest.approx(3.0, abs=0.15)
+    cut.console.page("fire", 330.5, 349.0)  # a neighbour's page: not configured here
+    time.sleep(5)
+    assert [e["data"]["name"] for e in events_of(cut, "page.detected")] == ["Station 1"]
+
+    prefix = f"{cut.prefix}/channels/fire/request"
+    cut.console.audio_channels["fire"].played(clear=True)
+    reply = cut.sub.request(f"{prefix}/page", {"name": "Station 1"}, timeout=20)
+    assert reply["status"] == "ok", reply
+    assert reply["data"]["seconds"] == pytest.approx(4.0, abs=0.01)
+    played = _played(cut, 4.0)
+    heard = TwoToneDecoder(8000, [Page("Station 1", 321.7, 339.6)])
+    assert [e.name for e in heard.feed(played) + heard.flush()] == ["Station 1"]
+    sent = cut.sub.wait_event("page.sent", source_id="fire")["data"]
+    assert sent == {"name": "Station 1", "a_hz": 321.7, "b_hz": 339.6, "seconds": 4.0}
+    explicit = cut.sub.request(
+        f"{prefix}/page", {"a_hz": 600.9, "b_hz": 788.5, "a_s": 0.5, "b_s": 0.5}, timeout=20
+    )
+    assert explicit["status"] == "ok" and explicit["data"]["digits"] == "600.9/788.5", explicit
+    for params, said in (
+        ({"name": "Station 9"}, "no page 'Station 9'"),
+        ({"name": "Station 1", "a_hz": 400.0}, "not both"),
+        ({}, "give a page's name"),
+        ({"a_hz": 400.0, "b_hz": 401.0}, "differ by 1 %"),
+        ({"a_hz": 50.0}, "a_hz"),
+    ):
+        bad = cut.sub.request(f"{prefix}/page", params, timeout=10)
+        assert bad["status"] == "error" and said in bad["error"], (params, bad)
+    time.sleep(1)
+    assert [e["data"]["name"] for e in events_of(cut, "page.detected")] == ["Station 1"]
+
+
 def test_no_signalling_from_speech(signalling_console: ConsoleUnderTest) -> None:
     cut = signalling_console
     cut.console.audio_channels["fire"].source = SpeechBursts(rms_dbfs=-15, seed=9)
     time.sleep(8)
-    for kind in ("dtmf.digit", "dtmf.digits", "selcall.detected"):
+    for kind in ("dtmf.digit", "dtmf.digits", "selcall.detected", "page.detected"):
         assert events_of(cut, kind) == [], kind
 
 
@@ -214,6 +258,16 @@ def test_the_config_names_what_is_wrong(tmp_path: Path) -> None:
             '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
             '[channels.a.signalling]\nselcall = ["zvei9"]\n',
             "selcall",
+        ),
+        (
+            '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
+            '[channels.a.signalling.pages]\n"Stn 4" = { a_hz = 400.0, b_hz = 401.0 }\n',
+            'pages."Stn 4": a_hz and b_hz must differ by 1 %',
+        ),
+        (
+            '[channels.a]\n[channels.a.audio]\ndevice = "card"\n'
+            '[channels.a.signalling.pages]\n"Stn 4" = { a_hz = 40.0 }\n',
+            'pages."Stn 4".a_hz',
         ),
     ):
         with pytest.raises(ConfigError, match=said):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pytest
@@ -30,3 +32,21 @@ def multimon_binary() -> str:
             pytest.fail("multimon-ng is not installed; make test installs it")
         pytest.skip("multimon-ng is not installed (apt-get install multimon-ng)")
     return found
+
+
+E_co = TypeVar("E_co", covariant=True)
+
+
+class Streaming(Protocol[E_co]):
+    def feed(self, samples: np.ndarray) -> Sequence[E_co]: ...
+    def flush(self) -> Sequence[E_co]: ...
+
+
+def feed_in_pieces(decoder: Streaming[E_co], x: np.ndarray, cuts: list[int]) -> list[E_co]:
+    """Every event of `x` fed in blocks of the lengths in `cuts`, the rest in one, flushed."""
+    events: list[E_co] = []
+    at = 0
+    for cut in cuts:
+        events += decoder.feed(x[at : at + cut])
+        at += cut
+    return [*events, *decoder.feed(x[at:]), *decoder.flush()]

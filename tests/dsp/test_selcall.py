@@ -21,7 +21,13 @@ from gateway.dsp.selcall import (
     selcall_signal,
     selcall_tones,
 )
-from tests.dsp.signal_tools import MULTIMON_RATE, band_noise, multimon_binary, padded
+from tests.dsp.signal_tools import (
+    MULTIMON_RATE,
+    band_noise,
+    feed_in_pieces,
+    multimon_binary,
+    padded,
+)
 
 F32 = np.float32
 MULTIMON_MODE = {"ccir": "CCIR", "zvei1": "ZVEI1", "eea": "EEA"}
@@ -126,13 +132,7 @@ def test_any_split_of_the_input_gives_the_same_events(cuts: list[int], seed: int
     x = call_audio(8000, "ccir", digits)
     x = (x + 0.05 * band_noise(len(x), 8000, rng)).astype(F32)
     whole = decode(x, 8000, "ccir")
-    decoder = SelcallDecoder(8000, "ccir")
-    pieces: list[SelcallTone | SelcallCall] = []
-    at = 0
-    for cut in cuts:
-        pieces += decoder.feed(x[at : at + cut])
-        at += cut
-    pieces += decoder.feed(x[at:]) + decoder.flush()
+    pieces = feed_in_pieces(SelcallDecoder(8000, "ccir"), x, cuts)
     assert pieces == whole
     assert calls(whole) == [digits]
 
