@@ -15,6 +15,7 @@ def test_signalling_bench_runs_and_reports() -> None:
     for standard in ("ccir", "zvei1", "eea"):
         first = figures["selcall"][standard]["clean"]["rows"][0]
         assert first["consolegw"] == 1.0 and first["multimon"] == 1.0, standard
+    assert figures["two_tone"]["clean"]["rows"][0]["consolegw"] == 1.0
     assert figures["throughput_x_realtime_8k"] > 0
     assert figures["throughput_x_realtime_8k_dtmf_and_selcall"] > 0
     assert isinstance(figures["pass"], bool)
