@@ -73,6 +73,15 @@ class WindowedBins:
         turn = np.sum((z[1:] * np.conj(z[:-1]))[near])
         return nominal + float(np.angle(turn)) / (2.0 * np.pi) * self.rate / self.hop
 
+    def measure_in_main_bin(
+        self, hops: npt.NDArray[np.int64], z: C128, columns: npt.NDArray[np.int64], bin_hz: F64
+    ) -> float:
+        """`measure_hz` in the bin that held the tone most often: a tone between two bins
+        may hop between them, and steps across bins are left out (their phases differ)."""
+        main = int(np.bincount(columns).argmax())
+        same = columns == main
+        return self.measure_hz(hops[same], z[same], float(bin_hz[main]))
+
 
 def raised_cosine_edges(x: F64, rate: int, edge_s: float = 0.002) -> F64:
     """`x` with raised-cosine ends (no clicks for a receiver to hear), in place."""

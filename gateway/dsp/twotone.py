@@ -147,16 +147,15 @@ class TwoToneDecoder:
         self._window = WINDOW_HOPS * self._hop
         # Bins across each tone's tolerance, in whole Hz (the bins count their phase
         # exactly); the frequency is measured from the phase, whichever bin holds it.
-        bin_hz: list[float] = []
-        owner: list[int] = []
-        for k, hz in enumerate(tones):
+        wanted: set[float] = set()
+        for hz in tones:
             span = s.tolerance * hz
             count = 1 + 2 * math.ceil(span / BIN_STEP_HZ)
-            for f in np.linspace(hz - span, hz + span, count):
-                bin_hz.append(float(np.rint(f)))
-                owner.append(k)
-        self._bin_hz = np.array(bin_hz)
-        self._owner = np.array(owner)
+            wanted.update(float(np.rint(f)) for f in np.linspace(hz - span, hz + span, count))
+        self._bin_hz = np.array(sorted(wanted))
+        # Where two tones' tolerances overlap (339.6 and 349.0 Hz at 1.5 %), a bin is the
+        # nearer tone's: a sender 1 % high on 339.6 Hz is that tone, not 349 Hz too low.
+        self._owner = np.abs(self._bin_hz[:, None] - self._tones[None, :]).argmin(axis=1)
         self._bins = WindowedBins(sample_rate, self._hop, self._bin_hz, WINDOW_HOPS)
         self._snr = 10.0 ** (s.min_snr_db / 10.0)
         self._min_power = (10.0 ** (s.min_level_dbfs / 20.0) * self._window / 2.0) ** 2
@@ -227,14 +226,9 @@ class TwoToneDecoder:
         tone's."""
         hops = np.concatenate(run.hops)
         keep = np.ones(len(hops), bool) if until is None else hops <= until
-        # The phase advance is read in the bin that held the tone most often (a tone between
-        # two bins may hop between them; steps across bins are left out).
-        bins = np.concatenate(run.bins)[keep]
-        main = int(np.bincount(bins).argmax())
-        same = bins == main
         nominal = float(self._tones[run.tone])
-        z = np.concatenate(run.z)[keep][same]
-        hz = self._bins.measure_hz(hops[keep][same], z, float(self._bin_hz[main]))
+        bins, z = np.concatenate(run.bins)[keep], np.concatenate(run.z)[keep]
+        hz = self._bins.measure_in_main_bin(hops[keep], z, bins, self._bin_hz)
         if abs(hz / nominal - 1.0) > self.settings.tolerance:
             return None
         amp = 2.0 * math.sqrt(float(np.median(np.concatenate(run.p)[keep]))) / self._window
