@@ -163,6 +163,10 @@ class TwoToneDecoder:
         self._run: _Run | None = None
         self._last: tuple[HeardTone, int] | None = None  # the last tone that ended, its index
         self._hop_s = self._hop / sample_rate
+        lengths = [p.a_s for p in pages] + [p.b_s for p in pages if p.b_hz is not None]
+        # A tone is heard from about WINDOW_HOPS / 2 hops before its first candidate hop
+        # to as many after its last: a run is that much shorter than the tone.
+        self._shortest_s = s.min_length * min(lengths) - (WINDOW_HOPS + 1) * self._hop_s
 
     def feed(self, samples: npt.ArrayLike) -> list[PageDetected]:
         z, energy = self._bins.feed(samples)
@@ -277,7 +281,10 @@ class TwoToneDecoder:
         run, self._run = self._run, None
         if run is None:
             return []
-        heard = self._measured(run)
+        # Shorter than any configured tone may be (speech makes many such runs): neither
+        # an A nor a B, so no measurement is needed to know it ends what came before.
+        too_short = (run.last - run.first + 1) * self._hop_s < self._shortest_s
+        heard = None if too_short else self._measured(run)
         if heard is None:
             self._last = None
             return []
