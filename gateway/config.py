@@ -332,9 +332,9 @@ class PageSection(_Model):
 
     @property
     def a_seconds(self) -> float:
-        if self.a_s is not None:
-            return self.a_s
-        return 1.0 if self.b_hz is not None else 8.0
+        from gateway.dsp.twotone import default_a_s
+
+        return self.a_s if self.a_s is not None else default_a_s(self.b_hz)
 
 
 class ChannelSignallingSection(_Model):

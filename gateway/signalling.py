@@ -52,12 +52,19 @@ from gateway.dsp.selcall import (
     selcall_signal,
     selcall_tones,
 )
-from gateway.dsp.twotone import Page, PageDetected, TwoToneDecoder, TwoToneSettings, page_signal
+from gateway.dsp.twotone import (
+    Page,
+    PageDetected,
+    TwoToneDecoder,
+    TwoToneSettings,
+    default_a_s,
+    page_signal,
+)
 from gateway.errors import CommandError
 from gateway.events import EventData, Payload, register_event_type
 from gateway.publisher import Publisher
 from gateway.subsystem import Subsystem, SubsystemContext
-from gateway.tty import Player, SharedOutput, Tty, reply_output
+from gateway.tty import ECHO_GUARD_S, Player, SharedOutput, Tty, reply_output
 
 log = logging.getLogger(__name__)
 
@@ -198,27 +205,16 @@ class ChannelSignalling:
         self.channel_id = channel_id
         self._rate = samplerate
         self._pub = publisher
-        self._dtmf = DtmfDecoder(samplerate) if config.dtmf else None
-        self._selcall = (
-            SelcallDecoder(
-                samplerate,
-                list(config.selcall),
-                SelcallSettings(min_digits=config.selcall_min_digits),
-            )
-            if config.selcall
-            else None
-        )
-        self._pages = (
-            TwoToneDecoder(
-                samplerate,
-                [
-                    Page(name, p.a_hz, p.b_hz, a_s=p.a_seconds, b_s=p.b_s)
-                    for name, p in config.pages.items()
-                ],
-                TwoToneSettings(tolerance=config.page_tolerance_pct / 100.0),
-            )
-            if config.pages
-            else None
+        self._decoders = _Decoders(
+            samplerate,
+            dtmf=config.dtmf,
+            standards=list(config.selcall),
+            min_digits=config.selcall_min_digits,
+            pages=[
+                Page(name, p.a_hz, p.b_hz, a_s=p.a_seconds, b_s=p.b_s)
+                for name, p in config.pages.items()
+            ],
+            page_tolerance=config.page_tolerance_pct / 100.0,
         )
         self._fed = 0  # samples fed: the decoders' stream time is _fed / rate
         self._cfg = config
@@ -233,13 +229,7 @@ class ChannelSignalling:
             # so that the decoders' stream time stays right).
             samples = np.zeros_like(samples)
         self._fed += len(samples)
-        events: list[Event] = []
-        if self._dtmf is not None:
-            events.extend(self._dtmf.feed(samples))
-        if self._selcall is not None:
-            events.extend(e for e in self._selcall.feed(samples) if not isinstance(e, SelcallTone))
-        if self._pages is not None:
-            events.extend(self._pages.feed(samples))
+        events = self._decoders.feed(samples)
         if events:
             now = self._fed / self._rate
             for event in events:
@@ -288,9 +278,11 @@ class ChannelSignalling:
             return params.name, page.a_hz, page.b_hz, page.a_seconds, page.b_s
         if params.a_hz is None:
             raise CommandError("give a page's name, or its tones: a_hz (and b_hz)")
-        if params.b_hz is not None and abs(params.b_hz / params.a_hz - 1.0) < 0.01:
-            raise CommandError("a_hz and b_hz must differ by 1 % at least")
-        a_s = params.a_s if params.a_s is not None else (1.0 if params.b_hz is not None else 8.0)
+        a_s = params.a_s if params.a_s is not None else default_a_s(params.b_hz)
+        try:
+            Page("request", params.a_hz, params.b_hz, a_s=a_s, b_s=params.b_s)
+        except ValueError as exc:
+            raise CommandError(str(exc).removeprefix("page 'request': ")) from None
         return None, params.a_hz, params.b_hz, a_s, params.b_s
 
     def default_standard(self) -> StandardName:
@@ -318,7 +310,7 @@ class ChannelSignalling:
             await player.play(audio)
         finally:
             self._sending = False
-            self._deaf_until = time.monotonic() + _ECHO_GUARD_S
+            self._deaf_until = time.monotonic() + ECHO_GUARD_S
             await radio.request_ptt(PttRequest(state="off"), ctx)
         return round(seconds, 3)
 
@@ -328,10 +320,6 @@ class ChannelSignalling:
     def emit_sent(self, kind: str, data: EventData) -> None:
         log.info("channel %s: %s %s", self.channel_id, kind, data.model_dump_json())
         self._pub.emit("channel", self.channel_id, kind, data)
-
-
-_ECHO_GUARD_S = 0.3
-"""After sending, our own tones still arrive this long (the audio path's latency)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,25 +458,43 @@ class Signalling(Subsystem):
 
 
 class _Decoders:
-    """Every decoder on one channel's audio."""
+    """The decoders wanted on one channel's audio, fed together."""
 
-    def __init__(self, rate: int, pages: list[Page]) -> None:
-        self.dtmf = DtmfDecoder(rate)
-        self.selcall = SelcallDecoder(rate, list(selcall.STANDARDS))
-        self.pages = TwoToneDecoder(rate, pages) if pages else None
+    def __init__(
+        self,
+        rate: int,
+        *,
+        dtmf: bool = True,
+        standards: list[str] | None = None,
+        min_digits: int = 5,
+        pages: list[Page] | None = None,
+        page_tolerance: float = 0.015,
+    ) -> None:
+        self.dtmf = DtmfDecoder(rate) if dtmf else None
+        self.selcall = (
+            SelcallDecoder(rate, standards, SelcallSettings(min_digits=min_digits))
+            if standards
+            else None
+        )
+        self.pages = (
+            TwoToneDecoder(rate, pages, TwoToneSettings(tolerance=page_tolerance))
+            if pages
+            else None
+        )
 
     def feed(self, x: npt.NDArray[np.float32]) -> list[Event]:
-        found: list[Event] = list(self.dtmf.feed(x))
-        found.extend(e for e in self.selcall.feed(x) if not isinstance(e, SelcallTone))
-        if self.pages is not None:
-            found.extend(self.pages.feed(x))
-        return found
+        return self._events(x)
 
     def flush(self) -> list[Event]:
-        found: list[Event] = list(self.dtmf.flush())
-        found.extend(e for e in self.selcall.flush() if not isinstance(e, SelcallTone))
-        if self.pages is not None:
-            found.extend(self.pages.flush())
+        return self._events(None)
+
+    def _events(self, x: npt.NDArray[np.float32] | None) -> list[Event]:
+        """What each decoder gives for `x`, or at its flush (x None)."""
+        found: list[Event] = []
+        for decoder in (self.dtmf, self.selcall, self.pages):
+            if decoder is not None:
+                got = decoder.flush() if x is None else decoder.feed(x)
+                found.extend(e for e in got if not isinstance(e, SelcallTone))
         return found
 
 
@@ -519,7 +525,8 @@ def decode_file(
     rate, channels = int(info.samplerate), int(info.channels)
     if rate < MIN_RATE:
         raise ValueError(f"{path}: {rate} Hz is too low for signalling ({MIN_RATE} Hz at least)")
-    decoders = [_Decoders(rate, pages or []) for _ in range(channels)]
+    every = list(selcall.STANDARDS)
+    decoders = [_Decoders(rate, standards=every, pages=pages) for _ in range(channels)]
     found: list[tuple[float, int, Event]] = []
     try:
         with soundfile.SoundFile(str(path)) as audio:
@@ -607,7 +614,7 @@ def encode_file(
         if len(hz) not in (1, 2):
             raise ValueError(f"page tones {what!r}: give A/B or A (a long tone), in Hz")
         b_hz = hz[1] if len(hz) == 2 else None
-        a_len = a_s if a_s is not None else (1.0 if b_hz is not None else 8.0)
+        a_len = a_s if a_s is not None else default_a_s(b_hz)
         audio = page_signal(
             hz[0],
             b_hz,

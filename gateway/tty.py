@@ -46,7 +46,7 @@ from gateway.subsystem import Subsystem, SubsystemContext
 log = logging.getLogger(__name__)
 
 _MAX_REPLY_CHARS = 2000
-_ECHO_GUARD_S = 0.3
+ECHO_GUARD_S = 0.3
 """After our reply, the line's echo still arrives this long (path latency included)."""
 
 
@@ -253,7 +253,7 @@ class ChannelTty:
             await self._player.play(audio)
         finally:
             self._sending = False
-            self._deaf_until = time.monotonic() + _ECHO_GUARD_S
+            self._deaf_until = time.monotonic() + ECHO_GUARD_S
         data = TtySentData(text=text.upper(), baud=rate, seconds=round(seconds, 2))
         self._pub.emit("channel", self.channel_id, "tty.sent", data, keep=True)
         return {"text": text.upper(), "baud": rate, "seconds": round(seconds, 2)}

@@ -46,6 +46,11 @@ MIN_HZ: Final = 200.0
 MAX_HZ: Final = 3000.0
 
 
+def default_a_s(b_hz: float | None) -> float:
+    """Tone A's length when none is given: 1 s before a B tone, 8 s as a long tone."""
+    return 1.0 if b_hz is not None else 8.0
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """A page to listen for: tone A then tone B; b_hz None is a long tone (all-call)."""
