@@ -95,6 +95,10 @@ _MAX_LINE = 4096
 _MAX_LINES = 16
 """Most lines one reply may take (get_ptt takes three)."""
 _RETRY_DELAY_S = 0.02
+# The hint's probe is a second connection rigctld must accept in a new thread: on a
+# loaded console that can take longer than one request's time-out, and a wrong hint
+# ("hangs" for a VFO-mode rigctld) sends the technician the wrong way.
+_HINT_TIMEOUT_S = 2.0
 _CLOSED = "rigctld closed the connection"
 _RESET = "rigctld reset the connection"
 _SEPARATORS = ";|,"
@@ -416,7 +420,7 @@ class RigctldRadio:
     async def _why_silent(self) -> str:
         """A hint for a rigctld that accepted us but did not answer set_ptt."""
         try:
-            async with asyncio.timeout(self._io_timeout_s):
+            async with asyncio.timeout(max(self._io_timeout_s, _HINT_TIMEOUT_S)):
                 reader, writer = await asyncio.open_connection(
                     self._host, self._port, limit=_MAX_LINE
                 )

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 from drivers.errors import DeviceError, DeviceLost, DeviceUnavailable
 from drivers.radio import RadioInterface, RadioLines
-from drivers.rigctld import RigctldError, RigctldRadio
+from drivers.rigctld import _HINT_TIMEOUT_S, RigctldError, RigctldRadio
 from tests.drivers.hostile import Escapes, hostile_settings, watch_escapes, watch_loop
 from tests.mqtt_tools import free_port
 
@@ -518,7 +518,7 @@ async def test_vfo_mode_is_named(
     result, took = await timed(radio.open())
     assert isinstance(result, DeviceUnavailable), result
     assert "VFO mode (-o/--vfo)" in str(result)
-    assert took < 2 * IO_TIMEOUT_S + SLACK_S
+    assert took < IO_TIMEOUT_S + _HINT_TIMEOUT_S + SLACK_S
 
 
 @pytest.mark.parametrize(
