@@ -38,6 +38,7 @@ from gateway.events import (
     ChannelState,
     CosData,
     FaultData,
+    LastUnit,
     Payload,
     PttData,
     utc_timestamp,
@@ -134,6 +135,7 @@ class ChannelMonitor:
         self._cos_since = 0.0
         self._cos_edges: deque[float] = deque()
         self.faults: dict[str, str] = {}
+        self._last_unit: LastUnit | None = None
         self.fault_listeners: list[Callable[[str, str], None]] = []
         """Called with (code, message) when a fault is raised (the audio recall hooks in)."""
         self._ever_opened = False
@@ -197,8 +199,14 @@ class ChannelMonitor:
             lost_since=self.health.lost_since,
             attempts=self.health.attempts,
             last_error=self.health.last_error,
+            last_unit=self._last_unit,
             ts=utc_timestamp(),
         )
+
+    def note_unit(self, unit: str, kind: str, ts: float) -> None:
+        """A radio identified itself on this channel (MDC-1200): shown in the state."""
+        self._last_unit = LastUnit(unit=unit, kind=kind, ts=utc_timestamp(ts))
+        self._publish_state()
 
     def _tx_remaining(self) -> float | None:
         """Seconds before the time-out timer unkeys, while the radio transmits."""

@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     encode.set_defaults(func=cmd_tty)
 
     signal = sub.add_parser(
-        "signal", help="signalling in audio files (DTMF, 5-tone selcall): decode and encode"
+        "signal",
+        help="signalling in audio files (DTMF, 5-tone, two-tone, MDC-1200): decode and encode",
     )
     signal_sub = signal.add_subparsers(dest="action", required=True, metavar="ACTION")
     sdecode = signal_sub.add_parser(
@@ -273,11 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sdecode.set_defaults(func=cmd_signal)
     sencode = signal_sub.add_parser("encode", help="write signalling to a WAV file")
-    sencode.add_argument("format", choices=["dtmf", "selcall", "page"], help="what to send")
+    sencode.add_argument(
+        "format", choices=["dtmf", "selcall", "page", "mdc1200"], help="what to send"
+    )
     sencode.add_argument(
         "what",
         help="the digits (DTMF: 0-9, *, #, A-D; selcall: 0-9, A-D, F, repeats as sent); "
-        "page: A/B in Hz, or A for a long tone",
+        "page: A/B in Hz, or A for a long tone; mdc1200: KIND:UNIT (ptt_id:1234, "
+        "emergency:0042...) or OPARG:UNIT in hex (0180:1234)",
     )
     sencode.add_argument("-o", "--output", required=True, help="WAV file to write")
     sencode.add_argument("--rate", type=int, default=8000, help="sample rate (default 8000)")

@@ -338,7 +338,8 @@ class PageSection(_Model):
 
 
 class ChannelSignallingSection(_Model):
-    """Signalling decoded on a channel's audio (DTMF, 5-tone selcall; more to come)."""
+    """Signalling decoded on a channel's audio: DTMF, 5-tone selcall, two-tone pages and
+    MDC-1200."""
 
     dtmf: bool = True
     """DTMF (ITU-T Q.23/Q.24): `dtmf.digit` per digit, `dtmf.digits` when a string ends."""
@@ -346,6 +347,9 @@ class ChannelSignallingSection(_Model):
     """5-tone standards to read (none by default): `selcall.detected` per call."""
     selcall_min_digits: int = Field(default=5, ge=1, le=32)
     """Fewest tones that make a call (5 for the usual 5-tone addresses)."""
+    mdc1200: bool = False
+    """MDC-1200 bursts: `unit.id` per packet (PTT ID, post ID, status...), and
+    `emergency.raised` for a unit's emergency; the channel's state shows the last unit."""
     pages: dict[str, PageSection] = Field(default_factory=dict)
     """Two-tone pages to listen for, by name (`page.detected` names it), and to send
     (`page` request): e.g. `"Station 1" = { a_hz = 321.7, b_hz = 339.6 }`."""

@@ -185,6 +185,14 @@ class ResponsePayload(Payload):
     error: str | None = Field(default=None, description="`<code>: <what was wrong>`")
 
 
+class LastUnit(Payload):
+    """A unit ID heard on a channel (MDC-1200)."""
+
+    unit: str = Field(description="The unit ID, 4 hex digits as radios show it")
+    kind: str = Field(description="What the packet was: ptt_id, post_id, emergency, ...")
+    ts: str = Field(description="When it was heard, RFC 3339 UTC")
+
+
 class ChannelState(Payload):
     """`<prefix>/channels/<id>/state`, retained full snapshot."""
 
@@ -218,6 +226,11 @@ class ChannelState(Payload):
     attempts: int = Field(default=0, description="Failed reopen attempts since it was lost")
     last_error: str | None = Field(
         default=None, description="While lost: why the last attempt failed"
+    )
+    last_unit: LastUnit | None = Field(
+        default=None,
+        description="The last radio that identified itself (MDC-1200), since the daemon "
+        "started; null before any",
     )
     ts: str = Field(description="When this snapshot was taken, RFC 3339 UTC")
 

@@ -4,15 +4,19 @@ On a channel with `[channels.<id>.signalling]`, its captured audio feeds the dec
 configured there; events (stamped with when the signal ended, as heard):
 - dtmf.digit per DTMF digit, dtmf.digits when a string of them ends (a 1.5 s gap);
 - selcall.detected per 5-tone call, with its standard, digits and the tones as sent;
-- page.detected per two-tone page configured (by name), with the tones as measured.
+- page.detected per two-tone page configured (by name), with the tones as measured;
+- unit.id per MDC-1200 packet (PTT ID at the start of a transmission, post ID at its end,
+  status, acknowledgements...), and emergency.raised for a unit's emergency packet; the
+  channel's retained state shows the last unit heard (`last_unit`).
 Requests `selcall`, `dtmf` and `page` send them: the radio is keyed through the channel's normal
 PTT path (busy lockout, time-out and lease apply; a channel already transmitting is
 refused), the tones play after tx_delay_ms, the radio unkeys, and the answer comes once
 they have played (events selcall.sent, dtmf.sent). The decoders are deaf meanwhile: the
 channel hears its own transmission.
 
-Formats so far: DTMF (gateway.dsp.dtmf) and 5-tone selcall in CCIR, ZVEI1 and EEA
-(gateway.dsp.selcall); a file is read by every decoder at once. Files are read with
+Formats: DTMF (gateway.dsp.dtmf), 5-tone selcall in CCIR, ZVEI1 and EEA
+(gateway.dsp.selcall), two-tone pages (gateway.dsp.twotone) and MDC-1200
+(gateway.dsp.mdc1200); a file is read by every decoder at once. Files are read with
 soundfile (WAV, FLAC, Ogg and what else libsndfile reads); a file of several channels is
 read channel by channel, each the audio of its own radio or line.
 """
@@ -43,6 +47,7 @@ from gateway.dsp.dtmf import (
     DtmfSequence,
     dtmf_signal,
 )
+from gateway.dsp.mdc1200 import Mdc1200Decoder, MdcPacket, mdc_signal, parse_packet
 from gateway.dsp.selcall import (
     SelcallCall,
     SelcallDecoder,
@@ -68,8 +73,8 @@ from gateway.tty import ECHO_GUARD_S, Player, SharedOutput, Tty, reply_output
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("dtmf", "selcall", "page")
-Event = DtmfDigit | DtmfSequence | SelcallCall | PageDetected
+FORMATS = ("dtmf", "selcall", "page", "mdc1200")
+Event = DtmfDigit | DtmfSequence | SelcallCall | PageDetected | MdcPacket
 """What a file's reading reports (a call's single tones are within its SelcallCall)."""
 _BLOCK_S = 1.0  # read and decoded a second at a time: a long recording is never all in RAM
 
@@ -102,6 +107,29 @@ class PageData(EventData):
         "told, which is as soon as it was long enough)"
     )
     b_s: float | None = Field(description="How long tone B lasted, s; null for a long tone")
+
+
+class UnitIdData(EventData):
+    unit: str = Field(description="The unit ID, 4 hex digits as radios show it")
+    kind: str = Field(
+        description="ptt_id (at the start of a transmission), post_id (at its end), "
+        "emergency_ack, status, message, call_alert, radio_check, ... or op_XX for an "
+        "opcode without a name"
+    )
+    op: int = Field(description="The packet's opcode")
+    arg: int = Field(description="Its argument")
+    target: str | None = Field(
+        description="A double packet's other unit (a call alert's called unit); else null"
+    )
+    receiving: bool | None = Field(
+        description="Whether the channel had carrier when the packet ended: the transmission "
+        "it belongs to (null where COS is not known)"
+    )
+
+
+class EmergencyData(EventData):
+    unit: str = Field(description="The unit in emergency, 4 hex digits")
+    arg: int = Field(description="The emergency packet's argument")
 
 
 class PageSentData(EventData):
@@ -180,6 +208,8 @@ class SignalSentResponse(Payload):
 
 
 register_event_type("page.detected", PageData)
+register_event_type("unit.id", UnitIdData)
+register_event_type("emergency.raised", EmergencyData)
 register_event_type("page.sent", PageSentData)
 register_event_type("selcall.sent", SelcallSentData)
 register_event_type("dtmf.sent", DtmfSentData)
@@ -199,12 +229,14 @@ class ChannelSignalling:
         audio: ChannelAudio,
         samplerate: int,
         publisher: Publisher,
+        radio: ChannelMonitor | None = None,
     ) -> None:
         if samplerate < MIN_RATE:
             raise ValueError(f"channel {channel_id}: {samplerate} Hz is too low for signalling")
         self.channel_id = channel_id
         self._rate = samplerate
         self._pub = publisher
+        self._radio = radio
         self._decoders = _Decoders(
             samplerate,
             dtmf=config.dtmf,
@@ -215,6 +247,7 @@ class ChannelSignalling:
                 for name, p in config.pages.items()
             ],
             page_tolerance=config.page_tolerance_pct / 100.0,
+            mdc1200=config.mdc1200,
         )
         self._fed = 0  # samples fed: the decoders' stream time is _fed / rate
         self._cfg = config
@@ -250,6 +283,8 @@ class ChannelSignalling:
             log.info("channel %s: DTMF %s", cid, event.digits)
             data = DtmfDigitsData(digits=event.digits, duration_s=duration)
             self._pub.emit("channel", cid, "dtmf.digits", data, keep=True, ts=ts)
+        elif isinstance(event, MdcPacket):
+            self._emit_mdc(event, ts)
         elif isinstance(event, PageDetected):
             log.info("channel %s: page %s", cid, event.name)
             data = PageData(
@@ -265,6 +300,28 @@ class ChannelSignalling:
                 duration_s=duration,
             )
             self._pub.emit("channel", cid, "selcall.detected", data, keep=True, ts=ts)
+
+    def _emit_mdc(self, packet: MdcPacket, ts: float) -> None:
+        cid = self.channel_id
+        if self._radio is not None:
+            self._radio.note_unit(packet.unit, packet.kind, ts)
+        if packet.emergency:
+            # A unit's emergency button: alarm-grade, kept through an outbox overflow.
+            log.warning("channel %s: EMERGENCY from unit %s", cid, packet.unit)
+            data: EventData = EmergencyData(unit=packet.unit, arg=packet.arg)
+            self._pub.emit("channel", cid, "emergency.raised", data, keep=True, ts=ts)
+            return
+        log.info("channel %s: unit %s (%s)", cid, packet.unit, packet.kind)
+        radio = self._radio
+        data = UnitIdData(
+            unit=packet.unit,
+            kind=packet.kind,
+            op=packet.op,
+            arg=packet.arg,
+            target=packet.target,
+            receiving=radio.cos if radio is not None else None,
+        )
+        self._pub.emit("channel", cid, "unit.id", data, keep=True, ts=ts)
 
     def page(self, params: PageRequest) -> tuple[str | None, float, float | None, float, float]:
         """(name, a_hz, b_hz, a_s, b_s) of a page request: by name, or explicit tones."""
@@ -365,6 +422,7 @@ class Signalling(Subsystem):
                     audio=audio[channel_id],
                     samplerate=rate,
                     publisher=ctx.publisher,
+                    radio=radios[channel_id],
                 ),
                 radios[channel_id],
                 Player(column=out_column, shared=shared),
@@ -469,8 +527,10 @@ class _Decoders:
         min_digits: int = 5,
         pages: list[Page] | None = None,
         page_tolerance: float = 0.015,
+        mdc1200: bool = False,
     ) -> None:
         self.dtmf = DtmfDecoder(rate) if dtmf else None
+        self.mdc = Mdc1200Decoder(rate) if mdc1200 else None
         self.selcall = (
             SelcallDecoder(rate, standards, SelcallSettings(min_digits=min_digits))
             if standards
@@ -491,7 +551,7 @@ class _Decoders:
     def _events(self, x: npt.NDArray[np.float32] | None) -> list[Event]:
         """What each decoder gives for `x`, or at its flush (x None)."""
         found: list[Event] = []
-        for decoder in (self.dtmf, self.selcall, self.pages):
+        for decoder in (self.dtmf, self.selcall, self.pages, self.mdc):
             if decoder is not None:
                 got = decoder.flush() if x is None else decoder.feed(x)
                 found.extend(e for e in got if not isinstance(e, SelcallTone))
@@ -526,7 +586,9 @@ def decode_file(
     if rate < MIN_RATE:
         raise ValueError(f"{path}: {rate} Hz is too low for signalling ({MIN_RATE} Hz at least)")
     every = list(selcall.STANDARDS)
-    decoders = [_Decoders(rate, standards=every, pages=pages) for _ in range(channels)]
+    decoders = [
+        _Decoders(rate, standards=every, pages=pages, mdc1200=True) for _ in range(channels)
+    ]
     found: list[tuple[float, int, Event]] = []
     try:
         with soundfile.SoundFile(str(path)) as audio:
@@ -554,6 +616,19 @@ def event_json(channel: int, event: Event) -> dict[str, Any]:
         return {"type": "selcall.detected", "channel": channel, **asdict(event)}
     if isinstance(event, PageDetected):
         return {"type": "page.detected", "channel": channel, **asdict(event)}
+    if isinstance(event, MdcPacket):
+        return {
+            "type": "emergency.raised" if event.emergency else "unit.id",
+            "channel": channel,
+            "start": event.start,
+            "end": event.end,
+            "unit": event.unit,
+            "kind": event.kind,
+            "op": event.op,
+            "arg": event.arg,
+            "target": event.target,
+            "repaired_bits": event.repaired_bits,
+        }
     kind = "dtmf.digit" if isinstance(event, DtmfDigit) else "dtmf.digits"
     return {"type": kind, "channel": channel, **asdict(event)}
 
@@ -566,6 +641,13 @@ def describe(channel: int, event: Event, channels: int) -> str:
         return f"{span}  {where}selcall {event.standard.upper()} {event.digits}{sent}"
     if isinstance(event, DtmfSequence):
         return f"{span}  {where}DTMF digits {event.digits}"
+    if isinstance(event, MdcPacket):
+        to = f" to {event.target}" if event.target else ""
+        shout = "EMERGENCY " if event.emergency else ""
+        return (
+            f"{span}  {where}MDC-1200 {shout}unit {event.unit} {event.kind}{to} "
+            f"(op {event.op:02X} arg {event.arg:02X})"
+        )
     if isinstance(event, PageDetected):
         if event.b_hz is None:
             return (
@@ -599,7 +681,8 @@ def encode_file(
 
     DTMF: `on_ms` tones and `off_ms` pauses. Selcall: `standard`'s tone length unless
     `on_ms` is given, `first_ms` for a stretched first tone. Page: `what` is A/B or A (a
-    long tone) in Hz, `a_s` and `b_s` the lengths (1 and 3 s; a long tone 8 s)."""
+    long tone) in Hz, `a_s` and `b_s` the lengths (1 and 3 s; a long tone 8 s). MDC-1200:
+    `what` as `parse_packet` reads it."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown signalling format {fmt!r} (known: {', '.join(FORMATS)})")
     if (on_ms is not None and not 20.0 <= on_ms <= 2000.0) or not 0.0 <= off_ms <= 10000.0:
@@ -623,6 +706,11 @@ def encode_file(
             b_s=3.0 if b_s is None else b_s,
             level_dbfs=level_dbfs,
         )
+        write_wav16(path, to_pcm16(audio), samplerate)
+        return len(audio) / samplerate
+    if fmt == "mdc1200":
+        op, arg, unit, extra = parse_packet(what)
+        audio = mdc_signal(op, arg, unit, samplerate, extra=extra, level_dbfs=level_dbfs)
         write_wav16(path, to_pcm16(audio), samplerate)
         return len(audio) / samplerate
     if fmt == "selcall":

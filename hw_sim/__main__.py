@@ -129,7 +129,8 @@ def _tty_steps(console: SimConsole) -> list[Step]:
 
 
 def _signalling_steps(console: SimConsole) -> list[Step]:
-    """A unit keys in DTMF; a station is paged with a 5-tone call."""
+    """A unit keys in DTMF; a station is paged with a 5-tone call and a two-tone page; a
+    unit identifies itself (MDC-1200) and another raises an emergency."""
     steps: list[Step] = []
     for name, section in console.signalling.items():
         if name not in console.audio_channels:
@@ -145,6 +146,21 @@ def _signalling_steps(console: SimConsole) -> list[Step]:
                     partial(_selcall, console, name, std),
                 )
             )
+        if section.mdc1200:
+            steps.append(
+                (
+                    2,
+                    f"{name}: unit 1234 keys up with its MDC-1200 PTT ID",
+                    partial(_mdc, console, name, 0x01, 0x80, 0x1234),
+                )
+            )
+            steps.append(
+                (
+                    2,
+                    f"{name}: unit 0042 presses its emergency button",
+                    partial(_mdc, console, name, 0x00, 0x81, 0x0042),
+                )
+            )
         for page_name, page in list(section.pages.items())[:1]:
             steps.append(
                 (
@@ -155,6 +171,10 @@ def _signalling_steps(console: SimConsole) -> list[Step]:
             )
         break  # one channel shows it
     return steps
+
+
+def _mdc(console: SimConsole, channel: str, op: int, arg: int, unit: int) -> None:
+    console.mdc(channel, op, arg, unit)
 
 
 def _page(console: SimConsole, channel: str, a_hz: float, b_hz: float | None) -> None:

@@ -331,6 +331,24 @@ class SimConsole:
         self.audio_channels[channel_id].queue(audio)
         return len(audio) / rate
 
+    def mdc(
+        self, channel_id: str, op: int, arg: int, unit: int, extra: bytes | None = None
+    ) -> float:
+        """An MDC-1200 burst on the channel (a PTT ID, an emergency...); its length in s."""
+        from gateway.dsp.mdc1200 import mdc_signal
+
+        assert self.audio is not None
+        rate = self.audio.samplerate
+        audio = mdc_signal(op, arg, unit, rate, extra=extra, level_dbfs=-13)
+        self.audio_channels[channel_id].queue(audio)
+        return len(audio) / rate
+
+    def _mdc_from_control(self, channel_id: str, value: Any) -> None:
+        """`KIND:UNIT` (ptt_id:1234, emergency:0042...) or `OPARG:UNIT` in hex."""
+        from gateway.dsp.mdc1200 import parse_packet
+
+        self.mdc(channel_id, *parse_packet(str(value)))
+
     def _page_from_control(self, channel_id: str, value: Any) -> None:
         """`A/B` in Hz, or `A` for a long tone."""
         tones = [float(t) for t in str(value).split("/")]
@@ -443,6 +461,7 @@ class SimConsole:
                 "dtmf": lambda: self._dtmf_from_control(device, value),
                 "selcall": lambda: self._selcall_from_control(device, value),
                 "page": lambda: self._page_from_control(device, value),
+                "mdc": lambda: self._mdc_from_control(device, value),
             }
         radio = self.radios.get(device)
         if radio is not None:

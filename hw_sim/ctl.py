@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "value",
         nargs="?",
         help="on/off, a number (Hz, dB, seconds), text for tty, digits for dtmf, "
-        "[standard:]digits for selcall (ccir, zvei1, eea), A/B Hz (or A) for page",
+        "[standard:]digits for selcall (ccir, zvei1, eea), A/B Hz (or A) for page, "
+        "KIND:UNIT (ptt_id:1234, emergency:0042) or OPARG:UNIT in hex for mdc",
     )
     parser.add_argument("--channel", type=int, help="an IO module's input or output number")
     parser.add_argument("--port", type=int, default=7399)

@@ -353,6 +353,10 @@ class TrafficPrinter:
                 what = f"dtmf.digits {data['digits']}"
             elif what == "page.detected":
                 what = f"page.detected {data['name']}"
+            elif what == "unit.id":
+                what = f"unit.id {data['unit']} ({data['kind']})"
+            elif what == "emergency.raised":
+                what = f"EMERGENCY.RAISED unit {data['unit']}"
             elif what == "selcall.detected":
                 sent = f" (tones {data['tones']})" if data["tones"] != data["digits"] else ""
                 what = f"selcall.detected {data['standard'].upper()} {data['digits']}{sent}"

@@ -46,6 +46,8 @@ SHOWN = (
     "dtmf.digits 4711#",
     "selcall.detected CCIR 12234 (tones 12E34)",
     "page.detected Station 1",
+    "unit.id 1234 (ptt_id)",
+    "EMERGENCY.RAISED unit 0042",
     "ALARM.RAISED Generator failure",
     "alarm.restored",
     "request ack",

@@ -132,3 +132,29 @@ def test_page_encode_then_decode_with_the_pages_named(tmp_path: Path) -> None:
         result = consolegw("signal", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert said in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_mdc1200_encode_then_decode(tmp_path: Path) -> None:
+    """A packet file begins and ends with the burst (no silence around it): still read."""
+    for what, rate, line in (
+        ("ptt_id:1234", 8000, "MDC-1200 unit 1234 ptt_id (op 01 arg 80)"),
+        ("emergency:0042", 16000, "MDC-1200 EMERGENCY unit 0042 emergency (op 00 arg 81)"),
+        ("3589:1234:830D5678", 48000, "MDC-1200 unit 1234 call_alert to 5678 (op 35 arg 89)"),
+    ):
+        wav = tmp_path / f"{rate}.wav"
+        made = consolegw("signal", "encode", "mdc1200", what, "-o", str(wav), "--rate", str(rate))
+        assert made.returncode == 0, made.stderr
+        decoded = consolegw("signal", "decode", str(wav))
+        assert decoded.returncode == 0, decoded.stderr
+        assert decoded.stdout.strip().endswith(line), decoded.stdout
+    as_json = consolegw("signal", "decode", "--json", str(tmp_path / "16000.wav"))
+    event = json.loads(as_json.stdout)
+    assert (event["type"], event["unit"], event["kind"]) == (
+        "emergency.raised",
+        "0042",
+        "emergency",
+    )
+    for bad in ("ptt_id", "ptt_id:12345", "bogus:1234", "3589:1234", "0180:1234:00"):
+        refused = consolegw("signal", "encode", "mdc1200", bad, "-o", str(tmp_path / "x.wav"))
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert "MDC-1200 packet" in refused.stderr

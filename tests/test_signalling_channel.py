@@ -42,6 +42,7 @@ device = "card"
 column = 0
 [channels.fire.signalling]
 selcall = ["ccir", "zvei1"]
+mdc1200 = true
 tx_delay_ms = 200
 [channels.fire.signalling.pages]
 "Station 1" = {{ a_hz = 321.7, b_hz = 339.6 }}
@@ -229,11 +230,52 @@ def test_pages_are_heard_and_sent(signalling_console: ConsoleUnderTest) -> None:
     assert [e["data"]["name"] for e in events_of(cut, "page.detected")] == ["Station 1"]
 
 
+def test_mdc1200_unit_ids_and_an_emergency_reach_cad(
+    signalling_console: ConsoleUnderTest,
+) -> None:
+    cut = signalling_console
+    cut.console.carrier("fire", True)
+    sent_at = time.time()
+    seconds = cut.console.mdc("fire", 0x01, 0x80, 0x1234)
+    heard = cut.sub.wait_event("unit.id", timeout=15, source_id="fire")
+    assert heard["data"] == {
+        "unit": "1234",
+        "kind": "ptt_id",
+        "op": 1,
+        "arg": 0x80,
+        "target": None,
+        "receiving": True,  # heard within the transmission it identifies
+    }
+    assert sent_at < when(heard) < sent_at + seconds + 1.0
+    cut.console.carrier("fire", False)
+    cut.console.mdc("fire", 0x00, 0x81, 0x0042)
+    alarm = cut.sub.wait_event("emergency.raised", timeout=15, source_id="fire")
+    assert alarm["data"] == {"unit": "0042", "arg": 0x81}
+
+    def last_unit(messages: list[Any]) -> list[Any]:
+        states = [m.json() for m in messages if m.topic.endswith("channels/fire/state")]
+        return [s for s in states[-1:] if (s.get("last_unit") or {}).get("unit") == "0042"]
+
+    state = cut.sub.wait(last_unit, what="the state shows the last unit")[0]
+    assert state["last_unit"]["kind"] == "emergency"
+    cut.console.mdc("plain", 0x01, 0x80, 0x5555)  # no signalling on that channel
+    time.sleep(2)
+    assert [e for e in cut.sub.events("unit.id") if e["source_id"] == "plain"] == []
+    assert len(events_of(cut, "unit.id")) == 1 and len(events_of(cut, "emergency.raised")) == 1
+
+
 def test_no_signalling_from_speech(signalling_console: ConsoleUnderTest) -> None:
     cut = signalling_console
     cut.console.audio_channels["fire"].source = SpeechBursts(rms_dbfs=-15, seed=9)
     time.sleep(8)
-    for kind in ("dtmf.digit", "dtmf.digits", "selcall.detected", "page.detected"):
+    for kind in (
+        "dtmf.digit",
+        "dtmf.digits",
+        "selcall.detected",
+        "page.detected",
+        "unit.id",
+        "emergency.raised",
+    ):
         assert events_of(cut, kind) == [], kind
 
 

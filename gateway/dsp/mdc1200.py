@@ -336,7 +336,10 @@ class Mdc1200Decoder:
         return self._work()
 
     def flush(self) -> list[MdcPacket]:
-        return self._work() if self._held_n else []
+        """At the stream's end: a packet that ends right there is still read (its last
+        bits need a little of what follows: silence)."""
+        self._held.append(np.zeros(round(0.02 * self.rate) + 2 * self._taps))
+        return self._work()
 
     def _work(self) -> list[MdcPacket]:
         x = np.concatenate(self._held) if len(self._held) > 1 else self._held[0]
@@ -492,3 +495,43 @@ class Mdc1200Decoder:
             self._pending = [
                 c for c in self._pending if c[0] - (SYNC_BITS - 1) * BIT_PHASES >= self._s_base
             ]
+
+
+SEND_KINDS: Final[dict[str, tuple[int, int]]] = {
+    "ptt_id": (0x01, 0x80),
+    "post_id": (0x01, 0x00),
+    "emergency": (0x00, 0x81),
+    "emergency_ack": (0x20, 0x00),
+    "radio_check": (0x63, 0x85),
+    "acknowledge": (0x23, 0x00),
+}
+"""Packets by name for `parse_packet`: the usual opcode and argument of each."""
+
+
+def parse_packet(text: str) -> tuple[int, int, int, bytes | None]:
+    """(op, arg, unit, extra) from `KIND:UNIT` (KIND one of SEND_KINDS), `OPARG:UNIT` in
+    hex (e.g. 0180:1234), or `OPARG:UNIT:EXTRA` (8 hex digits) for a double packet."""
+    parts = text.strip().split(":")
+    shown = ", ".join(SEND_KINDS)
+    try:
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError
+        what = parts[0].strip().lower()
+        if what in SEND_KINDS:
+            op, arg = SEND_KINDS[what]
+        elif len(what) == 4:
+            op, arg = int(what[:2], 16), int(what[2:], 16)
+        else:
+            raise ValueError
+        if len(parts[1]) != 4:
+            raise ValueError
+        unit = int(parts[1], 16)
+        extra = bytes.fromhex(parts[2]) if len(parts) == 3 else None
+        packet_air_bits(op, arg, unit, extra)
+    except ValueError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        raise ValueError(
+            f"MDC-1200 packet {text!r}: give KIND:UNIT ({shown}), OPARG:UNIT in hex "
+            f"(0180:1234), or OPARG:UNIT:EXTRA for a double packet{detail}"
+        ) from None
+    return op, arg, unit, extra
