@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -328,3 +329,39 @@ def test_query_times_from_any_text_are_a_query_or_a_named_value_error(
     else:
         assert (query.since is None) == (since is None)
         assert (query.until is None) == (until is None)
+
+
+def test_unit_ids_heard_during_a_record_are_kept_and_found(tmp_path: Path) -> None:
+    store = RecordingStore(folder=tmp_path)
+    store.open()
+    t0 = 1_800_000_000.0
+    h = store.begin(channel="fire", direction="rx", start=t0, samplerate=SR)
+    store.audio(h, tone(1.0), SR)
+    for unit in ("1234", "0042", "1234"):  # a PTT ID, an emergency, the post ID
+        store.note(h, unit=unit)
+    store.end(h, t0 + 1)
+    record(store, "fire", t0 + 10, 1.0)
+    store.close()
+    newest, first = store.query(Query())
+    assert first.units == ("1234", "0042") and newest.units == ()
+    assert [r.id for r in store.query(Query(unit="0042"))] == [first.id]
+    assert [r.id for r in store.query(Query(unit="1234"))] == [first.id]
+    assert store.query(Query(unit="0423")) == []  # not a piece of "1234,0042"
+    with pytest.raises(ValueError, match="4 hex digits"):
+        Query(unit="12%4")
+
+
+def test_an_index_from_before_unit_ids_opens_and_keeps_its_records(tmp_path: Path) -> None:
+    store = RecordingStore(folder=tmp_path)
+    store.open()
+    record(store, "fire", 1_800_000_000.0, 1.0)
+    store.close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:  # the older schema: no units column
+        db.execute("ALTER TABLE recordings DROP COLUMN units")
+    store = RecordingStore(folder=tmp_path)
+    store.open()
+    h = store.begin(channel="fire", direction="rx", start=1_800_000_100.0, samplerate=SR)
+    store.note(h, unit="BEEF")
+    store.end(h, 1_800_000_101.0)
+    store.close()
+    assert [r.units for r in store.query(Query())] == [("BEEF",), ()]

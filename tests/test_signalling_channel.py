@@ -248,6 +248,9 @@ def test_mdc1200_unit_ids_and_an_emergency_reach_cad(
     }
     assert sent_at < when(heard) < sent_at + seconds + 1.0
     cut.console.carrier("fire", False)
+    # The recorder keeps the unit with the transmission's record.
+    saved = cut.sub.wait_event("recording.saved", timeout=20, source_id="fire")
+    assert saved["data"]["recording"]["units"] == ["1234"], saved
     cut.console.mdc("fire", 0x00, 0x81, 0x0042)
     alarm = cut.sub.wait_event("emergency.raised", timeout=15, source_id="fire")
     assert alarm["data"] == {"unit": "0042", "arg": 0x81}

@@ -69,6 +69,11 @@ class RecordingInfo(Payload):
         description="The first part of a transmission split at recorder.max_s"
     )
     dropped_s: float = Field(description="Audio lost because the disk did not keep up, s")
+    units: list[str] = Field(
+        default_factory=list,
+        description="Radios that identified themselves during the record (MDC-1200 unit "
+        "IDs, 4 hex digits), in the order first heard",
+    )
 
     @classmethod
     def of(cls, rec: Recording) -> RecordingInfo:
@@ -89,6 +94,7 @@ class RecordingInfo(Payload):
             status=rec.status,
             split_from=rec.split_from,
             dropped_s=rec.dropped_s,
+            units=list(rec.units),
         )
 
 
@@ -114,6 +120,11 @@ class RecordingsRequest(Request):
         default=None,
         max_length=200,
         description="In the TTY transcript, the requester or a fault code (case-insensitive)",
+    )
+    unit: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Fa-f]{4}$",
+        description="Only records during which this unit identified itself (MDC-1200)",
     )
     limit: int = Field(default=100, ge=1, le=1000, description="At most this many records")
 
@@ -272,6 +283,10 @@ class Recorder(Subsystem):
             text = data.get("text")
             if isinstance(text, str) and text:
                 segmenter.note_tty(text + "\n")
+        elif kind in ("unit.id", "emergency.raised"):  # a radio identified itself
+            unit = data.get("unit")
+            if isinstance(unit, str) and unit:
+                segmenter.note_unit(unit)
         elif kind == "tty.sent":  # the call taker's reply, marked as ours
             text = data.get("text")
             if isinstance(text, str) and text:
@@ -325,6 +340,7 @@ class Recorder(Subsystem):
                 text=params.text,
                 limit=params.limit,
                 naive_is_local=False,  # CAD must say which zone
+                unit=params.unit,
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None

@@ -106,6 +106,10 @@ class ChannelSegmenter:
         if self._record is not None:
             self._store.note(self._record.handle, fault=fault)
 
+    def note_unit(self, unit: str) -> None:
+        if self._record is not None:
+            self._store.note(self._record.handle, unit=unit)
+
     def note_tty(self, text: str) -> None:
         if self._record is not None:
             self._store.note(self._record.handle, tty_text=text)

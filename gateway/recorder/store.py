@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     sha256 TEXT,
     status TEXT NOT NULL,
     split_from INTEGER,
-    dropped_s REAL NOT NULL DEFAULT 0
+    dropped_s REAL NOT NULL DEFAULT 0,
+    units TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS recordings_channel_start ON recordings (channel, start);
 CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start);
@@ -102,6 +104,10 @@ INSERT INTO recordings_fts (recordings_fts) VALUES ('rebuild');
 
 def _create_schema(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(recordings)")}
+    if "units" not in columns:  # an index made before unit IDs were kept
+        db.execute("ALTER TABLE recordings ADD COLUMN units TEXT NOT NULL DEFAULT ''")
+        db.commit()
     has_fts = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recordings_fts'"
     ).fetchone()
@@ -128,6 +134,7 @@ _COLUMNS = (
     "status",
     "split_from",
     "dropped_s",
+    "units",
 )
 
 
@@ -153,12 +160,15 @@ class Recording:
     status: Status
     split_from: int | None
     dropped_s: float
+    units: tuple[str, ...] = ()
+    """Radios that identified themselves during the record (MDC-1200 unit IDs)."""
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Recording:
         values = dict(zip(_COLUMNS, row, strict=True))
         faults = str(values["faults"] or "")
         values["faults"] = tuple(f for f in faults.split(",") if f)
+        values["units"] = tuple(u for u in str(values["units"] or "").split(",") if u)
         return cls(**values)
 
 
@@ -175,6 +185,8 @@ class Query:
     text: str | None = None
     """In the TTY transcript, the requester or a fault code (case-insensitive)."""
     limit: int = 100
+    unit: str | None = None
+    """Records during which this unit identified itself (4 hex digits)."""
 
     @classmethod
     def of_text(
@@ -188,6 +200,7 @@ class Query:
         limit: int,
         naive_is_local: bool,
         names: tuple[str, str] = ("since", "until"),
+        unit: str | None = None,
     ) -> Query:
         """A query from the RFC 3339 times a person or CAD typed (`naive_is_local`: a time
         without a zone is the console's); ValueError naming the filter that is wrong, by
@@ -200,7 +213,7 @@ class Query:
                 )
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-        return cls(channel, direction, times[0], times[1], text, limit)
+        return cls(channel, direction, times[0], times[1], text, limit, unit)
 
     def __post_init__(self) -> None:
         # SQLite's LIKE reads a pattern up to a NUL: "A\0B" would find every "A".
@@ -208,6 +221,8 @@ class Query:
             raise ValueError("the search text must not contain NUL characters")
         if not 1 <= self.limit <= 10_000:
             raise ValueError(f"limit must be 1..10000, got {self.limit}")
+        if self.unit is not None and not re.fullmatch(r"[0-9A-Fa-f]{4}", self.unit):
+            raise ValueError(f"unit must be 4 hex digits (an MDC-1200 unit ID), got {self.unit!r}")
 
 
 @dataclass(slots=True)
@@ -250,6 +265,7 @@ class _Note:
     tty_text: str | None = None
     requested_by: str | None = None
     transaction_id: str | None = None
+    unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,11 +435,12 @@ class RecordingStore:
         tty_text: str | None = None,
         requested_by: str | None = None,
         transaction_id: str | None = None,
+        unit: str | None = None,
     ) -> None:
-        """Add a fault raised during the record, TTY text, or who keyed it."""
+        """Add a fault raised during the record, TTY text, who keyed it, or a unit ID."""
         if tty_text is not None:
             tty_text = tty_text.replace("\x00", "")  # never searchable (see Query)
-        self._ops.put(_Note(handle, fault, tty_text, requested_by, transaction_id))
+        self._ops.put(_Note(handle, fault, tty_text, requested_by, transaction_id, unit))
 
     def end(self, handle: int, end: float) -> None:
         self._ops.put(_End(handle, end))
@@ -445,6 +462,9 @@ class RecordingStore:
         if q.until is not None:
             where.append("start < ?")
             args.append(q.until)
+        if q.unit is not None:
+            where.append("(',' || units || ',') LIKE ?")
+            args.append(f"%,{q.unit.upper()},%")
         if q.text:
             where.append(
                 "(tty_text LIKE ? ESCAPE '\\' OR requested_by LIKE ? ESCAPE '\\' "
@@ -766,6 +786,12 @@ def _note(db: sqlite3.Connection, record_id: int, op: _Note) -> None:
             db.execute(
                 "UPDATE recordings SET faults = ? WHERE id = ?", (",".join(faults), record_id)
             )
+    if op.unit:
+        row = db.execute("SELECT units FROM recordings WHERE id = ?", (record_id,)).fetchone()
+        units = [u for u in str(row[0] or "").split(",") if u]
+        if op.unit not in units:
+            units.append(op.unit)
+            db.execute("UPDATE recordings SET units = ? WHERE id = ?", (",".join(units), record_id))
     if op.tty_text:
         db.execute(
             "UPDATE recordings SET tty_text = tty_text || ? WHERE id = ?",

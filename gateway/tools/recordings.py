@@ -56,6 +56,7 @@ def _query(args: argparse.Namespace, limit: int) -> Query:
             limit=limit,
             naive_is_local=True,
             names=("--since", "--until"),
+            unit=getattr(args, "unit", None),
         )
     except ValueError as exc:
         raise ToolError(str(exc)) from None
@@ -86,7 +87,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'id':>6}  {'channel':<12} {'dir':<3} {'start (local)':<19} {'length':>7} "
-        f"{'level':>6}  {'status':<10} by / faults / text"
+        f"{'level':>6}  {'status':<10} by / faults / units / text"
     )
     for r in found:
         level = f"{r.level_dbfs:.0f}" if r.level_dbfs is not None else "-"
@@ -95,6 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for x in (
                 r.requested_by or "",
                 ",".join(r.faults),
+                " ".join(f"unit {u}" for u in r.units),
                 r.tty_text.replace("\n", " / ")[:40],
             )
             if x
@@ -266,6 +268,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = actions.add_parser("list", help="records, newest first")
     filters(listing)
     listing.add_argument("--text", help="in the TTY transcript, the requester or a fault code")
+    listing.add_argument("--unit", help="records during which this MDC-1200 unit ID was heard")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     listing.add_argument(
         "--json", action="store_true", help="one JSON list (as request/recordings answers)"

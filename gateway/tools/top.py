@@ -115,6 +115,15 @@ def _tx_cell(state: dict[str, Any], extra: Extras) -> Text:
     return Text(f"{remaining:.0f} s", style="bold yellow" if remaining < 10 else "")
 
 
+def _unit_cell(state: dict[str, Any], extra: Extras) -> Text:
+    last = state.get("last_unit")
+    if not isinstance(last, dict) or not isinstance(last.get("unit"), str):
+        return Text("")
+    if last.get("kind") == "emergency":
+        return Text(f"{last['unit']} EMERGENCY", style="bold white on red")
+    return Text(str(last["unit"]))
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelColumn:
     key: str
@@ -133,6 +142,7 @@ CHANNEL_COLUMNS: list[ChannelColumn] = [
     ChannelColumn("level", "Level (dBFS)", lambda s, x: level_bar(x.get("audio"))),
     ChannelColumn("faults", "Faults", _faults_cell),
     ChannelColumn("tx", "TX left", _tx_cell),
+    ChannelColumn("unit", "Unit", _unit_cell),
 ]
 """The channel table. Append a ChannelColumn to show more (before the app starts)."""
 

@@ -183,6 +183,11 @@ async def test_top_level_bar_from_audio_topic(broker: Broker) -> None:
             assert "OFFLINE" in str(app.query_one("#gateway").render())
             client.publish(f"{prefix}/channels/fire/audio", b"", qos=1, retain=True)
             await until(lambda: _row(app, "#channels", "fire")[6] == "", what="bar cleared")
+            assert _row(app, "#channels", "fire")[9] == ""  # no unit heard yet
+            heard = {"unit": "0042", "kind": "emergency", "ts": state["ts"]}
+            topic = f"{prefix}/channels/fire/state"
+            client.publish(topic, json.dumps(state | {"last_unit": heard}), qos=1, retain=True)
+            await until(lambda: _row(app, "#channels", "fire")[9] == "0042 EMERGENCY", what="unit")
     finally:
         for topic in retained:
             client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
