@@ -16,6 +16,8 @@ def test_signalling_bench_runs_and_reports() -> None:
         first = figures["selcall"][standard]["clean"]["rows"][0]
         assert first["consolegw"] == 1.0 and first["multimon"] == 1.0, standard
     assert figures["two_tone"]["clean"]["rows"][0]["consolegw"] == 1.0
+    assert figures["mdc1200"]["clean"]["rows"][0]["consolegw"] == 1.0
+    assert figures["false_mdc_in_noise"] == []
     assert figures["throughput_x_realtime_8k"] > 0
     assert figures["throughput_x_realtime_8k_dtmf_and_selcall"] > 0
     assert isinstance(figures["pass"], bool)
