@@ -225,3 +225,21 @@ def test_multimon_ng_reads_our_tones_and_we_read_what_it_reads() -> None:
     noisy = (x + 10 ** (-6 / 20) * 0.316 * band_noise(len(x), MULTIMON_RATE, rng)).astype(F32)
     assert digits_of(decode(noisy, MULTIMON_RATE)) == keys
     assert multimon_dtmf(noisy) == keys
+
+
+def test_a_voice_whose_harmonics_sit_on_a_key_is_not_a_digit() -> None:
+    """espeak-ng's voices made 'A' (697 + 1633 Hz) from a pitch of 232 Hz: its 3rd and
+    7th harmonics. A comb of harmonics with those two loudest is refused; the same two
+    tones alone are a digit."""
+    rate = 8000
+    t = np.arange(round(0.08 * rate)) / rate
+    f0 = 697.0 / 3
+    loud = {3: 0.3, 7: 0.3}
+    comb = sum(loud.get(k, 0.1) * np.sin(2 * np.pi * k * f0 * t + k) for k in range(1, 15))
+    voice = padded((comb * np.hanning(len(t)) ** 0.1).astype(F32), rate)
+    assert digits_of(decode(voice, rate)) == ""
+    # Without the voice check the comb reads as A: the check is what refuses it.
+    unguarded = DtmfDecoder(rate, DtmfSettings(voice_harmonics=99))
+    assert digits_of(unguarded.feed(voice) + unguarded.flush()) == "A"
+    pair = 0.3 * (np.sin(2 * np.pi * 697.0 * t) + np.sin(2 * np.pi * 1633.0 * t))
+    assert digits_of(decode(padded(pair.astype(F32), rate), rate)) == "A"
