@@ -123,6 +123,22 @@ def test_every_kind_at_every_rate(rate: int) -> None:
     assert got[0].end == pytest.approx(start + 152 / 1200, abs=2 / 1200)
 
 
+@pytest.mark.parametrize("offset", [0.005, -0.005])
+def test_a_sender_whose_clock_is_half_a_percent_off_is_read(offset: float) -> None:
+    rate = 8000
+    x = burst_audio(
+        rate,
+        (0x01, 0x80, 0x1234, None),
+        (0x35, 0x89, 0x1234, bytes.fromhex("830D5678")),
+        offset=offset,
+    )
+    got = decode(x, rate)
+    assert [(p.kind, p.unit, p.target) for p in got] == [
+        ("ptt_id", "1234", None),
+        ("call_alert", "1234", "5678"),
+    ]
+
+
 def test_an_inverted_signal_reads_the_same() -> None:
     x = burst_audio(8000, (0x01, 0x80, 0x4711, None))
     assert [p.unit for p in decode(-x, 8000)] == ["4711"]
