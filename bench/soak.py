@@ -32,9 +32,10 @@ object with every figure and "pass".
 For a memory question, `--no-kill` keeps one daemon life through the whole run (the other
 faults stay) and `--memprofile DIR` (with `--tracemalloc FRAMES`) samples it from inside
 (bench/memprofile.py). In such a 15-minute run the RSS slope of a 9-minute window, the
-length of a life here, ranged from 1.4 to 7.8 MB/h with the Python heap flat: the RSS of a
-life moves by up to 1 MB either way from sample to sample, as much as 5 MB/h makes in 12
-minutes, so one life's slope is a noisy figure.
+length of a life here, ranged from 1.4 to 7.8 MB/h with the Python heap flat when RSS was
+read every 10 s: it moves by up to 1 MB either way from read to read, as much as 5 MB/h
+makes in 12 minutes. It is read every SAMPLE_S, and each life's slope comes with its
+standard error.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 import re
 import signal
@@ -73,6 +75,10 @@ UNPLUG_EVERY_S, UNPLUG_FOR_S = 180.0, 20.0
 BROKER_EVERY_S, BROKER_DOWN_S = 300.0, 5.0
 KILL_EVERY_S = 600.0
 WARMUP_S = 60.0
+SAMPLE_S = 2.0
+"""RSS and fds read this often: a life's RSS moves by about 0.5 MB (sd) from one read to
+the next (short-lived buffers), so a 9-minute life's slope needs hundreds of reads to be
+a figure and not a draw (its standard error is reported with it)."""
 RESTART_DELAY_S = 1.0
 """Between a SIGKILL and the new start (systemd's RestartSec)."""
 QUIET_AFTER_S = 10.0
@@ -225,7 +231,7 @@ def plan(duration_s: float, targets: list[str], *, kill: bool = True) -> Plan:
         unplugs += kind == "unplug"
         faults.append(Fault(kind, at, target))
         free_at = at + busy[kind]
-    return Plan(duration_s, warmup, unplug_for, broker_down, max(2.0, 10.0 * scale), faults)
+    return Plan(duration_s, warmup, unplug_for, broker_down, SAMPLE_S, faults)
 
 
 # --- traffic -------------------------------------------------------------------------------
@@ -800,7 +806,13 @@ def life_figures(soak: Soak) -> list[dict[str, Any]]:
             out.append({"pid": life.pid, "end": life.end, "samples": len(warm)})
             continue
         span = warm[-1][0] - warm[0][0]
-        slope = statistics.linear_regression([s[0] for s in warm], [s[1] for s in warm]).slope
+        ts, rss = [s[0] for s in warm], [s[1] for s in warm]
+        fit = statistics.linear_regression(ts, rss)
+        slope = fit.slope
+        mean_t = statistics.fmean(ts)
+        spread = sum((t - mean_t) ** 2 for t in ts)
+        residual = sum((r - fit.intercept - slope * t) ** 2 for t, r in zip(ts, rss, strict=True))
+        se = math.sqrt(residual / (len(ts) - 2) / spread) if len(ts) > 2 and spread > 0 else None
         out.append(
             {
                 "pid": life.pid,
@@ -809,6 +821,8 @@ def life_figures(soak: Soak) -> list[dict[str, Any]]:
                 "rss_kb_start": warm[0][1],
                 "rss_kb_end": warm[-1][1],
                 "rss_kb_per_h": round(slope * 3600),
+                "rss_kb_per_h_se": None if se is None else round(se * 3600),
+                "rss_samples": len(warm),
                 "judged": span >= JUDGED_LIFE_S,
                 # Settled samples only (no fault on); None when the life had none.
                 "fds_start": life.settled[0][1] if life.settled else None,
@@ -1030,7 +1044,9 @@ def report(r: dict[str, Any]) -> None:
             print(
                 f"daemon pid {life['pid']} ({life['end']}): {life['seconds']:.0f} s after warm-up, "
                 f"RSS {life['rss_kb_start']} -> {life['rss_kb_end']} kB "
-                f"({life['rss_kb_per_h']} kB/h{'' if life['judged'] else ', too short to judge'}), "
+                f"({life['rss_kb_per_h']} +- {life['rss_kb_per_h_se']} kB/h from "
+                f"{life['rss_samples']} reads"
+                f"{'' if life['judged'] else ', too short to judge'}), "
                 f"fds {life['fds_start']} -> {life['fds_end']} (max {life['fds_max']}, "
                 f"added {life['fds_added']})"
             )
