@@ -65,6 +65,12 @@ CLOCK_DRIFTS: Final = (0.002, -0.002, 0.004, -0.004, 0.006, -0.006, 0.008, -0.00
 fast or slow). A sender 0.5 % off is read as one on time (20 packets at 10, 0 and -2 dB
 SNR), 0.8 % off about two in three, 1 % off one in five; radios are crystal-controlled."""
 TRACK_BITS: Final = 12
+TILT_GAINS: Final = (0.5,)
+"""Weights of the 1800 Hz part tried when a codeword decodes on neither clock: audio
+whose 1800 Hz is 6 dB under its 1200 Hz (de-emphasis twice) is matched by half the weight
+(the other way round costs little: bench/signalling.py). Each try is a chance for noise
+to pass the CRC: few, and the repairs capped (MAX_REPAIRS)."""
+_ATTEMPTS: Final = [(gain, drift) for gain in (1.0, *TILT_GAINS) for drift in (0.0, *CLOCK_DRIFTS)]
 _CLIP: Final = 8.0  # full scale is 1
 
 _SYNC_SIGNS: Final = np.array(
@@ -312,6 +318,7 @@ class Mdc1200Decoder:
         keep = (SYNC_BITS + 2 * CODEWORD_BITS + 64) * BIT_PHASES
         self._keep = keep
         self._s = np.zeros(0, dtype=np.complex128)  # soft bit values at instants
+        self._hi = np.zeros(0, dtype=np.complex128)  # their 1800 Hz part (for a tilt)
         self._s_base = 0  # the instant of _s[0]
         self._searched = SYNC_BITS * BIT_PHASES - 1  # last instant that ended a sync search
         self._pending: list[tuple[int, float]] = []  # (sync's last instant, match)
@@ -373,9 +380,12 @@ class Mdc1200Decoder:
         lo_at = np.clip(at, self._taps, len(buf))
         w_lo = cs_lo[lo_at] - cs_lo[lo_at - self._taps]
         w_hi = cs_hi[lo_at] - cs_hi[lo_at - self._taps]
-        s = self._k_lo * w_lo - self._k_hi * self._turn_hi[ends % self._period] * w_hi
+        hi = self._k_hi * self._turn_hi[ends % self._period] * w_hi
+        s = self._k_lo * w_lo - hi
         s[~valid] = 0.0
+        hi[~valid] = 0.0
         self._s = np.concatenate((self._s, s))
+        self._hi = np.concatenate((self._hi, hi))
         return self._search_and_decode()
 
     # -- sync and codewords -------------------------------------------------------------
@@ -421,12 +431,19 @@ class Mdc1200Decoder:
         self._trim()
         return out
 
-    def _soft(self, j_first: int, bits: int, phase: complex) -> F64 | None:
+    def _values(self, idx: slice | npt.NDArray[np.int64], gain: float) -> C128:
+        """Soft bit values at instants, the 1800 Hz part weighted `gain` (1: as matched)."""
+        if gain == 1.0:
+            return self._s[idx]
+        out: C128 = self._s[idx] + (1.0 - gain) * self._hi[idx]
+        return out
+
+    def _soft(self, j_first: int, bits: int, phase: complex, gain: float = 1.0) -> F64 | None:
         P = BIT_PHASES  # noqa: N806 (the symbol of the formulas)
         a = j_first - self._s_base
         if a < 0 or a + (bits - 1) * P >= len(self._s):
             return None
-        r: F64 = (self._s[a : a + (bits - 1) * P + 1 : P] * np.conj(phase)).real
+        r: F64 = (self._values(slice(a, a + (bits - 1) * P + 1, P), gain) * np.conj(phase)).real
         return r
 
     def _decode_at(self, j: int) -> MdcPacket | object | None:
@@ -441,13 +458,13 @@ class Mdc1200Decoder:
         read = self._first_codeword(j, phase)
         if not isinstance(read, tuple):
             return read
-        got, drift, end_phase = read
+        got, drift, gain, end_phase = read
         seven, repairs = got
         op, arg, unit = seven[0], seven[1], (seven[2] << 8) | seven[3]
         extra: bytes | None = None
         end_j = j + CODEWORD_BITS * P
         if op in DOUBLE_OPCODES:
-            second = self._second_codeword(j, phase, drift, end_phase)
+            second = self._second_codeword(j, phase, drift, gain, end_phase)
             if second is _WAIT:
                 return _WAIT
             if isinstance(second, tuple):
@@ -475,53 +492,48 @@ class Mdc1200Decoder:
 
     def _first_codeword(
         self, j: int, phase: complex
-    ) -> tuple[tuple[bytes, int], float, complex] | object | None:
-        """The codeword after the sync ending at instant j, the clock drift it was read on
-        and the carrier's phase at its end; _WAIT while its input is still to come; None
-        when it does not decode."""
+    ) -> tuple[tuple[bytes, int], float, float, complex] | object | None:
+        """The codeword after the sync ending at instant j, the clock drift and the 1800 Hz
+        gain it was read with, and the carrier's phase at its end; _WAIT while its input is
+        still to come; None when it does not decode."""
         P = BIT_PHASES  # noqa: N806 (the symbol of the formulas)
-        first = self._soft(j + P, CODEWORD_BITS, phase)
-        if first is None:
-            return _WAIT
-        got = decode_codeword(first)
-        if got is not None and got[1] <= MAX_REPAIRS:
-            return got, 0.0, phase
-        # A sender whose clock is off: its bits slide against ours and its carrier turns.
-        # Read again along slid instants, the phase followed bit by bit.
-        for drift in CLOCK_DRIFTS:
-            tracked = self._tracked(j + P, CODEWORD_BITS, phase, drift)
-            if tracked is None:
+        for gain, drift in _ATTEMPTS:
+            read = self._read(j + P, phase, drift, gain)
+            if read is None:
                 return _WAIT
-            got = decode_codeword(tracked[0])
+            got = decode_codeword(read[0])
             if got is not None and got[1] <= MAX_REPAIRS:
-                return got, drift, tracked[1]
+                return got, drift, gain, read[1]
         return None
 
+    def _read(
+        self, j_first: int, phase: complex, drift: float, gain: float
+    ) -> tuple[F64, complex] | None:
+        """A codeword's soft values from instant `j_first` and the carrier's phase at its
+        end: on our clock at the given phase, or slid and tracked for a drift."""
+        if drift:
+            return self._tracked(j_first, CODEWORD_BITS, phase, drift, gain)
+        soft = self._soft(j_first, CODEWORD_BITS, phase, gain)
+        return None if soft is None else (soft, phase)
+
     def _second_codeword(
-        self, j: int, phase: complex, drift: float, end_phase: complex
+        self, j: int, phase: complex, drift: float, gain: float, end_phase: complex
     ) -> tuple[bytes, int] | object | None:
-        """A double packet's second codeword: on the first one's clock, else on the others
-        (224 bits make a small clock error count)."""
+        """A double packet's second codeword, with the first one's gain: on its clock,
+        else on the others (224 bits make a small clock error count)."""
         P = BIT_PHASES  # noqa: N806 (the symbol of the formulas)
-        if not drift:
-            soft = self._soft(j + (CODEWORD_BITS + 1) * P, CODEWORD_BITS, phase)
-            if soft is None:
-                return _WAIT
-            got = decode_codeword(soft)
-            if got is not None and got[1] <= MAX_REPAIRS:
-                return got
-        for d in sorted(CLOCK_DRIFTS, key=lambda d: abs(d - drift)):
+        for d in sorted((0.0, *CLOCK_DRIFTS), key=lambda d: abs(d - drift)):
             at = j + P + round(P * CODEWORD_BITS * (1.0 - d))
-            tracked = self._tracked(at, CODEWORD_BITS, end_phase if drift else phase, d)
-            if tracked is None:
+            read = self._read(at, end_phase if drift else phase, d, gain)
+            if read is None:
                 return _WAIT
-            got = decode_codeword(tracked[0])
+            got = decode_codeword(read[0])
             if got is not None and got[1] <= MAX_REPAIRS:
                 return got
         return None
 
     def _tracked(
-        self, j_first: int, bits: int, phase: complex, drift: float
+        self, j_first: int, bits: int, phase: complex, drift: float, gain: float = 1.0
     ) -> tuple[F64, complex] | None:
         """Soft values of `bits` bits from instant `j_first` for a sender `drift` fast
         (its bits 1 - drift of ours), the carrier's phase followed over TRACK_BITS around
@@ -532,7 +544,7 @@ class Mdc1200Decoder:
         a = at - self._s_base
         if a[0] < 0 or a[-1] >= len(self._s):
             return None
-        v = self._s[a]
+        v = self._values(a, gain)
         sq = np.concatenate(([0.0], np.cumsum(v * v)))
         lo = np.clip(np.arange(bits) - TRACK_BITS, 0, bits)
         hi = np.clip(np.arange(bits) + TRACK_BITS + 1, 0, bits)
@@ -565,6 +577,7 @@ class Mdc1200Decoder:
         extra = len(self._s) - self._keep
         if extra > 0:
             self._s = self._s[extra:]
+            self._hi = self._hi[extra:]
             self._s_base += extra
             self._pending = [
                 c for c in self._pending if c[0] - (SYNC_BITS - 1) * BIT_PHASES >= self._s_base
