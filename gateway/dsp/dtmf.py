@@ -407,8 +407,7 @@ class DtmfDecoder:
                 # A line of a comb: over the spectrum between it and its neighbours (the
                 # splatter of a keyed or chopped tone is no comb).
                 between = [
-                    spec[min(round(f / step), len(spec) - 1)]
-                    for f in (fk - f0 / 2, fk + f0 / 2)
+                    spec[min(round(f / step), len(spec) - 1)] for f in (fk - f0 / 2, fk + f0 / 2)
                 ]
                 if (
                     power >= self._comb_db * floor
