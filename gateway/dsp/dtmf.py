@@ -50,6 +50,7 @@ but take 7-11 false digits from 4 minutes of speech: a better test of voice is t
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -206,21 +207,24 @@ class DtmfDecoder:
         self._run: _Run | None = None
         self._sequence: list[DtmfDigit] = []
         self._sequence_last = 0  # hop of the sequence's last digit's end
-        self._recent = np.zeros(0)  # the last _HISTORY_S of input, for the voice check
-        self._recent_end = 0  # absolute index of the sample after it
+        # The last _HISTORY_S of input (and the block being decided), for the voice check:
+        # blocks as they came, joined only when a digit is checked (rare).
+        self._recent: deque[F64] = deque()
+        self._recent_n = 0  # samples in _recent
+        self._recent_end = 0  # absolute index of the sample after them
         self._comb_db = 10.0 ** (s.voice_harmonic_db / 10.0)
 
     # ------------------------------------------------------------------ interface
     def feed(self, samples: npt.ArrayLike) -> list[DtmfEvent]:
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
-        # The block and what came before it, while this block's digits are decided (wild
-        # samples tamed: the voice check's spectrum must stay finite).
-        tame = np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), -8.0, 8.0)
-        self._recent = np.concatenate((self._recent, tame))
+        self._recent.append(x)
+        self._recent_n += len(x)
         self._recent_end += len(x)
         z, energy = self._bins.feed(x)
         events = self._decide(z, energy) if len(z) else []
-        self._recent = self._recent[-round(_HISTORY_S * self.rate) :]
+        keep = round(_HISTORY_S * self.rate)
+        while len(self._recent) > 1 and self._recent_n - len(self._recent[0]) >= keep:
+            self._recent_n -= len(self._recent.popleft())
         return events
 
     def flush(self) -> list[DtmfEvent]:
@@ -367,14 +371,17 @@ class DtmfDecoder:
         that both fit, `voice_harmonics` other harmonics stand out of the digit's spectrum
         (a DTMF sender makes two tones and nothing else; a voice whose pitch puts two
         harmonics on a key, a whole comb)."""
-        lo = max(
-            first, last - round(_COMB_SPAN_S * self.rate), self._recent_end - len(self._recent)
-        )
+        start = self._recent_end - self._recent_n  # absolute index of the first kept
+        lo = max(first, last - round(_COMB_SPAN_S * self.rate), start)
         if last - lo < round(0.02 * self.rate) or last > self._recent_end:
             return False
-        x = self._recent[
-            lo - self._recent_end + len(self._recent) : last - self._recent_end + len(self._recent)
-        ]
+        joined = np.concatenate(self._recent)
+        # Wild samples tamed: the spectrum must stay finite.
+        x = np.clip(
+            np.nan_to_num(joined[lo - start : last - start], nan=0.0, posinf=0.0, neginf=0.0),
+            -8.0,
+            8.0,
+        )
         n_fft = 1 << max(math.ceil(math.log2(max(len(x), self.rate // 4))), 1)
         spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), n_fft)) ** 2
         freqs = np.fft.rfftfreq(n_fft, 1.0 / self.rate)
