@@ -312,14 +312,13 @@ class ChannelSignalling:
             self._pub.emit("channel", cid, "emergency.raised", data, keep=True, ts=ts)
             return
         log.info("channel %s: unit %s (%s)", cid, packet.unit, packet.kind)
-        radio = self._radio
         data = UnitIdData(
             unit=packet.unit,
             kind=packet.kind,
             op=packet.op,
             arg=packet.arg,
             target=packet.target,
-            receiving=radio.cos if radio is not None else None,
+            receiving=self._radio.cos if self._radio is not None else None,
         )
         self._pub.emit("channel", cid, "unit.id", data, keep=True, ts=ts)
 

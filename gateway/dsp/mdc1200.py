@@ -448,10 +448,9 @@ class Mdc1200Decoder:
 
     def _decode_at(self, j: int) -> MdcPacket | object | None:
         P = BIT_PHASES  # noqa: N806 (the symbol of the formulas)
-        sync = self._soft(j - (SYNC_BITS - 1) * P, SYNC_BITS, 1.0)
-        if sync is None:
-            return None
         a = j - (SYNC_BITS - 1) * P - self._s_base
+        if a < 0:
+            return None  # its sync has left the history
         sync_s = self._s[a : a + SYNC_BITS * P : P]
         payload = self._s[a + SYNC_BITS * P : a + (SYNC_BITS + CODEWORD_BITS) * P : P]
         phase = self._phase(sync_s, payload)

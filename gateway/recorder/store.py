@@ -777,21 +777,22 @@ def _open_audio(
     return flac
 
 
+def _add_once(db: sqlite3.Connection, record_id: int, column: str, value: str) -> None:
+    """Append `value` to a comma-separated list column (faults, units) unless it is in."""
+    assert column in ("faults", "units")  # a column name, never input
+    row = db.execute(f"SELECT {column} FROM recordings WHERE id = ?", (record_id,)).fetchone()
+    values = [v for v in str(row[0] or "").split(",") if v]
+    if value not in values:
+        values.append(value)
+        db.execute(
+            f"UPDATE recordings SET {column} = ? WHERE id = ?", (",".join(values), record_id)
+        )
+
+
 def _note(db: sqlite3.Connection, record_id: int, op: _Note) -> None:
-    if op.fault:
-        row = db.execute("SELECT faults FROM recordings WHERE id = ?", (record_id,)).fetchone()
-        faults = [f for f in str(row[0] or "").split(",") if f]
-        if op.fault not in faults:
-            faults.append(op.fault)
-            db.execute(
-                "UPDATE recordings SET faults = ? WHERE id = ?", (",".join(faults), record_id)
-            )
-    if op.unit:
-        row = db.execute("SELECT units FROM recordings WHERE id = ?", (record_id,)).fetchone()
-        units = [u for u in str(row[0] or "").split(",") if u]
-        if op.unit not in units:
-            units.append(op.unit)
-            db.execute("UPDATE recordings SET units = ? WHERE id = ?", (",".join(units), record_id))
+    for column, value in (("faults", op.fault), ("units", op.unit)):
+        if value:
+            _add_once(db, record_id, column, value)
     if op.tty_text:
         db.execute(
             "UPDATE recordings SET tty_text = tty_text || ? WHERE id = ?",
