@@ -219,6 +219,13 @@ class Query:
         # SQLite's LIKE reads a pattern up to a NUL: "A\0B" would find every "A".
         if self.text is not None and "\x00" in self.text:
             raise ValueError("the search text must not contain NUL characters")
+        if self.text is not None and not self.text.isascii():
+            try:
+                self.text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "the search text is not valid Unicode (a lone surrogate)"
+                ) from None
         if not 1 <= self.limit <= 10_000:
             raise ValueError(f"limit must be 1..10000, got {self.limit}")
         if self.unit is not None and not re.fullmatch(r"[0-9A-Fa-f]{4}", self.unit):
@@ -440,6 +447,8 @@ class RecordingStore:
         """Add a fault raised during the record, TTY text, who keyed it, or a unit ID."""
         if tty_text is not None:
             tty_text = tty_text.replace("\x00", "")  # never searchable (see Query)
+            # A lone surrogate (JSON from CAD can carry "\ud800") cannot be stored as UTF-8.
+            tty_text = tty_text.encode("utf-8", "replace").decode("utf-8")
         self._ops.put(_Note(handle, fault, tty_text, requested_by, transaction_id, unit))
 
     def end(self, handle: int, end: float) -> None:
