@@ -367,6 +367,13 @@ class FrontEnd:
         self.p_present.append(present)
         self.p_tones.append(mark_sig & space_sig)
         self.p_idle.append(idle)
+        if first == 1:
+            # The stream's first two hops have no window of their own before them: give
+            # them the noise of the window over them (measured on them), or a TTY already
+            # on when the stream starts (a file cut in its lead-in) loses its first
+            # character as a frame with no signal. Nothing reads them before this: every
+            # frame that starts there is decided later.
+            self.p_noise.a[0 - self.p_noise.base : 2 - self.p_noise.base] = noise[0]
         idx = np.arange(len(present))
         last = np.maximum.accumulate(np.where(present, idx, -1 - self._since_present))
         since = idx - last

@@ -114,6 +114,19 @@ def test_any_idle_between_characters_and_no_lead_in() -> None:
     assert text_of(decode(noisy(x, 10.0, seed=8, power=0.125))) == "TYPING SLOWLY 12"
 
 
+@pytest.mark.parametrize("lead_in_ms", [150, 100, 60, 20])
+@pytest.mark.parametrize("silence_ms", [0, 50, 100])
+def test_a_stream_that_starts_in_the_lead_in_reads_its_first_character(
+    lead_in_ms: int, silence_ms: int
+) -> None:
+    """A file cut in a TTY's lead-in, or a reply captured from its first sample: the first
+    character (a FIGS shift here) falls in the stream's first 130 ms. Those hops have no
+    analysis window before them; they were taken as having no signal, which lost it."""
+    x = TtyEncoder(lead_in_s=lead_in_ms / 1000).encode("911 WHAT IS YOUR ADDRESS GA")
+    y = np.concatenate([np.zeros(silence_ms * FS // 1000, np.float32), x])
+    assert text_of(decode(y)) == "911 WHAT IS YOUR ADDRESS GA"
+
+
 def test_detected_within_a_second_and_characters_within_100_ms_of_their_stop_bit() -> None:
     enc = TtyEncoder()
     x = noisy(enc.encode(TEXT), 6.0, seed=9, power=0.125)
