@@ -99,6 +99,7 @@ VERIFY_DONE_NATS: Final = 80.0  # evidence for the rate chosen that ends the che
 RATE_SWITCH_NATS: Final = 25.0  # evidence against it that reads the burst again at the other
 REDECODE_BACK_S: Final = 3.0  # how far before the gate run a burst may have started
 _CHUNK_S: Final = 4.0  # longest block handed to the front end at once
+_IDLE_STEP_S: Final = 0.25  # how far the idle trackers read at a time
 _MIN_BLOCK_S: Final = 0.064  # shortest (smaller blocks are gathered up to this)
 
 
@@ -256,6 +257,7 @@ class TtyDecoder:
         self._locked: Tracker | None = None
         self._runs: dict[int, _Run] = {i: _Run([]) for i in range(len(self._trackers))}
         self._idle_from = 0
+        self._idle_upto = 0  # how far the idle trackers have been run
         self._alive = 0  # latest sign of the detected TTY: a character's end or idle mark
         self._session_baud: float | None = None
         self._session_until = -1
@@ -339,7 +341,13 @@ class TtyDecoder:
                 self._session_until = end + int(self._session_s * fe.fs2)
                 self._go_idle(end)
                 continue
-            if not self._idle_step(avail, events):
+            # Without a TTY, read on in steps: the trackers would otherwise read every frame
+            # of a long block (both rates) before the gate sees the first, and all after a
+            # detection is read again. The same as smaller blocks, which decode the same.
+            limit = min(avail, self._idle_upto + int(_IDLE_STEP_S * fe.fs2))
+            detected = self._idle_step(limit, events)
+            self._idle_upto = limit
+            if not detected and limit >= avail:
                 return events
 
     def _check_rate(self, limit: int, events: list[TtyEvent]) -> None:
@@ -396,6 +404,7 @@ class TtyDecoder:
         self._state = _State.IDLE
         self._locked = None
         self._idle_from = position
+        self._idle_upto = position
         self._doubt = None
         for i, tr in enumerate(self._trackers):
             tr.reset(position)

@@ -36,6 +36,7 @@ same numbers (taps applied one at a time, mixer phases anchored at hop starts):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Final
@@ -67,16 +68,25 @@ PRESENCE_RATIO: Final = 8.0  # tone bin over median floor (2-hop average): "tone
 FLOOR_HALF_BAND: Final = 450.0  # Hz around the centre used for the noise floor median
 RECENT_HOPS: Final = 16  # hunting for start bits needs tones within the last ~1 s
 HISTORY_S: Final = 12.0  # decimated history kept for re-decoding the start of a burst
+_HOP_CAP: Final = 512  # per-hop parameters: HISTORY_S is under 200 hops
 MIN_NOISE: Final = 1e-12  # floor on the noise estimate (digital silence is not 0 dB SNR)
 
 
 class Buf:
     """A growable 1-D array addressed by absolute index, trimmed from the front."""
 
-    def __init__(self, dtype: npt.DTypeLike, start: int = 0, cap: int = 8192) -> None:
+    def __init__(
+        self, dtype: npt.DTypeLike, start: int = 0, cap: int = 1 << 16, full: int = 1 << 16
+    ) -> None:
+        """`cap`: by default HISTORY_S of decimated samples and a block, the size trimming
+        keeps it at, from the start (and `full` if it grows): a buffer grown by doubling
+        made the front end of a decoder's first minute a fifth slower (measured, 8
+        messages, best of 6). What is never written costs no memory.
+        """
         self.a = np.zeros(cap, dtype=dtype)
         self.base = start
         self.n = 0
+        self._full = full
 
     @property
     def end(self) -> int:
@@ -88,13 +98,18 @@ class Buf:
     def extend(self, k: int) -> npt.NDArray[Any]:
         """Grow by `k` entries and return them (a view) to be written in place."""
         if self.n + k > len(self.a):
-            cap = max(2 * len(self.a), self.n + k)
+            cap = max(self._full, 2 * len(self.a), self.n + k)
             new = np.zeros(cap, dtype=self.a.dtype)
             new[: self.n] = self.a[: self.n]
             self.a = new
         out = self.a[self.n : self.n + k]
         self.n += k
         return out
+
+    def restart(self, start: int) -> None:
+        """Empty, its first index `start` (the array is kept: no new allocation)."""
+        self.base = start
+        self.n = 0
 
     def truncate(self, end: int) -> None:
         """Drop everything from absolute index `end` on."""
@@ -221,13 +236,19 @@ class FrontEnd:
         self._fixed_hz = (MARK_HZ, SPACE_HZ)
         # Per-hop parameters; hop h covers decimated samples [h*HOP, (h+1)*HOP), and the
         # parameters of hop h come from the analysis of hop h-1.
-        self.p_mark = Buf(np.float64)
-        self.p_space = Buf(np.float64)
-        self.p_noise = Buf(np.float64)
-        self.p_present = Buf(np.bool_)
-        self.p_recent = Buf(np.bool_)  # tones present in any of the last RECENT_HOPS hops
-        self.p_tones = Buf(np.bool_)  # both tone frequencies clearly measured
-        self.p_idle = Buf(np.bool_)  # steady idle mark: the carrier held between characters
+        self.p_mark = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
+        self.p_space = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
+        self.p_noise = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
+        self.p_present = Buf(np.bool_, cap=_HOP_CAP, full=_HOP_CAP)
+        self.p_recent = Buf(
+            np.bool_, cap=_HOP_CAP
+        )  # tones present in any of the last RECENT_HOPS hops
+        self.p_tones = Buf(
+            np.bool_, cap=_HOP_CAP, full=_HOP_CAP
+        )  # both tone frequencies clearly measured
+        self.p_idle = Buf(
+            np.bool_, cap=_HOP_CAP
+        )  # steady idle mark: the carrier held between characters
         self._per_hop = (
             self.p_mark,
             self.p_space,
@@ -339,11 +360,12 @@ class FrontEnd:
             return
         # Window r is hops r and r + 1 of `blocks` (NFFT is two hops), windowed.
         blocks = self.y.get((first + 1) * HOP - NFFT, done * HOP).reshape(-1, HOP)
-        windowed = np.empty((done - first, NFFT), dtype=np.complex64)
+        # complex128: numpy's pocketfft takes a fifth of the time on it than on complex64.
+        windowed = np.empty((done - first, NFFT), dtype=np.complex128)
         np.multiply(blocks[:-1], self._win[:HOP], out=windowed[:, :HOP])
         np.multiply(blocks[1:], self._win[HOP:], out=windowed[:, HOP:])
         spec = np.fft.fft(windowed, axis=1)[:, self._band]
-        power = (spec.real.astype(np.float64) ** 2) + spec.imag.astype(np.float64) ** 2
+        power = spec.real**2 + spec.imag**2
         allp = np.concatenate([self._hist, power], axis=0)
         avg8, avg2 = _window_means(allp, len(self._hist), AVG_HOPS)
         self._hist = allp[-(AVG_HOPS - 1) :]
@@ -411,25 +433,39 @@ class FrontEnd:
         tone implies: 400 Hz apart, scaled halfway between a common shift and a common
         ratio (a TTY 5 % off is then within 10 Hz either way).
         """
-        mark = np.empty_like(mark_f)
-        space = np.empty_like(space_f)
-        m, sp = self._est_mark, self._est_space
-        for r in range(len(mark_f)):
-            ms, ss = bool(mark_sig[r]), bool(space_sig[r])
-            if ms:
+        # Rows where both tones or neither were measured just take or hold values; only
+        # those with one tone measured may guess the other, in order (a guess is held on
+        # like a measurement), so only they are visited one by one.
+        n = len(mark_f)
+        rows = np.arange(n)
+        set_m, set_s = mark_sig.copy(), space_sig.copy()  # rows that give each tone a value
+        val_m, val_s = mark_f.copy(), space_f.copy()
+        last_ms = np.maximum.accumulate(np.where(mark_sig, rows, -1))
+        last_ss = np.maximum.accumulate(np.where(space_sig, rows, -1))
+        guess_m = guess_s = -1  # the latest row that guessed each tone
+        m0, s0 = self._est_mark, self._est_space
+        for r in np.flatnonzero(mark_sig != space_sig).tolist():
+            if mark_sig[r]:
                 m = float(mark_f[r])
-            if ss:
-                sp = float(space_f[r])
-            if ms and not ss:
+                j = max(int(last_ss[r]), guess_s)  # the space held: set last there
+                sp = float(val_s[j]) if j >= 0 else s0
                 guess = m + (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (m / MARK_HZ - 1.0))
                 if abs(sp - guess) > PAIR_TOLERANCE_HZ:
-                    sp = guess
-            elif ss and not ms:
+                    set_s[r], val_s[r], guess_s = True, guess, r
+            else:
+                sp = float(space_f[r])
+                j = max(int(last_ms[r]), guess_m)
+                m = float(val_m[j]) if j >= 0 else m0
                 guess = sp - (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (sp / SPACE_HZ - 1.0))
                 if abs(m - guess) > PAIR_TOLERANCE_HZ:
-                    m = guess
-            mark[r], space[r] = m, sp
-        self._est_mark, self._est_space = m, sp
+                    set_m[r], val_m[r], guess_m = True, guess, r
+        held = []
+        for given, val, before in ((set_m, val_m, m0), (set_s, val_s, s0)):
+            src = np.maximum.accumulate(np.where(given, rows, -1))
+            held.append(np.where(src >= 0, val[np.maximum(src, 0)], before))
+        mark, space = held
+        if n:
+            self._est_mark, self._est_space = float(mark[-1]), float(space[-1])
         return mark, space
 
     def _tone_power(self, avg2: F64, f: F64) -> F64:
@@ -570,19 +606,100 @@ _DATA_W: Final = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=np.float32)
 _FIXED_W: Final = np.array([1, -1, 0, 0, 0, 0, 0, 1], dtype=np.float32)
 
 
+@dataclass(frozen=True, slots=True)
+class _TrackerTables:
+    """What a tracker computes from its rate alone (shared: building it took a
+    millisecond per tracker, a decoder's whole start-up)."""
+
+    nbf: float
+    nb: int
+    offs: I64  # bit-window end offsets from the start-bit start, bits -1 (idle) .. 6
+    frame_len: int
+    next_scan: int
+    next_floor: int
+    ar: F64
+    is_mark: B
+    before_m: F64
+    before_s: F64
+    steps: F64
+    n_mark: F64
+    like: list[list[tuple[int, int]]]
+    code_mark: list[list[bool]]
+    uniq_m: F64
+    uniq_s: F64
+    chain_map: I64
+
+
+@functools.lru_cache(maxsize=16)
+def _tracker_tables(fs2: float, baud: float) -> _TrackerTables:
+    nbf = fs2 / baud
+    nb = round(nbf)
+    offs = np.array([round((i + 1) * nbf) - 1 for i in range(-1, 7)], np.int64)
+    # Coherent reading of a frame (see `coherent`): each code's tone per window (idle,
+    # start, 5 data, stop), the window starts, and the samples of each tone before
+    # each window under that code (the signal phase runs on at the tone's frequency).
+    pattern = np.array([[1, 0, *((c >> i) & 1 for i in range(5)), 1] for c in range(32)])
+    is_mark = pattern.astype(bool)
+    # Bits last nbf samples (a fraction at some rates) while windows start on whole
+    # samples: each window's start is `frac` off the ideal grid, spent in its own bit.
+    starts = offs - nb + 1
+    frac = (starts - starts[0]) - nbf * np.arange(8)
+    bits_m = np.zeros((32, 8), np.float64)
+    bits_m[:, 1:] = np.cumsum(pattern[:, :-1], axis=1)
+    before_m = nbf * bits_m + frac * pattern
+    before_s = nbf * (np.arange(8) - bits_m) + frac * (1 - pattern)
+    like = [
+        [
+            (u, 0 if bool(pattern[c, u]) else 1)
+            for u in range(7)
+            if pattern[c, u] == pattern[c, u + 1]
+        ]
+        for c in range(32)
+    ]  # per code: (window, tone) of each pair of like bits in a row
+    # The chains (see Tracker._chains) as (tone, code, window), tone 0 for a mark window
+    # and 1 for a space one, hold a turn where the code has that tone and 0 elsewhere; the
+    # turn depends only on the samples of each tone before the window, which many codes
+    # share. chain_map picks each entry from those distinct turns (index U: 0).
+    pairs = np.stack([before_m.ravel(), before_s.ravel()], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inv = inverse.reshape(32, 8)
+    chain_map = np.stack([np.where(is_mark, inv, len(uniq)), np.where(is_mark, len(uniq), inv)])
+    for a in (offs, is_mark, before_m, before_s, chain_map):
+        a.flags.writeable = False
+    return _TrackerTables(
+        nbf=nbf,
+        nb=nb,
+        offs=offs,
+        frame_len=round(7 * nbf),
+        next_scan=round(6.5 * nbf),
+        next_floor=round(6.75 * nbf),
+        ar=np.arange(4 * nb, dtype=np.float64),
+        is_mark=is_mark,
+        before_m=before_m,
+        before_s=before_s,
+        steps=np.diff(starts).astype(np.float64),
+        n_mark=pattern.sum(axis=1).astype(np.float64),
+        like=like,
+        code_mark=[[bool(v) for v in row] for row in pattern],
+        uniq_m=uniq[:, 0].copy(),
+        uniq_s=uniq[:, 1].copy(),
+        chain_map=chain_map,
+    )
+
+
 class Tracker:
     """Start-bit hunting and frame timing for one baud rate."""
 
     def __init__(self, fe: FrontEnd, baud: float) -> None:
         self.fe = fe
         self.baud = baud
-        self.nbf = fe.fs2 / baud
-        self.nb = round(self.nbf)
-        # Bit-window end offsets from the start-bit start, for bits -1 (idle before) .. 6.
-        self.offs = np.array([round((i + 1) * self.nbf) - 1 for i in range(-1, 7)], np.int64)
-        self.frame_len = round(7 * self.nbf)
-        self.next_scan = round(6.5 * self.nbf)
-        self.next_floor = round(6.75 * self.nbf)
+        t = _tracker_tables(fe.fs2, baud)
+        self.nbf = t.nbf
+        self.nb = t.nb
+        self.offs = t.offs
+        self.frame_len = t.frame_len
+        self.next_scan = t.next_scan
+        self.next_floor = t.next_floor
         # Envelopes of the bit-long integrate-and-dump of each tone, ending at each sample.
         self.rm = Buf(np.float32, start=fe.cm.base + self.nb)
         self.rs = Buf(np.float32, start=fe.cm.base + self.nb)
@@ -593,44 +710,17 @@ class Tracker:
         self._tamp = (0.0, 0.0)
         self.q = Buf(np.float32, start=fe.cm.base + self.nb)
         self.score = Buf(np.float32, start=fe.cm.base + self.nb - int(self.offs[0]))
-        self._ar = np.arange(4 * self.nb, dtype=np.float64)
-        # Coherent reading of a frame (see `coherent`): each code's tone per window (idle,
-        # start, 5 data, stop), the window starts, and the samples of each tone before
-        # each window under that code (the signal phase runs on at the tone's frequency).
-        pattern = np.array([[1, 0, *((c >> i) & 1 for i in range(5)), 1] for c in range(32)])
-        self._is_mark = pattern.astype(bool)
-        # Bits last nbf samples (a fraction at some rates) while windows start on whole
-        # samples: each window's start is `frac` off the ideal grid, spent in its own bit.
-        starts = self.offs - self.nb + 1
-        frac = (starts - starts[0]) - self.nbf * np.arange(8)
-        bits_m = np.zeros((32, 8), np.float64)
-        bits_m[:, 1:] = np.cumsum(pattern[:, :-1], axis=1)
-        self._before_m = self.nbf * bits_m + frac * pattern
-        self._before_s = self.nbf * (np.arange(8) - bits_m) + frac * (1 - pattern)
-        steps = np.diff(starts)
-        self._steps = steps.astype(np.float64)
-        self._n_mark = pattern.sum(axis=1).astype(np.float64)
-        self._like = [
-            [
-                (u, 0 if bool(pattern[c, u]) else 1)
-                for u in range(7)
-                if pattern[c, u] == pattern[c, u + 1]
-            ]
-            for c in range(32)
-        ]  # per code: (window, tone) of each pair of like bits in a row
-        self._code_mark = [[bool(v) for v in row] for row in pattern]
-        # The chains (see _chains) as (tone, code, window), tone 0 for a mark window and 1
-        # for a space one, hold a turn where the code has that tone and 0 elsewhere; the
-        # turn depends only on the samples of each tone before the window, which many
-        # codes share. _chain_map picks each entry from those distinct turns (index U: 0).
-        pairs = np.stack([self._before_m.ravel(), self._before_s.ravel()], axis=1)
-        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
-        self._uniq_m, self._uniq_s = uniq[:, 0].copy(), uniq[:, 1].copy()
-        self._turns = np.zeros(len(uniq) + 1, np.complex128)
-        inv = inverse.reshape(32, 8)
-        self._chain_map = np.stack(
-            [np.where(self._is_mark, inv, len(uniq)), np.where(self._is_mark, len(uniq), inv)]
-        )
+        self._ar = t.ar
+        self._is_mark = t.is_mark
+        self._before_m = t.before_m
+        self._before_s = t.before_s
+        self._steps = t.steps
+        self._n_mark = t.n_mark
+        self._like = t.like
+        self._code_mark = t.code_mark
+        self._uniq_m, self._uniq_s = t.uniq_m, t.uniq_s
+        self._turns = np.zeros(len(t.uniq_m) + 1, np.complex128)
+        self._chain_map = t.chain_map
         self.reset_chain(MARK_HZ, SPACE_HZ)
         self.reset(0)
 
@@ -701,8 +791,8 @@ class Tracker:
             return
         self._tamp = (amp_m, amp_s)
         base = self.rm.base
-        self.q = Buf(np.float32, start=base)
-        self.score = Buf(np.float32, start=base - int(self.offs[0]))
+        self.q.restart(base)
+        self.score.restart(base - int(self.offs[0]))
         self._extend_timing()
 
     def _extend_timing(self) -> None:
@@ -723,7 +813,7 @@ class Tracker:
         offs = self.offs
         t_min = self.q.base - int(offs[0])  # the first start whose windows are all held
         if self.score.end < t_min:  # (the buffers are trimmed each on its own)
-            self.score = Buf(np.float32, start=t_min)
+            self.score.restart(t_min)
         t_lo, t_hi = self.score.end, self.q.end - int(offs[-1])
         if t_hi <= t_lo:
             return
@@ -748,12 +838,9 @@ class Tracker:
         lo, hi = self.rm.end, fe.avail
         if lo < fe.cm.base + nb:  # history trimmed past us (long gap): restart the envelopes
             lo = fe.cm.base + nb
-            self.rm = Buf(np.float32, start=lo)
-            self.rs = Buf(np.float32, start=lo)
-            self.dm = Buf(np.complex64, start=lo)
-            self.ds = Buf(np.complex64, start=lo)
-            self.q = Buf(np.float32, start=lo)
-            self.score = Buf(np.float32, start=lo - int(self.offs[0]))
+            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
+                buf.restart(lo)
+            self.score.restart(lo - int(self.offs[0]))
         if hi > lo:
             # Window sums ending at each sample, turned by the mixer phase at the window's
             # first sample: the signal's phase there (see coherent); their size is the

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gateway.dsp.tty_demod import _mod_2pi
+from gateway.dsp.tty_demod import MARK_HZ, PAIR_TOLERANCE_HZ, SPACE_HZ, FrontEnd, _mod_2pi
 
 PHASES = arrays(
     np.float64,
@@ -35,3 +35,54 @@ def test_mod_2pi_on_a_mixers_phase_ramp() -> None:
     n = np.arange(20 * 60 * 8000, dtype=np.float64)
     phase = 2 * np.pi * 1800.0 / 8000.0 * n
     assert np.array_equal(_mod_2pi(phase).view(np.int64), np.mod(phase, 2 * np.pi).view(np.int64))
+
+
+def _hold_one_by_one(
+    est: tuple[float, float],
+    mark_f: np.ndarray,
+    mark_sig: np.ndarray,
+    space_f: np.ndarray,
+    space_sig: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """FrontEnd._hold as it was first written, hop by hop: the reference."""
+    mark, space = np.empty_like(mark_f), np.empty_like(space_f)
+    m, sp = est
+    for r in range(len(mark_f)):
+        ms, ss = bool(mark_sig[r]), bool(space_sig[r])
+        if ms:
+            m = float(mark_f[r])
+        if ss:
+            sp = float(space_f[r])
+        if ms and not ss:
+            guess = m + (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (m / MARK_HZ - 1.0))
+            if abs(sp - guess) > PAIR_TOLERANCE_HZ:
+                sp = guess
+        elif ss and not ms:
+            guess = sp - (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (sp / SPACE_HZ - 1.0))
+            if abs(m - guess) > PAIR_TOLERANCE_HZ:
+                m = guess
+        mark[r], space[r] = m, sp
+    return mark, space, (m, sp)
+
+
+HOPS = st.integers(0, 60).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, n, elements=st.floats(1300.0, 1500.0)),
+        arrays(np.bool_, n),
+        arrays(np.float64, n, elements=st.floats(1700.0, 1900.0)),
+        arrays(np.bool_, n),
+    )
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(HOPS, st.floats(1300.0, 1500.0), st.floats(1700.0, 1900.0))
+def test_hold_visits_only_one_tone_hops_and_matches_hop_by_hop(
+    hops: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], est_m: float, est_s: float
+) -> None:
+    fe = FrontEnd(8000.0)
+    fe._est_mark, fe._est_space = est_m, est_s
+    mark, space = fe._hold(*hops)
+    ref_mark, ref_space, ref_est = _hold_one_by_one((est_m, est_s), *hops)
+    assert np.array_equal(mark, ref_mark) and np.array_equal(space, ref_space)
+    assert (fe._est_mark, fe._est_space) == ref_est
