@@ -407,6 +407,7 @@ class TtyDecoder:
         self._idle_upto = position
         self._doubt = None
         for i, tr in enumerate(self._trackers):
+            tr.forget_before(position)
             tr.reset(position)
             self._runs[i] = _Run([])
 

@@ -738,6 +738,20 @@ class Tracker:
         self.coherence = 0.0  # how well the signal follows a continuous phase (0..1)
         self._coh_n = 0  # frames it was measured on
 
+    def forget_before(self, position: int) -> None:
+        """Nothing before `position`, less two frames, will be read: if the envelopes have
+        not come that far, start them there rather than compute the span between.
+
+        A tracker that sat out a burst (the other rate's) would otherwise compute the
+        envelopes of the whole history when the burst ends. They are a function of the
+        running sums at each sample, so those after `position` are the same either way.
+        """
+        start = position - 2 * self.frame_len - 4 * self.nb
+        if self.rm.end < start and start >= self.fe.cm.base + self.nb:
+            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
+                buf.restart(start)
+            self.score.restart(start - int(self.offs[0]))
+
     def reset(self, position: int) -> None:
         self.scan = position  # next start candidate to examine
         self.floor = position  # earliest start accepted by the timing search
