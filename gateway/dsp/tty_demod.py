@@ -752,6 +752,30 @@ class Tracker:
                 buf.restart(start)
             self.score.restart(start - int(self.offs[0]))
 
+    def _quiet(self) -> bool:
+        """Hunting without a TTY (masked) and nothing due: True if no tone has been present
+        since the envelopes' end, which may then lag, uncomputed; when tones come, the
+        envelopes start shortly before them rather than compute the span between.
+
+        Nothing reads that span: the hunt looks only where tones were present lately, no
+        character is due, and a burst is read from at most six hops before its presence
+        (TtyDecoder._presence_start) and two bits more. An idle channel (silence, noise)
+        then costs the front end alone. The envelopes are a function of the running sums
+        at each sample, so those computed are the same either way.
+        """
+        fe = self.fe
+        recent = fe.p_recent
+        h0 = max(self.rm.end // HOP, recent.base)
+        hits = np.flatnonzero(recent.get(h0, recent.end))
+        if len(hits) == 0:
+            return True
+        start = (h0 + int(hits[0]) - 8) * HOP - 2 * self.nb
+        if start > self.rm.end and start >= fe.cm.base + self.nb:
+            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
+                buf.restart(start)
+            self.score.restart(start - int(self.offs[0]))
+        return False
+
     def reset(self, position: int) -> None:
         self.scan = position  # next start candidate to examine
         self.floor = position  # earliest start accepted by the timing search
@@ -890,6 +914,8 @@ class Tracker:
 
         `masked`: hunt for start bits only where tones were seen recently (no detection yet).
         """
+        if masked and self.trigger is None and self.period_n < 2 and self._quiet():
+            return []
         self._update()
         nb = self.nb
         frames: list[Frame] = []
@@ -926,23 +952,27 @@ class Tracker:
             frames.append(frame)
             if not masked and frame.valid and frame.snr >= LEARN_SNR and frame.leak <= LEARN_LEAK:
                 self.learn(frame)  # here, not by the caller: the same for any block size
-            t0 = frame.start
-            on_beat = (
-                self.period_n >= 2
-                and self.last_start is not None
-                and abs(t0 - self.last_start - self.period) <= nb // 4
-            )
-            self.misses = 0 if frame.valid else self.misses + 1
-            if frame.valid or (on_beat and self.misses < 2):
-                self._rhythm(t0)
-                self.scan = t0 + self.next_scan
-                self.floor = t0 + self.next_floor
-            else:
-                # Start or stop bit wrong and not where the rhythm says: most likely a
-                # misframe (a data bit taken for a start bit). Hunt again half a bit on.
-                self.period_n = 0
-                self.last_start = None
-                self.scan = self.floor = t0 + nb // 2
+            self._next(frame.start, frame.valid)
+
+    def _next(self, t0: int, valid: bool) -> None:
+        """Where to look after a frame read at t0: on in the rhythm, or half a bit on."""
+        nb = self.nb
+        on_beat = (
+            self.period_n >= 2
+            and self.last_start is not None
+            and abs(t0 - self.last_start - self.period) <= nb // 4
+        )
+        self.misses = 0 if valid else self.misses + 1
+        if valid or (on_beat and self.misses < 2):
+            self._rhythm(t0)
+            self.scan = t0 + self.next_scan
+            self.floor = t0 + self.next_floor
+        else:
+            # Start or stop bit wrong and not where the rhythm says: most likely a
+            # misframe (a data bit taken for a start bit). Hunt again half a bit on.
+            self.period_n = 0
+            self.last_start = None
+            self.scan = self.floor = t0 + nb // 2
 
     def _hunt(self, limit: int, masked: bool) -> int | None:
         """First position from `scan` whose bit window clearly reads as a start bit."""
@@ -965,6 +995,11 @@ class Tracker:
     def _hunt_in(self, lo: int, hi: int, masked: bool) -> int | None:
         """`_hunt` over the starts [lo, hi)."""
         fe, nb = self.fe, self.nb
+        if masked:
+            # No tones lately anywhere in the span (silence, noise): no hit can pass.
+            h0 = max((lo + nb - 1) // HOP, fe.p_recent.base)
+            if not fe.p_recent.get(h0, (hi + nb - 2) // HOP + 1).any():
+                return None
         base = self.rm.base
         a, b = lo + nb - 1 - base, hi + nb - 1 - base  # window-end indices
         rm = self.rm.a[a:b]

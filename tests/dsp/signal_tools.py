@@ -1,4 +1,5 @@
-"""What the signalling tests share: padding, band noise, and the multimon-ng binary."""
+"""What the signalling tests share: padding, band noise, the multimon-ng binary, and feeding
+a streaming decoder in pieces."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def feed_in_pieces(decoder: Streaming[E_co], x: np.ndarray, cuts: list[int]) -> 
         events += decoder.feed(x[at : at + cut])
         at += cut
     return [*events, *decoder.feed(x[at:]), *decoder.flush()]
+
+
+def feed_in_blocks(
+    decoder: Streaming[E_co], x: np.ndarray, rng: np.random.Generator, longest: int
+) -> list[E_co]:
+    """Every event of `x` fed in random blocks of 1 to `longest` samples, flushed."""
+    cuts: list[int] = []
+    total = 0
+    while total < len(x):
+        cuts.append(int(rng.integers(1, longest)))
+        total += cuts[-1]
+    return feed_in_pieces(decoder, x, cuts)

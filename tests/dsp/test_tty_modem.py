@@ -18,6 +18,7 @@ from gateway.dsp.tty import (
     final_text,
 )
 from hw_sim.phone_line import add_noise, band_noise, g711, speech_like, tilt
+from tests.dsp.signal_tools import feed_in_blocks
 
 FS = 8000
 TEXT = "HELLO 911 MY ADDRESS IS 4127 N MAIN ST APT 3B (RED HOUSE) GA"
@@ -183,16 +184,25 @@ def test_streaming_in_random_blocks_gives_the_same_events() -> None:
     rng = np.random.default_rng(13)
     x = noisy(TtyEncoder(baud=BAUD_50, stop_bits=1.5).encode(TEXT), -3.0, seed=14, power=0.125)
     whole = decode(x)
-    dec = TtyDecoder()
-    pieces: list[TtyEvent] = []
-    i = 0
-    while i < len(x):
-        n = int(rng.integers(1, 900))
-        pieces.extend(dec.feed(x[i : i + n]))
-        i += n
-    pieces.extend(dec.flush())
     assert text_of(whole) == TEXT
-    assert pieces == whole
+    assert feed_in_blocks(TtyDecoder(), x, rng, 900) == whole
+
+
+@pytest.mark.parametrize("quiet", ["silence", "noise"])
+def test_a_call_after_a_long_quiet_spell_is_read_from_its_first_character(quiet: str) -> None:
+    """Idle, the decoder leaves the trackers' envelopes uncomputed while no tone is present
+    and starts them shortly before the tones come: a burst with a short lead-in after 20 s
+    of quiet (and a second after 3 s more) reads whole, in any blocks."""
+    rng = np.random.default_rng(21)
+    enc = TtyEncoder(lead_in_s=0.03)
+    gap = np.zeros(20 * FS, np.float32)
+    second = np.zeros(3 * FS, np.float32)
+    x = np.concatenate([gap, enc.encode("911 AT 12 ELM ST"), second, enc.encode("GA")])
+    if quiet == "noise":
+        x = add_noise(x, 6.0, sample_rate=FS, signal_power=0.125, rng=rng)
+    whole = decode(x)
+    assert text_of(whole) == "911 AT 12 ELM STGA"
+    assert feed_in_blocks(TtyDecoder(), x, rng, 6000) == whole
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from gateway.dsp.tty import (
     final_text,
 )
 from hw_sim.phone_line import add_noise
+from tests.dsp.signal_tools import feed_in_blocks
 
 FS = 8000
 Audio = npt.NDArray[np.float32]
@@ -285,12 +286,4 @@ def test_rate_choice_does_not_depend_on_block_size() -> None:
         whole = TtyDecoder()
         expected = whole.feed(x) + whole.flush()
         assert [e.baud for e in expected if isinstance(e, TtyDetected)] == [BAUD_45]
-        dec = TtyDecoder()
-        got: list[TtyEvent] = []
-        i = 0
-        while i < len(x):
-            n = int(rng.integers(1, 1200))
-            got.extend(dec.feed(x[i : i + n]))
-            i += n
-        got.extend(dec.flush())
-        assert got == expected
+        assert feed_in_blocks(TtyDecoder(), x, rng, 1200) == expected
