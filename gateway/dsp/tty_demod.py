@@ -155,6 +155,12 @@ def alias(f: float, fs2: float) -> float:
     return float(np.mod(f + fs2 / 2, fs2) - fs2 / 2)
 
 
+def _as_slice(idx: I64) -> slice:
+    """Consecutive indices as the slice they are."""
+    assert len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
+    return slice(int(idx[0]), int(idx[0]) + len(idx))
+
+
 def _window_means(rows_data: F64, first: int, k: int) -> tuple[F64, F64]:
     """Means of the (up to) k rows, and of the (up to) 2 rows, ending at each row from
     `first` on, newest first (k >= 2).
@@ -263,7 +269,7 @@ class FrontEnd:
         self._hops_done = 0
         self._win = np.hanning(NFFT + 2)[1:-1].astype(np.float32)
         self._hop_offsets = np.arange(HOP, dtype=np.float64)
-        self._around = np.array([[-1], [0], [1]], dtype=np.int64)
+        self._around3 = np.array([[-1, 0, 1]], dtype=np.int64)
         self._win_pow = float(np.sum(self._win.astype(np.float64) ** 2))
         # FFT bins covering CENTER_HZ +- FLOOR_HALF_BAND, in order of absolute frequency.
         step = self.fs2 / NFFT
@@ -274,9 +280,13 @@ class FrontEnd:
         band = band[np.argsort(absf[band])]
         self._band = band.astype(np.int64)
         self._band_f = absf[band]
-        self._floor_sel = np.nonzero(np.abs(self._band_f - CENTER_HZ) <= FLOOR_HALF_BAND)[0]
-        self._mark_sel = self._sel_near(MARK_HZ)
-        self._space_sel = self._sel_near(SPACE_HZ)
+        # The band is in order of frequency, so each range of it is a slice: numpy's
+        # slices and take() are several times faster than fancy indexing along an axis.
+        self._floor_sel = _as_slice(
+            np.nonzero(np.abs(self._band_f - CENTER_HZ) <= FLOOR_HALF_BAND)[0]
+        )
+        self._mark_sel = _as_slice(self._sel_near(MARK_HZ))
+        self._space_sel = _as_slice(self._sel_near(SPACE_HZ))
         self._step = step
         self._hist = np.zeros((0, len(band)), dtype=np.float64)  # last AVG_HOPS-1 spectra
         self._est_mark = MARK_HZ
@@ -364,13 +374,13 @@ class FrontEnd:
         windowed = np.empty((done - first, NFFT), dtype=np.complex128)
         np.multiply(blocks[:-1], self._win[:HOP], out=windowed[:, :HOP])
         np.multiply(blocks[1:], self._win[HOP:], out=windowed[:, HOP:])
-        spec = np.fft.fft(windowed, axis=1)[:, self._band]
+        spec = np.fft.fft(windowed, axis=1).take(self._band, axis=1)
         power = spec.real**2 + spec.imag**2
         allp = np.concatenate([self._hist, power], axis=0)
         avg8, avg2 = _window_means(allp, len(self._hist), AVG_HOPS)
         self._hist = allp[-(AVG_HOPS - 1) :]
 
-        mid = len(self._floor_sel) // 2
+        mid = (self._floor_sel.stop - self._floor_sel.start) // 2
         floor8 = np.partition(avg8[:, self._floor_sel], mid, axis=1)[:, mid]
         floor2 = np.partition(avg2[:, self._floor_sel], mid, axis=1)[:, mid]
         # The long average is steadier; the short one follows a floor that rises (speech
@@ -403,24 +413,26 @@ class FrontEnd:
         self._since_present = int(since[-1])
         self._hops_done = done
 
-    def _track(self, avg: F64, floor: F64, sel: I64) -> tuple[F64, B]:
-        """Peak frequency among `sel` per hop, and whether it is significant.
+    def _track(self, avg: F64, floor: F64, sel: slice) -> tuple[F64, B]:
+        """Peak frequency among the bins `sel` per hop, and whether it is significant.
 
         Significant: a local maximum inside the search range (not a slope running off its
         edge) standing PEAK_SIGNIFICANCE above the floor.
         """
         sub = avg[:, sel]
-        rows = np.arange(len(sub))
+        width = sel.stop - sel.start
         k = np.argmax(sub, axis=1)
-        sig = (sub[rows, k] > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < len(sel) - 1)
-        kk = np.minimum(np.maximum(k, 1), len(sel) - 2)
+        peak = np.take_along_axis(sub, k[:, None], axis=1)[:, 0]
+        sig = (peak > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < width - 1)
+        kk = np.minimum(np.maximum(k, 1), width - 2)
         # The three bins around each peak in one gather and one log.
-        lft, mid, rgt = np.log(sub[rows, kk + self._around] + 1e-300)
+        three = np.take_along_axis(sub, kk[:, None] + self._around3, axis=1)
+        lft, mid, rgt = np.log(three + 1e-300).T
         den = lft - 2 * mid + rgt
         delta = np.zeros(len(sub))
         fit = den < 0  # a parabola through the three opens downwards: its vertex
         delta[fit] = 0.5 * (lft[fit] - rgt[fit]) / den[fit]
-        f: F64 = self._band_f[sel[kk]] + np.minimum(np.maximum(delta, -0.5), 0.5) * self._step
+        f: F64 = self._band_f[sel][kk] + np.minimum(np.maximum(delta, -0.5), 0.5) * self._step
         return f, sig
 
     def _hold(self, mark_f: F64, mark_sig: B, space_f: F64, space_sig: B) -> tuple[F64, F64]:
@@ -471,11 +483,12 @@ class FrontEnd:
     def _tone_power(self, avg2: F64, f: F64) -> F64:
         """Power in the three bins around frequency f (per hop; f may be a stack of rows
         of frequencies per hop, one row per tone)."""
-        rows = np.arange(len(avg2))
         k = np.rint((f - self._band_f[0]) / self._step).astype(np.int64)
         last = len(self._band_f) - 1
         k = np.minimum(np.maximum(k, 1), last - 1)  # the tones are well inside the band
-        out: F64 = avg2[rows, k - 1] + avg2[rows, k] + avg2[rows, k + 1]
+        k += np.arange(len(avg2))[None, :] * avg2.shape[1]  # flat indices: take is fast
+        flat = avg2.ravel()
+        out: F64 = flat.take(k - 1) + flat.take(k) + flat.take(k + 1)
         return out
 
     def _presence(self, avg2: F64, floor: F64, mark: F64, space: F64) -> tuple[B, B]:
