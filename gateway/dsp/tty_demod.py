@@ -68,6 +68,7 @@ PRESENCE_RATIO: Final = 8.0  # tone bin over median floor (2-hop average): "tone
 FLOOR_HALF_BAND: Final = 450.0  # Hz around the centre used for the noise floor median
 RECENT_HOPS: Final = 16  # hunting for start bits needs tones within the last ~1 s
 HISTORY_S: Final = 12.0  # decimated history kept for re-decoding the start of a burst
+_FEW_HOPS: Final = 8  # hops per block up to which per-hop loops beat numpy's bulk calls
 _HOP_CAP: Final = 512  # per-hop parameters: HISTORY_S is under 200 hops
 MIN_NOISE: Final = 1e-12  # floor on the noise estimate (digital silence is not 0 dB SNR)
 
@@ -269,7 +270,7 @@ class FrontEnd:
         self._hops_done = 0
         self._win = np.hanning(NFFT + 2)[1:-1].astype(np.float32)
         self._hop_offsets = np.arange(HOP, dtype=np.float64)
-        self._around3 = np.array([[-1, 0, 1]], dtype=np.int64)
+        self._around = np.array([[-1], [0], [1]], dtype=np.int64)
         self._win_pow = float(np.sum(self._win.astype(np.float64) ** 2))
         # FFT bins covering CENTER_HZ +- FLOOR_HALF_BAND, in order of absolute frequency.
         step = self.fs2 / NFFT
@@ -421,13 +422,12 @@ class FrontEnd:
         """
         sub = avg[:, sel]
         width = sel.stop - sel.start
+        rows = np.arange(len(sub))
         k = np.argmax(sub, axis=1)
-        peak = np.take_along_axis(sub, k[:, None], axis=1)[:, 0]
-        sig = (peak > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < width - 1)
+        sig = (sub[rows, k] > PEAK_SIGNIFICANCE * floor) & (k > 0) & (k < width - 1)
         kk = np.minimum(np.maximum(k, 1), width - 2)
         # The three bins around each peak in one gather and one log.
-        three = np.take_along_axis(sub, kk[:, None] + self._around3, axis=1)
-        lft, mid, rgt = np.log(three + 1e-300).T
+        lft, mid, rgt = np.log(sub[rows, kk + self._around] + 1e-300)
         den = lft - 2 * mid + rgt
         delta = np.zeros(len(sub))
         fit = den < 0  # a parabola through the three opens downwards: its vertex
@@ -445,10 +445,12 @@ class FrontEnd:
         tone implies: 400 Hz apart, scaled halfway between a common shift and a common
         ratio (a TTY 5 % off is then within 10 Hz either way).
         """
+        n = len(mark_f)
+        if n <= _FEW_HOPS:  # a sound card's block: one by one is quicker than in bulk
+            return self._hold_each(mark_f, mark_sig, space_f, space_sig)
         # Rows where both tones or neither were measured just take or hold values; only
         # those with one tone measured may guess the other, in order (a guess is held on
         # like a measurement), so only they are visited one by one.
-        n = len(mark_f)
         rows = np.arange(n)
         set_m, set_s = mark_sig.copy(), space_sig.copy()  # rows that give each tone a value
         val_m, val_s = mark_f.copy(), space_f.copy()
@@ -479,6 +481,30 @@ class FrontEnd:
         if n:
             self._est_mark, self._est_space = float(mark[-1]), float(space[-1])
         return mark, space
+
+    def _hold_each(self, mark_f: F64, mark_sig: B, space_f: F64, space_sig: B) -> tuple[F64, F64]:
+        """_hold hop by hop (the same numbers: the same operations on the same floats)."""
+        mark, space = [], []
+        m, sp = self._est_mark, self._est_space
+        for mf, ms, sf, ss in zip(
+            mark_f.tolist(), mark_sig.tolist(), space_f.tolist(), space_sig.tolist(), strict=True
+        ):
+            if ms:
+                m = mf
+            if ss:
+                sp = sf
+            if ms and not ss:
+                guess = m + (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (m / MARK_HZ - 1.0))
+                if abs(sp - guess) > PAIR_TOLERANCE_HZ:
+                    sp = guess
+            elif ss and not ms:
+                guess = sp - (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (sp / SPACE_HZ - 1.0))
+                if abs(m - guess) > PAIR_TOLERANCE_HZ:
+                    m = guess
+            mark.append(m)
+            space.append(sp)
+        self._est_mark, self._est_space = m, sp
+        return np.array(mark), np.array(space)
 
     def _tone_power(self, avg2: F64, f: F64) -> F64:
         """Power in the three bins around frequency f (per hop; f may be a stack of rows
