@@ -421,6 +421,12 @@ class FrontEnd:
         edge) standing PEAK_SIGNIFICANCE above the floor.
         """
         sub = avg[:, sel]
+        if len(sub) <= _FEW_HOPS:
+            return self._track_each(sub, floor, sel)
+        return self._track_bulk(sub, floor, sel)
+
+    def _track_bulk(self, sub: F64, floor: F64, sel: slice) -> tuple[F64, B]:
+        """_track for many hops at once: `sub` holds their bins `sel`."""
         width = sel.stop - sel.start
         rows = np.arange(len(sub))
         k = np.argmax(sub, axis=1)
@@ -434,6 +440,23 @@ class FrontEnd:
         delta[fit] = 0.5 * (lft[fit] - rgt[fit]) / den[fit]
         f: F64 = self._band_f[sel][kk] + np.minimum(np.maximum(delta, -0.5), 0.5) * self._step
         return f, sig
+
+    def _track_each(self, sub: F64, floor: F64, sel: slice) -> tuple[F64, B]:
+        """_track_bulk hop by hop (the same operations on the same floats; the log taken by
+        numpy as there)."""
+        width = sel.stop - sel.start
+        freqs = self._band_f[sel].tolist()
+        out_f: list[float] = []
+        out_sig: list[bool] = []
+        for row, fl in zip(sub, floor.tolist(), strict=True):
+            k = int(row.argmax())
+            out_sig.append(float(row[k]) > PEAK_SIGNIFICANCE * fl and 0 < k < width - 1)
+            kk = min(max(k, 1), width - 2)
+            lft, mid, rgt = np.log(row[kk - 1 : kk + 2] + 1e-300).tolist()
+            den = lft - 2 * mid + rgt
+            delta = 0.5 * (lft - rgt) / den if den < 0 else 0.0
+            out_f.append(freqs[kk] + min(max(delta, -0.5), 0.5) * self._step)
+        return np.array(out_f), np.array(out_sig, dtype=bool)
 
     def _hold(self, mark_f: F64, mark_sig: B, space_f: F64, space_sig: B) -> tuple[F64, F64]:
         """Tone frequencies per hop: the latest significant measurement of each.

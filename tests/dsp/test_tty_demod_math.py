@@ -87,3 +87,28 @@ def test_hold_visits_only_one_tone_hops_and_matches_hop_by_hop(
         mark, space = hold(*hops)
         assert np.array_equal(mark, ref_mark) and np.array_equal(space, ref_space)
         assert (fe._est_mark, fe._est_space) == ref_est
+
+
+SPECTRA = st.integers(1, 12).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, (n, 40), elements=st.floats(0.0, 1e6)),
+        arrays(np.float64, n, elements=st.floats(1e-9, 1e5)),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SPECTRA)
+def test_peak_search_hop_by_hop_matches_the_bulk_one(
+    spectra: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The front end searches a few hops' peaks one by one (a sound card's block) and many
+    in bulk: the same frequencies and verdicts, bit for bit, or block sizes would decode
+    differently."""
+    avg, floor = spectra
+    fe = FrontEnd(8000.0)
+    for sel in (fe._mark_sel, fe._space_sel):
+        sub = avg[:, : sel.stop - sel.start]
+        bulk_f, bulk_sig = fe._track_bulk(sub, floor, sel)
+        each_f, each_sig = fe._track_each(sub, floor, sel)
+        assert np.array_equal(bulk_f, each_f) and np.array_equal(bulk_sig, each_sig)
