@@ -193,6 +193,16 @@ def ours(x: Audio) -> tuple[str, float]:
     return final_text(events), time.process_time() - t0
 
 
+def ours_streaming(x: Audio, block: int) -> float:
+    """CPU seconds to decode `x` fed in blocks of `block` samples, as from a sound card."""
+    t0 = time.process_time()
+    dec = TtyDecoder(sample_rate=FS)
+    for i in range(0, len(x), block):
+        dec.feed(x[i : i + block])
+    dec.flush()
+    return time.process_time() - t0
+
+
 def minimodem_rx(path: Path, mode: list[str]) -> tuple[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(
@@ -325,6 +335,15 @@ def throughput(texts: list[str], seed: int, tmp: Path) -> dict[str, float | None
     ours_cpu = 0.0
     for x in xs:
         ours_cpu += ours(x)[1]
+    # As the daemon feeds it: 100 ms blocks from the sound card, TTY and idle line noise.
+    stream_cpu = sum(ours_streaming(x, FS // 10) for x in xs)
+    # The line's noise alone, at the level it has under the -6 dB calls.
+    power = float(np.mean((transmit(cond, texts[0], tmp).astype(np.float64) * cond.amplitude) ** 2))
+    noise_rng = np.random.default_rng([seed, 98])
+    idle = quantise(
+        add_noise(np.zeros(120 * FS), -6.0, sample_rate=FS, signal_power=power, rng=noise_rng)
+    )
+    idle_cpu = ours_streaming(idle, FS // 10)
     paths = []
     for k, x in enumerate(xs):
         path = tmp / f"throughput_{k}.wav"
@@ -342,6 +361,10 @@ def throughput(texts: list[str], seed: int, tmp: Path) -> dict[str, float | None
         "minimodem": round(thr_mm, 1) if thr_mm else None,
         "ratio_consolegw_to_minimodem": ratio,
         "audio_seconds": round(audio, 1),
+        "consolegw_in_100ms_blocks": round(audio / stream_cpu, 1) if stream_cpu else None,
+        "consolegw_idle_noise_in_100ms_blocks": round(len(idle) / FS / idle_cpu, 1)
+        if idle_cpu
+        else None,
     }
 
 
@@ -512,7 +535,10 @@ def main() -> int:
     print(
         f"throughput (audio s per CPU s, {speed['audio_seconds']:g} s of audio, each decoder "
         f"alone): consolegw {_fmt(speed['consolegw'], 0)}x, minimodem "
-        f"{_fmt(speed['minimodem'], 0)}x, ratio {_fmt(speed['ratio_consolegw_to_minimodem'], 2)}"
+        f"{_fmt(speed['minimodem'], 0)}x, ratio {_fmt(speed['ratio_consolegw_to_minimodem'], 2)}; "
+        f"consolegw fed 100 ms blocks as in the daemon: "
+        f"{_fmt(speed['consolegw_in_100ms_blocks'], 0)}x, idle line noise "
+        f"{_fmt(speed['consolegw_idle_noise_in_100ms_blocks'], 0)}x"
     )
     result["false_chars"] = false
     result["false_minutes_each"] = minutes
