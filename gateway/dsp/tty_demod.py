@@ -546,11 +546,36 @@ class FrontEnd:
         Idle mark is the mark tone alone, holding a good share of the band: a voice with a
         harmonic on the mark frequency spreads its power over many others.
         """
+        if len(avg2) <= _FEW_HOPS:
+            return self._presence_each(avg2, floor, mark, space)
         p_m, p_s = self._tone_power(avg2, np.stack([mark, space]))
         present: B = np.maximum(p_m, p_s) > 3 * PRESENCE_RATIO * floor
         band = avg2.sum(axis=1)
         idle: B = (p_m > 3 * PRESENCE_RATIO * floor) & (p_s < 9 * floor) & (p_m > 0.3 * band)
         return present, idle
+
+    def _presence_each(self, avg2: F64, floor: F64, mark: F64, space: F64) -> tuple[B, B]:
+        """_presence hop by hop (the same operations on the same floats)."""
+        f0, step = float(self._band_f[0]), self._step
+        last = len(self._band_f) - 1
+        present: list[bool] = []
+        idle: list[bool] = []
+        rows = zip(
+            avg2.tolist(),
+            floor.tolist(),
+            mark.tolist(),
+            space.tolist(),
+            avg2.sum(axis=1).tolist(),  # numpy's sum, as in bulk
+            strict=True,
+        )
+        for row, fl, m, sp, band in rows:
+            km = min(max(round((m - f0) / step), 1), last - 1)  # round: half to even, as rint
+            ks = min(max(round((sp - f0) / step), 1), last - 1)
+            p_m = row[km - 1] + row[km] + row[km + 1]
+            p_s = row[ks - 1] + row[ks] + row[ks + 1]
+            present.append(max(p_m, p_s) > 3 * PRESENCE_RATIO * fl)
+            idle.append(p_m > 3 * PRESENCE_RATIO * fl and p_s < 9 * fl and p_m > 0.3 * band)
+        return np.array(present, dtype=bool), np.array(idle, dtype=bool)
 
     def _freqs(self, pbuf: Buf, fixed: float, hops: I64) -> F64:
         """Tone frequency per hop: fixed inside a re-read burst, else as tracked."""

@@ -112,3 +112,29 @@ def test_peak_search_hop_by_hop_matches_the_bulk_one(
         bulk_f, bulk_sig = fe._track_bulk(sub, floor, sel)
         each_f, each_sig = fe._track_each(sub, floor, sel)
         assert np.array_equal(bulk_f, each_f) and np.array_equal(bulk_sig, each_sig)
+
+
+BANDS = st.integers(1, 12).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, (n, 119), elements=st.floats(0.0, 1e6)),
+        arrays(np.float64, n, elements=st.floats(1e-9, 1e4)),
+        arrays(np.float64, n, elements=st.floats(1300.0, 1500.0)),
+        arrays(np.float64, n, elements=st.floats(1700.0, 1900.0)),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BANDS)
+def test_presence_hop_by_hop_matches_the_bulk_one(
+    band: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    avg2, floor, mark, space = band
+    fe = FrontEnd(8000.0)
+    avg2 = avg2[:, : len(fe._band_f)]
+    bulk = FrontEnd._presence(
+        fe, np.concatenate([avg2] * 9), *(np.tile(v, 9) for v in (floor, mark, space))
+    )
+    each = fe._presence_each(avg2, floor, mark, space)
+    n = len(avg2)
+    assert np.array_equal(bulk[0][:n], each[0]) and np.array_equal(bulk[1][:n], each[1])
