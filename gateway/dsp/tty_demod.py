@@ -156,6 +156,11 @@ def alias(f: float, fs2: float) -> float:
     return float(np.mod(f + fs2 / 2, fs2) - fs2 / 2)
 
 
+def _hop_buf(dtype: npt.DTypeLike) -> Buf:
+    """A buffer of per-hop parameters (HISTORY_S is under 200 hops)."""
+    return Buf(dtype, cap=_HOP_CAP, full=_HOP_CAP)
+
+
 def _as_slice(idx: I64) -> slice:
     """Consecutive indices as the slice they are."""
     assert len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
@@ -243,19 +248,13 @@ class FrontEnd:
         self._fixed_hz = (MARK_HZ, SPACE_HZ)
         # Per-hop parameters; hop h covers decimated samples [h*HOP, (h+1)*HOP), and the
         # parameters of hop h come from the analysis of hop h-1.
-        self.p_mark = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
-        self.p_space = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
-        self.p_noise = Buf(np.float64, cap=_HOP_CAP, full=_HOP_CAP)
-        self.p_present = Buf(np.bool_, cap=_HOP_CAP, full=_HOP_CAP)
-        self.p_recent = Buf(
-            np.bool_, cap=_HOP_CAP
-        )  # tones present in any of the last RECENT_HOPS hops
-        self.p_tones = Buf(
-            np.bool_, cap=_HOP_CAP, full=_HOP_CAP
-        )  # both tone frequencies clearly measured
-        self.p_idle = Buf(
-            np.bool_, cap=_HOP_CAP
-        )  # steady idle mark: the carrier held between characters
+        self.p_mark = _hop_buf(np.float64)
+        self.p_space = _hop_buf(np.float64)
+        self.p_noise = _hop_buf(np.float64)
+        self.p_present = _hop_buf(np.bool_)
+        self.p_recent = _hop_buf(np.bool_)  # tones present in any of the last RECENT_HOPS hops
+        self.p_tones = _hop_buf(np.bool_)  # both tone frequencies clearly measured
+        self.p_idle = _hop_buf(np.bool_)  # steady idle mark: the carrier held between characters
         self._per_hop = (
             self.p_mark,
             self.p_space,
@@ -468,46 +467,8 @@ class FrontEnd:
         tone implies: 400 Hz apart, scaled halfway between a common shift and a common
         ratio (a TTY 5 % off is then within 10 Hz either way).
         """
-        n = len(mark_f)
-        if n <= _FEW_HOPS:  # a sound card's block: one by one is quicker than in bulk
-            return self._hold_each(mark_f, mark_sig, space_f, space_sig)
-        # Rows where both tones or neither were measured just take or hold values; only
-        # those with one tone measured may guess the other, in order (a guess is held on
-        # like a measurement), so only they are visited one by one.
-        rows = np.arange(n)
-        set_m, set_s = mark_sig.copy(), space_sig.copy()  # rows that give each tone a value
-        val_m, val_s = mark_f.copy(), space_f.copy()
-        last_ms = np.maximum.accumulate(np.where(mark_sig, rows, -1))
-        last_ss = np.maximum.accumulate(np.where(space_sig, rows, -1))
-        guess_m = guess_s = -1  # the latest row that guessed each tone
-        m0, s0 = self._est_mark, self._est_space
-        for r in np.flatnonzero(mark_sig != space_sig).tolist():
-            if mark_sig[r]:
-                m = float(mark_f[r])
-                j = max(int(last_ss[r]), guess_s)  # the space held: set last there
-                sp = float(val_s[j]) if j >= 0 else s0
-                guess = m + (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (m / MARK_HZ - 1.0))
-                if abs(sp - guess) > PAIR_TOLERANCE_HZ:
-                    set_s[r], val_s[r], guess_s = True, guess, r
-            else:
-                sp = float(space_f[r])
-                j = max(int(last_ms[r]), guess_m)
-                m = float(val_m[j]) if j >= 0 else m0
-                guess = sp - (SPACE_HZ - MARK_HZ) * (1.0 + 0.5 * (sp / SPACE_HZ - 1.0))
-                if abs(m - guess) > PAIR_TOLERANCE_HZ:
-                    set_m[r], val_m[r], guess_m = True, guess, r
-        held = []
-        for given, val, before in ((set_m, val_m, m0), (set_s, val_s, s0)):
-            src = np.maximum.accumulate(np.where(given, rows, -1))
-            held.append(np.where(src >= 0, val[np.maximum(src, 0)], before))
-        mark, space = held
-        if n:
-            self._est_mark, self._est_space = float(mark[-1]), float(space[-1])
-        return mark, space
-
-    def _hold_each(self, mark_f: F64, mark_sig: B, space_f: F64, space_sig: B) -> tuple[F64, F64]:
-        """_hold hop by hop (the same numbers: the same operations on the same floats)."""
-        mark, space = [], []
+        mark: list[float] = []
+        space: list[float] = []
         m, sp = self._est_mark, self._est_space
         for mf, ms, sf, ss in zip(
             mark_f.tolist(), mark_sig.tolist(), space_f.tolist(), space_sig.tolist(), strict=True
@@ -705,9 +666,6 @@ class _TrackerTables:
     next_scan: int
     next_floor: int
     ar: F64
-    is_mark: B
-    before_m: F64
-    before_s: F64
     steps: F64
     n_mark: F64
     like: list[list[tuple[int, int]]]
@@ -751,7 +709,7 @@ def _tracker_tables(fs2: float, baud: float) -> _TrackerTables:
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     inv = inverse.reshape(32, 8)
     chain_map = np.stack([np.where(is_mark, inv, len(uniq)), np.where(is_mark, len(uniq), inv)])
-    for a in (offs, is_mark, before_m, before_s, chain_map):
+    for a in (offs, chain_map):
         a.flags.writeable = False
     return _TrackerTables(
         nbf=nbf,
@@ -761,9 +719,6 @@ def _tracker_tables(fs2: float, baud: float) -> _TrackerTables:
         next_scan=round(6.5 * nbf),
         next_floor=round(6.75 * nbf),
         ar=np.arange(4 * nb, dtype=np.float64),
-        is_mark=is_mark,
-        before_m=before_m,
-        before_s=before_s,
         steps=np.diff(starts).astype(np.float64),
         n_mark=pattern.sum(axis=1).astype(np.float64),
         like=like,
@@ -798,9 +753,6 @@ class Tracker:
         self.q = Buf(np.float32, start=fe.cm.base + self.nb)
         self.score = Buf(np.float32, start=fe.cm.base + self.nb - int(self.offs[0]))
         self._ar = t.ar
-        self._is_mark = t.is_mark
-        self._before_m = t.before_m
-        self._before_s = t.before_s
         self._steps = t.steps
         self._n_mark = t.n_mark
         self._like = t.like
@@ -835,9 +787,7 @@ class Tracker:
         """
         start = position - 2 * self.frame_len - 4 * self.nb
         if self.rm.end < start and start >= self.fe.cm.base + self.nb:
-            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
-                buf.restart(start)
-            self.score.restart(start - int(self.offs[0]))
+            self._restart_envelopes(start)
 
     def _quiet(self) -> bool:
         """Hunting without a TTY (masked) and nothing due: True if no tone has been present
@@ -858,10 +808,14 @@ class Tracker:
             return True
         start = (h0 + int(hits[0]) - 8) * HOP - 2 * self.nb
         if start > self.rm.end and start >= fe.cm.base + self.nb:
-            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
-                buf.restart(start)
-            self.score.restart(start - int(self.offs[0]))
+            self._restart_envelopes(start)
         return False
+
+    def _restart_envelopes(self, start: int) -> None:
+        """Envelopes, soft values and timing scores empty, the first at `start`."""
+        for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
+            buf.restart(start)
+        self.score.restart(start - int(self.offs[0]))
 
     def reset(self, position: int) -> None:
         self.scan = position  # next start candidate to examine
@@ -963,9 +917,7 @@ class Tracker:
         lo, hi = self.rm.end, fe.avail
         if lo < fe.cm.base + nb:  # history trimmed past us (long gap): restart the envelopes
             lo = fe.cm.base + nb
-            for buf in (self.rm, self.rs, self.dm, self.ds, self.q):
-                buf.restart(lo)
-            self.score.restart(lo - int(self.offs[0]))
+            self._restart_envelopes(lo)
         if hi > lo:
             # Window sums ending at each sample, turned by the mixer phase at the window's
             # first sample: the signal's phase there (see coherent); their size is the
